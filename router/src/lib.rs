@@ -1,0 +1,93 @@
+//! itproxy's HTTP data plane.
+//!
+//! This crate owns everything on the request path: the [`RouteTable`] (host name to
+//! [`Upstream`]), the Pingora [`HostRouter`] that reads it on every request, the pages
+//! itproxy answers itself (400/404/502/504), and running the proxy inside the daemon
+//! ([`start`], [`RunningRouter`]).
+//!
+//! It reads no files and no environment: the daemon hands it validated values and publishes
+//! new tables through the shared `ArcSwap<RouteTable>`; one `store` is one route swap.
+//!
+//! ```text
+//!   daemon ──store(Arc<RouteTable>)──▶ ArcSwap ◀──load()── HostRouter (each request)
+//! ```
+#![warn(missing_docs, clippy::print_stdout)]
+
+mod host;
+mod pages;
+mod proxy;
+mod server;
+mod table;
+mod upstream;
+
+use std::net::SocketAddr;
+
+pub use host::HostName;
+pub use proxy::{HostRouter, RequestCtx};
+pub use server::{start, RouterConfig, RunningRouter};
+pub use table::{Route, RouteTable};
+pub use upstream::{Scheme, Upstream, UpstreamOptions, UpstreamSpec};
+
+/// What can go wrong in the router.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A host name that cannot be routed.
+    #[error("invalid host name {host:?}: {reason}")]
+    InvalidHost {
+        /// The name as given.
+        host: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A target that cannot be parsed.
+    #[error("invalid target {target:?}: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A target whose host name does not resolve.
+    #[error("cannot resolve the target {target}: {error}")]
+    Resolve {
+        /// The target.
+        target: String,
+        /// The resolver's error.
+        error: std::io::Error,
+    },
+    /// No listen address was configured.
+    #[error("no HTTP listen address is configured")]
+    NoListener,
+    /// A listen address cannot be bound.
+    #[error("cannot listen for HTTP on {addr}: {error}{}", bind_hint(error))]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The proxy did not come up on an address.
+    #[error("the proxy did not start listening on {addr}; see the log above")]
+    NotListening {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The proxy thread could not be started.
+    #[error("cannot start the proxy thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another program uses it; choose another address with --http, e.g. --http 127.0.0.1:8080)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --http, e.g. --http 127.0.0.1:8080)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (the address is not on this machine; choose another with --http)"
+        }
+        _ => " (choose another address with --http)",
+    }
+}

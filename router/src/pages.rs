@@ -1,0 +1,201 @@
+//! The pages itproxy answers with itself: 400, 404 and 502/504, as HTML for browsers and JSON
+//! for everything else.
+
+use serde_json::json;
+
+use crate::{RouteTable, Upstream};
+
+/// At most this many routes are listed on a 404 page.
+const MAX_LISTED: usize = 100;
+
+/// A route as listed on the 404 page.
+pub(crate) struct KnownRoute {
+    host: String,
+    target: String,
+}
+
+pub(crate) fn known_routes(table: &RouteTable) -> (Vec<KnownRoute>, usize) {
+    let all = table.routes();
+    let total = all.len();
+    let listed = all
+        .into_iter()
+        .take(MAX_LISTED)
+        .map(|r| KnownRoute {
+            host: r.host().to_string(),
+            target: r.upstream().spec().to_string(),
+        })
+        .collect();
+    (listed, total)
+}
+
+pub(crate) enum Page {
+    MissingHost,
+    NoRoute {
+        host: String,
+        known: (Vec<KnownRoute>, usize),
+    },
+    UpstreamFailed {
+        status: u16,
+        route: String,
+        target: String,
+        detail: String,
+    },
+}
+
+impl Page {
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Page::MissingHost => 400,
+            Page::NoRoute { .. } => 404,
+            Page::UpstreamFailed { status, .. } => *status,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Page::MissingHost => {
+                "the request has no Host header, so itproxy cannot tell which route it is for"
+                    .to_string()
+            }
+            Page::NoRoute { host, .. } => format!(
+                "itproxy has no route for host {host:?}; add one with `itproxy route NAME TARGET`"
+            ),
+            Page::UpstreamFailed { status: 504, route, target, detail } => {
+                format!("route {route} timed out reaching its target {target}: {detail}")
+            }
+            Page::UpstreamFailed { route, target, detail, .. } => {
+                format!("route {route} could not reach its target {target}: {detail}")
+            }
+        }
+    }
+
+    pub(crate) fn json(&self) -> String {
+        let mut v = json!({ "status": self.status(), "message": self.message() });
+        match self {
+            Page::MissingHost => v["error"] = json!("missing_host"),
+            Page::NoRoute { host, known: (routes, total) } => {
+                v["error"] = json!("no_route");
+                v["host"] = json!(host);
+                v["routes"] = routes
+                    .iter()
+                    .map(|r| json!({ "host": r.host, "target": r.target }))
+                    .collect();
+                v["route_count"] = json!(total);
+            }
+            Page::UpstreamFailed { status, route, target, detail } => {
+                v["error"] = json!(if *status == 504 { "upstream_timeout" } else { "bad_gateway" });
+                v["route"] = json!(route);
+                v["target"] = json!(target);
+                v["detail"] = json!(detail);
+            }
+        }
+        let mut s = v.to_string();
+        s.push('\n');
+        s
+    }
+
+    pub(crate) fn html(&self) -> String {
+        let title = match self.status() {
+            400 => "400 Bad Request",
+            404 => "404 No Route",
+            504 => "504 Gateway Timeout",
+            _ => "502 Bad Gateway",
+        };
+        let mut body = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+             <body style=\"font-family:sans-serif;max-width:50em;margin:2em auto\">\n\
+             <h1>{title}</h1>\n<p>{}</p>\n",
+            escape(&self.message())
+        );
+        if let Page::NoRoute { known: (routes, total), .. } = self {
+            if routes.is_empty() {
+                body.push_str("<p>There are no routes yet.</p>\n");
+            } else {
+                body.push_str("<h2>Known routes</h2>\n<ul>\n");
+                for r in routes {
+                    let host = escape(&r.host);
+                    body.push_str(&format!(
+                        "<li><a href=\"//{host}/\">{host}</a> &rarr; {}</li>\n",
+                        escape(&r.target)
+                    ));
+                }
+                if *total > routes.len() {
+                    body.push_str(&format!("<li>... and {} more</li>\n", total - routes.len()));
+                }
+                body.push_str("</ul>\n");
+            }
+        }
+        body.push_str("<hr><p><small>itproxy</small></p>\n</body></html>\n");
+        body
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A short explanation of why the upstream could not be used, for the 502/504 page.
+pub(crate) fn describe_upstream_error(e: &pingora::Error, upstream: &Upstream) -> String {
+    use pingora::ErrorType::*;
+    let addrs: Vec<String> = upstream.addrs().map(|a| a.to_string()).collect();
+    let addrs = addrs.join(", ");
+    match e.etype() {
+        ConnectRefused => format!("connection refused by {addrs}; is the service running?"),
+        ConnectTimedout => format!("no answer to the connection attempt at {addrs}"),
+        ConnectNoRoute if addrs.is_empty() => {
+            "the target's host name did not resolve to any address".to_string()
+        }
+        ConnectNoRoute => format!("no route to {addrs}"),
+        ReadTimedout | WriteTimedout => "the upstream stopped responding".to_string(),
+        TLSHandshakeFailure | InvalidCert | HandshakeError => {
+            format!("TLS handshake with the upstream failed: {e}")
+        }
+        ConnectionClosed | ReadError | WriteError => {
+            "the upstream closed the connection before sending a complete response".to_string()
+        }
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => {
+            "the upstream sent an invalid HTTP response".to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_route_page_escapes_the_requested_host() {
+        let p = Page::NoRoute { host: "<script>".into(), known: (vec![], 0) };
+        assert!(p.html().contains("&lt;script&gt;"));
+        assert!(!p.html().contains("<script>"));
+        let v: serde_json::Value = serde_json::from_str(&p.json()).unwrap();
+        assert_eq!(v["host"], "<script>");
+        assert_eq!(v["status"], 404);
+    }
+
+    #[test]
+    fn upstream_failed_names_route_and_target() {
+        let p = Page::UpstreamFailed {
+            status: 502,
+            route: "api.test".into(),
+            target: "http://localhost:1".into(),
+            detail: "connection refused".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&p.json()).unwrap();
+        assert_eq!(v["route"], "api.test");
+        assert_eq!(v["target"], "http://localhost:1");
+        assert!(p.html().contains("api.test"));
+    }
+}

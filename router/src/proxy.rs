@@ -1,0 +1,319 @@
+//! The Pingora `ProxyHttp` implementation: pick the route by host, forward, explain failures.
+//!
+//! ```text
+//! request ─▶ request_filter ── no Host ─────────────▶ 400
+//!              │  load() table, lookup host ─ none ──▶ 404 (lists known routes)
+//!              ▼
+//!            upstream_peer ─▶ prepared HttpPeer (address tried last time first)
+//!              │  connect fails ─▶ fail_to_connect: next address, if any
+//!              ▼
+//!            upstream_request_filter: origin-form URI, X-Forwarded-*
+//!              ▼
+//!            response ─▶ client         errors ─▶ fail_to_proxy: 502/504 naming route + target
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
+
+use crate::pages::{self, Page};
+use crate::{Route, RouteTable};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    route: Option<Arc<Route>>,
+    /// Connect attempts that failed so far.
+    attempt: usize,
+    /// Index of the address being tried.
+    peer_index: usize,
+}
+
+/// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`].
+pub struct HostRouter {
+    routes: Arc<ArcSwap<RouteTable>>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl HostRouter {
+    /// A proxy that reads `routes` on every request. Clients whose address is in
+    /// `trusted_proxies` may pass their own `X-Forwarded-*` headers, which are then extended;
+    /// everyone else's are replaced.
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, trusted_proxies: Vec<IpNet>) -> Self {
+        HostRouter { routes, trusted_proxies }
+    }
+
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        match ip {
+            Some(ip) => self.trusted_proxies.iter().any(|n| n.contains(&ip)),
+            None => false,
+        }
+    }
+}
+
+/// The host a request is for: the URI authority (absolute-form or HTTP/2) or the Host header.
+fn request_authority(req: &RequestHeader) -> Option<&str> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str());
+    }
+    req.headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+fn wants_html(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+async fn send_page(session: &mut Session, page: Page) -> PResult<()> {
+    let html = wants_html(session);
+    let (content_type, body) = if html {
+        ("text/html; charset=utf-8", page.html())
+    } else {
+        ("application/json", page.json())
+    };
+    let mut resp = ResponseHeader::build(page.status(), Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_error_response(resp, Bytes::from(body)).await
+}
+
+#[async_trait]
+impl ProxyHttp for HostRouter {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
+        let Some(authority) = request_authority(session.req_header()) else {
+            send_page(session, Page::MissingHost).await?;
+            return Ok(true);
+        };
+        let table = self.routes.load();
+        match table.lookup(authority) {
+            Some(route) => {
+                ctx.route = Some(route.clone());
+                Ok(false)
+            }
+            None => {
+                let page = Page::NoRoute {
+                    host: authority.to_string(),
+                    known: pages::known_routes(&table),
+                };
+                drop(table);
+                send_page(session, page).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> PResult<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| PError::explain(ErrorType::InternalError, "no route selected"))?;
+        match route.upstream().peer(ctx.attempt) {
+            Some((index, peer)) => {
+                ctx.peer_index = index;
+                Ok(Box::new(peer.clone()))
+            }
+            None => Err(PError::explain(
+                ErrorType::ConnectNoRoute,
+                "the target's host name did not resolve to any address",
+            )
+            .into_up()),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<PError>,
+    ) -> Box<PError> {
+        ctx.attempt += 1;
+        let more = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| ctx.attempt < r.upstream().peer_count());
+        if more {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        if ctx.attempt > 0 {
+            if let Some(route) = &ctx.route {
+                route.upstream().prefer(ctx.peer_index);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        // Absolute-form (`GET http://api.test/ HTTP/1.1`): origin servers expect origin-form.
+        if req.uri.authority().is_some() && !session.is_http2() {
+            let authority = req.uri.authority().map(|a| a.as_str().to_string());
+            let path = req
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+            let uri = path
+                .parse()
+                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad request URI"))?;
+            req.set_uri(uri);
+            if let Some(a) = authority {
+                req.insert_header(header::HOST, a)?;
+            }
+        }
+
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = self.is_trusted(client_ip);
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+
+        let client = client_ip.map(|ip| ip.to_string());
+        match (trusted, req.headers.get(X_FORWARDED_FOR), &client) {
+            (true, Some(prev), Some(ip)) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip.as_bytes());
+                let v = HeaderValue::from_bytes(&v).map_err(|_| {
+                    PError::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For")
+                })?;
+                req.insert_header(X_FORWARDED_FOR, v)?;
+            }
+            (_, _, Some(ip)) => req.insert_header(X_FORWARDED_FOR, ip.as_str())?,
+            (_, _, None) => {
+                req.remove_header(X_FORWARDED_FOR);
+            }
+        }
+        if !(trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
+            req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        }
+        if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
+            match session.req_header().headers.get(header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }) {
+                Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    req.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &PError,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let status = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => *code,
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+                | ErrorType::TLSHandshakeTimedout,
+            ) => 504,
+            (ErrorSource::Upstream, _) => 502,
+            (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError)
+            | (ErrorSource::Downstream, ErrorType::ConnectionClosed) => 0,
+            (ErrorSource::Downstream, _) => 400,
+            _ => 500,
+        };
+        let written = match (&ctx.route, status) {
+            (Some(route), 502 | 504) => {
+                let page = Page::UpstreamFailed {
+                    status,
+                    route: route.host().to_string(),
+                    target: route.upstream().spec().to_string(),
+                    detail: pages::describe_upstream_error(e, route.upstream()),
+                };
+                send_page(session, page).await
+            }
+            (_, 0) => Ok(()),
+            _ => session.respond_error(status).await,
+        };
+        if let Err(err) = written {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let host = ctx.route.as_ref().map(|r| r.host().as_str());
+        if let Some(e) = e {
+            // Pingora's own error log is silenced by default; this line says the same once.
+            if *e.esource() == ErrorSource::Upstream {
+                tracing::warn!(
+                    host,
+                    target = ctx.route.as_ref().map(|r| r.upstream().spec().to_string()),
+                    status,
+                    error = %e,
+                    "upstream request failed"
+                );
+            } else {
+                tracing::debug!(host, status, error = %e, "request failed");
+            }
+        }
+        if tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG) {
+            let req = session.req_header();
+            tracing::debug!(
+                target: "itproxy::access",
+                method = %req.method,
+                uri = %req.uri,
+                host,
+                status,
+            );
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Running the proxy inside our process: a Pingora `Server` on its own thread, no argv, no
+//! daemonizing, no signal handlers of its own, stopped from code.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ipnet::IpNet;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::{Error, HostRouter, RouteTable};
+
+/// How the proxy listens and behaves; built by the daemon from validated configuration.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Plain-HTTP listen addresses.
+    pub http: Vec<SocketAddr>,
+    /// Clients allowed to pass their own `X-Forwarded-*` headers.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// How long requests in flight may take to finish when stopping.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            http: vec![SocketAddr::from(([127, 0, 0, 1], 80))],
+            trusted_proxies: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shutdown_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The proxy, serving. Dropping it without [`RunningRouter::stop`] leaves it running until the
+/// process exits.
+pub struct RunningRouter {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    http: Vec<SocketAddr>,
+}
+
+struct StopSignal(Mutex<Option<oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        match rx {
+            // Either a stop request or the handle was dropped with the process going down.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Starts the proxy on `config.http`, routing by `routes`, and returns once every listener
+/// accepts connections.
+///
+/// Bind problems (address in use, no permission, address not on this machine) are reported
+/// here, before Pingora starts, because Pingora would panic on its own thread instead.
+pub fn start(
+    config: &RouterConfig,
+    routes: Arc<ArcSwap<RouteTable>>,
+) -> Result<RunningRouter, Error> {
+    if config.http.is_empty() {
+        return Err(Error::NoListener);
+    }
+    for &addr in &config.http {
+        // std sets SO_REUSEADDR like Pingora does, so this probe does not block its bind.
+        TcpListener::bind(addr).map_err(|error| Error::Bind { addr, error })?;
+    }
+
+    let conf = ServerConf {
+        threads: config.threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs().max(1)),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let proxy = HostRouter::new(routes, config.trusted_proxies.clone());
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "itproxy http");
+    for addr in &config.http {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+
+    let (tx, rx) = oneshot::channel();
+    let signal = StopSignal(Mutex::new(Some(rx)));
+    let thread = std::thread::Builder::new()
+        .name("itproxy-router".into())
+        .spawn(move || {
+            server.run(RunArgs { shutdown_signal: Box::new(signal) });
+        })
+        .map_err(Error::Thread)?;
+
+    let mut running = RunningRouter { stop: Some(tx), thread: Some(thread), http: config.http.clone() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &addr in &config.http {
+        let probe = connectable(addr);
+        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+            if running.thread.as_ref().is_some_and(|t| t.is_finished()) || Instant::now() > deadline
+            {
+                running.stop();
+                return Err(Error::NotListening { addr });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(running)
+}
+
+/// The address to connect to in order to reach a listener on `addr` (wildcards via loopback).
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+impl RunningRouter {
+    /// The plain-HTTP addresses being served.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the shutdown timeout) and waits
+    /// for the proxy thread to end.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the proxy thread panicked while stopping");
+            }
+        }
+    }
+}

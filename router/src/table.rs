@@ -1,0 +1,124 @@
+//! The route table: host name to upstream, immutable once built.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::{HostName, Upstream};
+
+/// One route: requests for `host` go to `upstream`.
+#[derive(Debug)]
+pub struct Route {
+    host: HostName,
+    upstream: Arc<Upstream>,
+}
+
+impl Route {
+    /// A route from `host` to `upstream`.
+    pub fn new(host: HostName, upstream: Arc<Upstream>) -> Self {
+        Route { host, upstream }
+    }
+
+    /// The host name this route serves.
+    pub fn host(&self) -> &HostName {
+        &self.host
+    }
+
+    /// Where its requests go.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+}
+
+/// An immutable set of routes, looked up by host name on every request.
+///
+/// The daemon builds a new table for every change and publishes it with one
+/// `ArcSwap::store`; the proxy only ever `load()`s it, so lookups take no lock and a swap is
+/// visible to the next request.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: HashMap<Box<str>, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds a table; a later route for the same host replaces an earlier one.
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        let routes = routes
+            .into_iter()
+            .map(|r| (Box::from(r.host.as_str()), Arc::new(r)))
+            .collect();
+        RouteTable { routes }
+    }
+
+    /// The route for a request host, case-insensitively, ignoring a port and a trailing dot
+    /// (`API.test:8080.` finds `api.test`).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
+        let host = crate::host::request_host(host)?;
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.routes.get(host.to_ascii_lowercase().as_str())
+        } else {
+            self.routes.get(host)
+        }
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The routes, sorted by host name.
+    pub fn routes(&self) -> Vec<&Arc<Route>> {
+        let mut all: Vec<_> = self.routes.values().collect();
+        all.sort_by(|a, b| a.host.cmp(&b.host));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{UpstreamOptions, UpstreamSpec};
+
+    fn route(host: &str, target: &str) -> Route {
+        let spec = UpstreamSpec::parse(target).unwrap();
+        let addr = format!("127.0.0.1:{}", spec.port()).parse().unwrap();
+        let up = Upstream::new(spec, vec![addr], 1, &UpstreamOptions::default());
+        Route::new(HostName::parse(host).unwrap(), Arc::new(up))
+    }
+
+    #[test]
+    fn lookup_ignores_case_port_and_trailing_dot() {
+        let t = RouteTable::new([route("api.test", "localhost:8000")]);
+        for h in ["api.test", "API.Test", "api.test:80", "api.test.", "Api.test.:8443"] {
+            let r = t.lookup(h).unwrap_or_else(|| panic!("{h}"));
+            assert_eq!(r.upstream().spec().port(), 8000);
+        }
+        for h in ["web.test", "", ":80", "api.test.x", "x.api.test"] {
+            assert!(t.lookup(h).is_none(), "{h}");
+        }
+    }
+
+    #[test]
+    fn later_route_for_same_host_wins_and_listing_is_sorted() {
+        let t = RouteTable::new([
+            route("web.test", "localhost:1"),
+            route("api.test", "localhost:2"),
+            route("web.test", "localhost:3"),
+        ]);
+        assert_eq!(t.len(), 2);
+        let hosts: Vec<_> = t.routes().iter().map(|r| r.host().to_string()).collect();
+        assert_eq!(hosts, ["api.test", "web.test"]);
+        assert_eq!(t.lookup("web.test").unwrap().upstream().spec().port(), 3);
+    }
+
+    #[test]
+    fn empty_table_finds_nothing() {
+        let t = RouteTable::default();
+        assert!(t.is_empty());
+        assert!(t.lookup("api.test").is_none());
+    }
+}

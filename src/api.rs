@@ -1,0 +1,107 @@
+//! The control API's wire types, shared by the daemon (server) and the CLI (client).
+//! `docs/api.yaml` documents the same shapes as OpenAPI 3.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request body the daemon reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Where a route's current target comes from.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// Declared in the config file.
+    Config,
+    /// Set through the API or CLI (persisted in the state directory).
+    Override,
+}
+
+/// One route as the API shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RouteView {
+    /// Full host name, e.g. `api.test`.
+    pub host: String,
+    /// Where requests go, normalised: `http://localhost:8000`.
+    pub target: String,
+    /// Where that target comes from.
+    pub source: RouteSource,
+    /// The declared target, when an override replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<String>,
+    /// The addresses the target resolved to, tried in order.
+    pub addresses: Vec<String>,
+}
+
+/// Body of `PUT /v1/routes/{name}`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PutRoute {
+    /// `host:port`, `http://host:port`, `https://host[:port]` or a bare port.
+    pub target: String,
+}
+
+/// Answer of `DELETE /v1/routes/{name}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Removed {
+    /// The host whose route was removed.
+    pub host: String,
+    /// The target it had.
+    pub target: String,
+}
+
+/// Answer of `POST /v1/routes/{name}/restore`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Restored {
+    /// Whether an override was dropped (false: the route already had its declared target).
+    pub changed: bool,
+    /// The route now.
+    pub route: RouteView,
+}
+
+/// Answer of `GET /v1/status`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Status {
+    /// itproxy's version.
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: f64,
+    /// The state directory.
+    pub state_dir: String,
+    /// The config file, if one was loaded.
+    pub config_file: Option<String>,
+    /// Domains served, primary first.
+    pub domains: Vec<String>,
+    /// Listening addresses.
+    pub listeners: Listeners,
+    /// Number of active routes.
+    pub routes: usize,
+    /// Number of persisted overrides.
+    pub overrides: usize,
+}
+
+/// What the daemon listens on.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Listeners {
+    /// Plain-HTTP proxy addresses.
+    pub http: Vec<String>,
+    /// The control socket.
+    pub control: String,
+}
+
+/// The body of every error answer.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error: a stable code for scripts and a sentence for people.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `invalid_target`.
+    pub code: String,
+    /// What failed, on which input, and what to do.
+    pub message: String,
+}

@@ -1,0 +1,110 @@
+//! Command-line syntax (clap). Parsing only: no I/O happens here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// itproxy: local production for integration environments. Every service under a real host
+/// name, routes that swap in microseconds.
+#[derive(Parser, Debug)]
+#[command(name = "itproxy", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// State directory: control socket, persisted routes.
+    /// [default: $XDG_STATE_HOME/itproxy or ~/.local/state/itproxy]
+    #[arg(long, global = true, env = "ITPROXY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground (proxy + control API) until SIGINT/SIGTERM.
+    Up(UpArgs),
+    /// Route NAME (an app name like `api`, or a host like `api.test`) to TARGET, or restore it.
+    #[command(arg_required_else_help = true)]
+    Route(RouteArgs),
+    /// Remove NAME's route (declared or set with `route`).
+    Unroute {
+        /// App name or host name.
+        name: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the routes.
+    Routes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's listeners, route count, uptime and version.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and print what it declares.
+    CheckConfig {
+        /// The file [default: ./itproxy.toml].
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Config file [default: ./itproxy.toml if it exists, else built-in defaults].
+    #[arg(long, short = 'c', env = "ITPROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP listen address (repeatable) [default: 127.0.0.1:80].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Vec<SocketAddr>,
+    /// Domain to serve (repeatable; the first qualifies app names) [default: test].
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    /// App name (`api` means `api.<domain>`) or full host name.
+    pub name: String,
+    /// `host:port`, `http://host:port`, `https://host[:port]`, or a port on localhost.
+    #[arg(required_unless_present = "restore", conflicts_with = "restore")]
+    pub target: Option<String>,
+    /// Drop the override: back to the target declared in the config file.
+    #[arg(long)]
+    pub restore: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn route_needs_a_target_or_restore_not_both() {
+        assert!(Cli::try_parse_from(["itproxy", "route", "api"]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "route", "api", "x:1", "--restore"]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "route", "api", "--restore"]).is_ok());
+        assert!(Cli::try_parse_from(["itproxy", "up", "--http", "nowhere"]).is_err());
+    }
+}

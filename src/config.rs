@@ -1,0 +1,426 @@
+//! Configuration: the `itproxy.toml` file format, its validation, and the defaults.
+//!
+//! ```text
+//!  itproxy.toml ──toml──▶ FileConfig (serde, unknown keys rejected, values checked in place)
+//!  CLI flags ─────────────────┐
+//!                             ▼
+//!                    Config (validated; cannot hold an invalid value)
+//! ```
+//! Values are checked while deserializing so that an error carries the file's line, column and
+//! key. Nothing here opens sockets or resolves names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use itproxy_router::{HostName, UpstreamSpec};
+use serde::Deserialize;
+
+/// The default domain: `api` means `api.test`.
+pub const DEFAULT_DOMAIN: &str = "test";
+/// The default plain-HTTP listener.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:80";
+
+/// A configuration problem, worded for the person who wrote the file or the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value (the message has line and key).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// A value that is fine alone but not together with the rest.
+    #[error("invalid configuration{}: {message}", origin.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid {
+        /// The file, if the value came from one.
+        origin: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One value or a list of them (`http = "127.0.0.1:80"` or `http = ["127.0.0.1:80", "[::1]:80"]`).
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `itproxy.toml` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    domains: Option<OneOrMany<Domain>>,
+    #[serde(default)]
+    listen: ListenSection,
+    #[serde(default)]
+    proxy: ProxySection,
+    #[serde(default)]
+    routes: BTreeMap<RouteKey, Target>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ListenSection {
+    http: Option<OneOrMany<SocketAddr>>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    #[serde(default)]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    threads: Option<Threads>,
+}
+
+/// A domain, validated as a host name while the file is read.
+#[derive(Debug, Clone)]
+struct Domain(HostName);
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = s.strip_prefix('.').unwrap_or(&s);
+        HostName::parse(s).map(Domain).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A route key (app name or host name), validated as a host name while the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RouteKey(HostName);
+
+impl<'de> Deserialize<'de> for RouteKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostName::parse(&s).map(RouteKey).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A route target, parsed while the file is read.
+#[derive(Debug, Clone)]
+struct Target(UpstreamSpec);
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UpstreamSpec::parse(&s).map(Target).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Threads(usize);
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match usize::deserialize(d)? {
+            n @ 1..=256 => Ok(Threads(n)),
+            n => Err(serde::de::Error::custom(format!(
+                "threads must be from 1 to 256, not {n}"
+            ))),
+        }
+    }
+}
+
+/// The domains itproxy serves; never empty. The first one qualifies bare app names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domains(Vec<HostName>);
+
+impl Domains {
+    /// Domains from a list; duplicates are dropped, order kept.
+    pub fn new(list: Vec<HostName>) -> Result<Self, ConfigError> {
+        let mut out: Vec<HostName> = Vec::with_capacity(list.len());
+        for d in list {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        if out.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: None,
+                message: "at least one domain is needed".into(),
+            });
+        }
+        Ok(Domains(out))
+    }
+
+    /// The domains, primary first.
+    pub fn iter(&self) -> impl Iterator<Item = &HostName> {
+        self.0.iter()
+    }
+
+    /// The full host name for a route name: `api` is `api.<first domain>`; a dotted name must
+    /// lie below one of the domains.
+    pub fn qualify(&self, name: &str) -> Result<HostName, String> {
+        if name.trim().is_empty() {
+            return Err("the route name is empty; give an app name such as `api`".into());
+        }
+        let host = HostName::parse(name).map_err(|e| e.to_string())?;
+        if !host.as_str().contains('.') {
+            return HostName::parse(&format!("{host}.{}", self.0[0])).map_err(|e| e.to_string());
+        }
+        if self.0.iter().any(|d| host.is_within(d) && host != *d) {
+            Ok(host)
+        } else {
+            Err(format!(
+                "{host} is not below the configured domains ({}); use a name like `{}.{}` \
+                 or add the domain with --domain",
+                self.to_string_list(),
+                host.as_str().split('.').next().unwrap_or("app"),
+                self.0[0]
+            ))
+        }
+    }
+
+    /// The domains joined with ", ".
+    pub fn to_string_list(&self) -> String {
+        self.0.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Domains served.
+    pub domains: Domains,
+    /// Plain-HTTP listen addresses.
+    pub http: Vec<SocketAddr>,
+    /// Clients whose `X-Forwarded-*` headers are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Proxy worker threads (None: one per core).
+    pub threads: Option<usize>,
+    /// Routes declared in the file: host to target.
+    pub routes: BTreeMap<HostName, UpstreamSpec>,
+    /// The file this came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--http`, replacing the file's listeners.
+    pub http: Vec<SocketAddr>,
+    /// `--domain`, replacing the file's domains.
+    pub domains: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`, then applies the command-line overrides.
+    pub fn load(path: Option<&Path>, cli: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    error,
+                })?;
+                parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::build(file, path.map(Path::to_path_buf), cli)
+    }
+
+    /// Validates configuration text (used by tests and `check-config`).
+    #[cfg(test)]
+    fn from_str(text: &str, cli: &Overrides) -> Result<Config, ConfigError> {
+        let file = parse_file(text).map_err(|message| ConfigError::Parse {
+            path: PathBuf::from("itproxy.toml"),
+            message,
+        })?;
+        Config::build(file, Some(PathBuf::from("itproxy.toml")), cli)
+    }
+
+    fn build(
+        file: FileConfig,
+        source: Option<PathBuf>,
+        cli: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { origin: source.clone(), message };
+        let domains = if !cli.domains.is_empty() {
+            let mut list = Vec::new();
+            for d in &cli.domains {
+                let d = d.strip_prefix('.').unwrap_or(d);
+                list.push(HostName::parse(d).map_err(|e| ConfigError::Invalid {
+                    origin: None,
+                    message: format!("--domain: {e}"),
+                })?);
+            }
+            list
+        } else {
+            match file.domains {
+                Some(d) => d.into_vec().into_iter().map(|d| d.0).collect(),
+                None => vec![HostName::parse(DEFAULT_DOMAIN).expect("valid default domain")],
+            }
+        };
+        let domains = Domains::new(domains).map_err(|_| invalid("`domains` is empty".into()))?;
+
+        let http = if !cli.http.is_empty() {
+            cli.http.clone()
+        } else {
+            match file.listen.http {
+                Some(h) => h.into_vec(),
+                None => vec![DEFAULT_HTTP.parse().expect("valid default address")],
+            }
+        };
+        if http.is_empty() {
+            return Err(invalid("`listen.http` is empty; give at least one address".into()));
+        }
+
+        let mut routes = BTreeMap::new();
+        for (key, target) in file.routes {
+            let host = domains
+                .qualify(key.0.as_str())
+                .map_err(|e| invalid(format!("routes.{}: {e}", key.0)))?;
+            if routes.insert(host.clone(), target.0).is_some() {
+                return Err(invalid(format!(
+                    "routes: {host} is declared twice (as an app name and as a host name)"
+                )));
+            }
+        }
+
+        Ok(Config {
+            domains,
+            http,
+            trusted_proxies: file.proxy.trusted_proxies,
+            connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            threads: file.proxy.threads.map(|t| t.0),
+            routes,
+            source,
+        })
+    }
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str::<FileConfig>(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_str(text, &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.domains.to_string_list(), "test");
+        assert_eq!(c.http, vec![DEFAULT_HTTP.parse().unwrap()]);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = load(
+            r#"
+            domains = ["test", "example.internal"]
+            [listen]
+            http = ["127.0.0.1:8080", "[::1]:8080"]
+            [proxy]
+            trusted_proxies = ["10.0.0.0/8"]
+            connect_timeout = "250ms"
+            threads = 2
+            [routes]
+            api = "localhost:8000"
+            "web.example.internal" = "https://127.0.0.1:8443"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.len(), 2);
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.threads, Some(2));
+        let routes: Vec<_> = c.routes.iter().map(|(h, t)| format!("{h}={t}")).collect();
+        assert_eq!(
+            routes,
+            ["api.test=http://localhost:8000", "web.example.internal=https://127.0.0.1:8443"]
+        );
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let cases = [
+            ("[routes]\napi = \"localhost:notaport\"\n", &["line 2", "api", "not a number"][..]),
+            ("[listen]\nhttp = \"nowhere\"\n", &["line 2", "http"]),
+            ("[proxy]\nconnect_timeout = \"soon\"\n", &["line 2", "connect_timeout"]),
+            ("[proxy]\nthreads = 0\n", &["line 2", "threads"]),
+            ("colour = 1\n", &["line 1", "unknown field", "colour"]),
+            ("[proxy]\ntrusted = []\n", &["line 2", "unknown field", "trusted"]),
+            ("[routes]\n\"my app\" = \"localhost:1\"\n", &["line 2", "my app"]),
+            ("domains = [\"te st\"]\n", &["line 1", "te st"]),
+            ("[routes\n", &["line 1"]),
+        ];
+        for (text, needles) in cases {
+            let e = load(text).unwrap_err();
+            assert!(e.contains("itproxy.toml"), "{e}");
+            for n in needles {
+                assert!(e.contains(n), "{text:?}: missing {n:?} in {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn routes_outside_the_domains_and_duplicates_are_rejected() {
+        let e = load("[routes]\n\"api.example.com\" = \"localhost:1\"\n").unwrap_err();
+        assert!(e.contains("routes.api.example.com") && e.contains("not below"), "{e}");
+        let e = load("[routes]\napi = \"localhost:1\"\n\"api.test\" = \"localhost:2\"\n")
+            .unwrap_err();
+        assert!(e.contains("declared twice"), "{e}");
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let cli = Overrides {
+            http: vec!["127.0.0.1:9999".parse().unwrap()],
+            domains: vec!["dev".into(), ".test".into()],
+        };
+        let c = Config::from_str("domains = \"x\"\n[routes]\napi = \"localhost:1\"", &cli).unwrap();
+        assert_eq!(c.http, cli.http);
+        assert_eq!(c.domains.to_string_list(), "dev, test");
+        assert!(c.routes.contains_key(&HostName::parse("api.dev").unwrap()));
+        let bad = Overrides { domains: vec!["a b".into()], ..Default::default() };
+        assert!(Config::from_str("", &bad).unwrap_err().to_string().contains("--domain"));
+    }
+
+    #[test]
+    fn qualify_route_names() {
+        let d = Domains::new(vec![HostName::parse("test").unwrap()]).unwrap();
+        assert_eq!(d.qualify("api").unwrap().as_str(), "api.test");
+        assert_eq!(d.qualify("API.test").unwrap().as_str(), "api.test");
+        assert_eq!(d.qualify("a.b.test").unwrap().as_str(), "a.b.test");
+        assert!(d.qualify("").unwrap_err().contains("empty"));
+        assert_eq!(d.qualify("test").unwrap().as_str(), "test.test");
+        assert!(d.qualify("api.com").unwrap_err().contains("not below"));
+        assert!(d.qualify("my api").unwrap_err().contains("' '"));
+    }
+}

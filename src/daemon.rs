@@ -1,0 +1,369 @@
+//! The daemon: owns the desired state (config + persisted overrides), derives the route table
+//! from it and publishes it to the proxy; serves the control API; stops on SIGINT/SIGTERM.
+//! See `docs/LIFECYCLE.md` for the order of start-up and shutdown.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use itproxy_router::{
+    HostName, Route, RouteTable, RouterConfig, Upstream, UpstreamOptions, UpstreamSpec,
+};
+use tokio::sync::Mutex;
+
+use crate::api::{self, RouteSource, RouteView};
+use crate::config::Config;
+use crate::state::{self, Override, Overrides};
+
+/// The control socket's file name in the state directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// An API failure: HTTP status, stable code, and a message for the person.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+/// An active override: a resolved target, or the declared route removed.
+#[derive(Clone)]
+enum Active {
+    Target(Arc<Upstream>),
+    Removed,
+}
+
+struct Routes {
+    declared: BTreeMap<HostName, Arc<Upstream>>,
+    overrides: BTreeMap<HostName, Active>,
+    /// Bumped for every upstream created, so pooled connections never cross routes' lives.
+    generation: u64,
+}
+
+impl Routes {
+    fn effective(&self) -> impl Iterator<Item = (&HostName, &Arc<Upstream>, RouteSource)> {
+        let declared = self.declared.iter().filter_map(|(h, u)| match self.overrides.get(h) {
+            None => Some((h, u, RouteSource::Config)),
+            Some(_) => None,
+        });
+        let overridden = self.overrides.iter().filter_map(|(h, a)| match a {
+            Active::Target(u) => Some((h, u, RouteSource::Override)),
+            Active::Removed => None,
+        });
+        declared.chain(overridden)
+    }
+
+    fn view(&self, host: &HostName) -> Option<RouteView> {
+        self.effective().find(|(h, _, _)| *h == host).map(|(h, u, source)| RouteView {
+            host: h.to_string(),
+            target: u.spec().to_string(),
+            source,
+            declared: match source {
+                RouteSource::Override => self.declared.get(h).map(|d| d.spec().to_string()),
+                RouteSource::Config => None,
+            },
+            addresses: u.addrs().map(|a| a.to_string()).collect(),
+        })
+    }
+
+    fn persisted(&self) -> Overrides {
+        self.overrides
+            .iter()
+            .map(|(h, a)| {
+                let o = match a {
+                    Active::Target(u) => Override::Target(u.spec().clone()),
+                    Active::Removed => Override::Removed,
+                };
+                (h.clone(), o)
+            })
+            .collect()
+    }
+
+    fn table(&self) -> RouteTable {
+        RouteTable::new(self.effective().map(|(h, u, _)| Route::new(h.clone(), u.clone())))
+    }
+}
+
+/// The running daemon's state, shared by the control API handlers.
+pub struct Daemon {
+    config: Config,
+    state_dir: PathBuf,
+    started: Instant,
+    upstream_options: UpstreamOptions,
+    table: Arc<ArcSwap<RouteTable>>,
+    routes: Mutex<Routes>,
+    http_listeners: std::sync::OnceLock<Vec<String>>,
+}
+
+impl Daemon {
+    /// Resolves every declared and persisted target and builds the first route table.
+    /// A target that does not resolve stays routed (it answers 502 explaining why), so a
+    /// persisted route is never dropped.
+    async fn new(config: Config, state_dir: PathBuf, overrides: Overrides) -> Self {
+        let upstream_options = UpstreamOptions { connect_timeout: config.connect_timeout };
+        let mut generation = 0;
+        let mut make = |spec: UpstreamSpec, addrs| {
+            generation += 1;
+            Arc::new(Upstream::new(spec, addrs, generation, &upstream_options))
+        };
+        let mut declared = BTreeMap::new();
+        for (host, spec) in &config.routes {
+            let addrs = resolve_or_warn(host, spec).await;
+            declared.insert(host.clone(), make(spec.clone(), addrs));
+        }
+        let mut active = BTreeMap::new();
+        for (host, o) in overrides {
+            if !config.domains.iter().any(|d| host.is_within(d)) {
+                tracing::warn!(
+                    %host,
+                    domains = %config.domains.to_string_list(),
+                    "a persisted route is outside the configured domains; it is kept and still routed"
+                );
+            }
+            let a = match o {
+                Override::Target(spec) => {
+                    let addrs = resolve_or_warn(&host, &spec).await;
+                    Active::Target(make(spec, addrs))
+                }
+                Override::Removed => Active::Removed,
+            };
+            active.insert(host, a);
+        }
+        let routes = Routes { declared, overrides: active, generation };
+        let table = Arc::new(ArcSwap::from_pointee(routes.table()));
+        Daemon {
+            config,
+            state_dir,
+            started: Instant::now(),
+            upstream_options,
+            table,
+            routes: Mutex::new(routes),
+            http_listeners: Default::default(),
+        }
+    }
+
+    fn qualify(&self, name: &str) -> Result<HostName, ApiError> {
+        self.config
+            .domains
+            .qualify(name)
+            .map_err(|m| ApiError::bad_request("invalid_name", format!("invalid route name {name:?}: {m}")))
+    }
+
+    /// Persists `next` and, only once that succeeded, makes it the live state.
+    fn commit(&self, routes: &mut Routes, next: BTreeMap<HostName, Active>) -> Result<(), ApiError> {
+        let old = std::mem::replace(&mut routes.overrides, next);
+        if let Err(e) = state::save(&self.state_dir, &routes.persisted()) {
+            routes.overrides = old;
+            tracing::error!(error = %e, "could not persist a route change");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "persist_failed",
+                format!("the change was not applied: {e}"),
+            ));
+        }
+        self.table.store(Arc::new(routes.table()));
+        Ok(())
+    }
+
+    /// All active routes, sorted by host.
+    pub async fn list(&self) -> Vec<RouteView> {
+        let routes = self.routes.lock().await;
+        let mut hosts: Vec<&HostName> = routes.effective().map(|(h, _, _)| h).collect();
+        hosts.sort();
+        hosts.into_iter().filter_map(|h| routes.view(h)).collect()
+    }
+
+    /// One route.
+    pub async fn get(&self, name: &str) -> Result<RouteView, ApiError> {
+        let host = self.qualify(name)?;
+        self.routes.lock().await.view(&host).ok_or_else(|| no_route(&host))
+    }
+
+    /// Routes `name` to `target` (an override, persisted).
+    pub async fn put(&self, name: &str, target: &str) -> Result<RouteView, ApiError> {
+        let host = self.qualify(name)?;
+        let spec = UpstreamSpec::parse(target)
+            .map_err(|e| ApiError::bad_request("invalid_target", e.to_string()))?;
+        let addrs = spec.resolve().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unresolvable_target",
+                format!("{e}; check the host name, or use an IP address"),
+            )
+        })?;
+        let mut routes = self.routes.lock().await;
+        routes.generation += 1;
+        let upstream = Arc::new(Upstream::new(spec, addrs, routes.generation, &self.upstream_options));
+        let mut next = routes.overrides.clone();
+        next.insert(host.clone(), Active::Target(upstream));
+        self.commit(&mut routes, next)?;
+        tracing::info!(%host, target = %target, "route set");
+        Ok(routes.view(&host).expect("route just set"))
+    }
+
+    /// Removes `name`'s route, whether declared or set through the API.
+    pub async fn delete(&self, name: &str) -> Result<api::Removed, ApiError> {
+        let host = self.qualify(name)?;
+        let mut routes = self.routes.lock().await;
+        let view = routes.view(&host).ok_or_else(|| no_route(&host))?;
+        let mut next = routes.overrides.clone();
+        if routes.declared.contains_key(&host) {
+            next.insert(host.clone(), Active::Removed);
+        } else {
+            next.remove(&host);
+        }
+        self.commit(&mut routes, next)?;
+        tracing::info!(%host, "route removed");
+        Ok(api::Removed { host: view.host, target: view.target })
+    }
+
+    /// Drops `name`'s override, going back to its declared target.
+    pub async fn restore(&self, name: &str) -> Result<api::Restored, ApiError> {
+        let host = self.qualify(name)?;
+        let mut routes = self.routes.lock().await;
+        let declared = routes.declared.contains_key(&host);
+        match (routes.overrides.contains_key(&host), declared) {
+            (false, true) => Ok(api::Restored {
+                changed: false,
+                route: routes.view(&host).expect("declared route"),
+            }),
+            (false, false) => Err(no_route(&host)),
+            (true, false) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "nothing_to_restore",
+                format!(
+                    "{host} has no declared target to go back to (it is not in the config file); \
+                     remove it with `itproxy unroute {host}`"
+                ),
+            )),
+            (true, true) => {
+                let mut next = routes.overrides.clone();
+                next.remove(&host);
+                self.commit(&mut routes, next)?;
+                tracing::info!(%host, "route restored to its declared target");
+                Ok(api::Restored { changed: true, route: routes.view(&host).expect("declared") })
+            }
+        }
+    }
+
+    /// The daemon's status.
+    pub async fn status(&self) -> api::Status {
+        let routes = self.routes.lock().await;
+        api::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            state_dir: self.state_dir.display().to_string(),
+            config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
+            domains: self.config.domains.iter().map(|d| d.to_string()).collect(),
+            listeners: api::Listeners {
+                http: self.http_listeners.get().cloned().unwrap_or_default(),
+                control: self.state_dir.join(CONTROL_SOCKET).display().to_string(),
+            },
+            routes: routes.effective().count(),
+            overrides: routes.overrides.len(),
+        }
+    }
+}
+
+fn no_route(host: &HostName) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("there is no route for {host}; `itproxy routes` lists them"),
+    )
+}
+
+async fn resolve_or_warn(host: &HostName, spec: &UpstreamSpec) -> Vec<std::net::SocketAddr> {
+    spec.resolve().await.unwrap_or_else(|e| {
+        tracing::warn!(%host, error = %e, "target does not resolve; requests will get 502 until it is routed again");
+        Vec::new()
+    })
+}
+
+/// Refuses to start when another daemon serves this state directory; removes a stale socket.
+async fn claim_socket(sock: &Path) -> anyhow::Result<()> {
+    if tokio::net::UnixStream::connect(sock).await.is_ok() {
+        anyhow::bail!(
+            "another itproxy daemon is already running with this state directory (its control socket {} answers); \
+             stop it, or give this one its own --state-dir",
+            sock.display()
+        );
+    }
+    match std::fs::remove_file(sock) {
+        Ok(()) => tracing::debug!(socket = %sock.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove the stale control socket {}", sock.display())),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+}
+
+/// Runs the daemon in the foreground until SIGINT or SIGTERM.
+pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
+    state::ensure_dir(&state_dir)?;
+    let sock = state_dir.join(CONTROL_SOCKET);
+    claim_socket(&sock).await?;
+    let overrides = state::load(&state_dir)?;
+
+    let router_config = RouterConfig {
+        http: config.http.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        threads: config.threads.unwrap_or_else(|| RouterConfig::default().threads),
+        ..RouterConfig::default()
+    };
+    let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides).await);
+    let table = daemon.table.clone();
+    let mut router = tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
+        .await
+        .context("the proxy start-up task failed")??;
+    let http: Vec<String> = router.http_addrs().iter().map(|a| a.to_string()).collect();
+    for a in &http {
+        tracing::info!("listening for HTTP on {a}");
+    }
+    let _ = daemon.http_listeners.set(http);
+
+    let served = serve_control(daemon.clone(), &sock).await;
+    tokio::task::spawn_blocking(move || router.stop()).await.ok();
+    let _ = std::fs::remove_file(&sock);
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_control(daemon: Arc<Daemon>, sock: &Path) -> anyhow::Result<()> {
+    let listener = tokio::net::UnixListener::bind(sock)
+        .with_context(|| format!("cannot create the control socket {}", sock.display()))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the control socket {}", sock.display()))?;
+    tracing::info!("control API on {}", sock.display());
+    let routes = daemon.status().await.routes;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), routes, "itproxy is ready");
+    axum::serve(listener, crate::control::app(daemon))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the control API failed")
+}

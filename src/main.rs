@@ -1,0 +1,220 @@
+//! The `itproxy` binary: CLI, daemon wiring, configuration, state and the control API.
+//! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
+
+mod api;
+mod cli;
+mod client;
+mod config;
+mod control;
+mod daemon;
+mod state;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use http::Method;
+
+use crate::api::RouteView;
+use crate::cli::{Cli, Command, RouteArgs, UpArgs};
+use crate::client::Client;
+use crate::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let daemon = matches!(cli.command, Command::Up(_));
+    let level = match (cli.quiet, cli.verbose, daemon) {
+        (true, _, _) => "error",
+        (_, 0, true) => "info,pingora_core=warn,pingora_proxy=off,pingora=warn",
+        (_, 0, false) => "warn",
+        (_, 1, _) => "debug,pingora_core=info,pingora_proxy=info,hyper=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("itproxy"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find a state directory: HOME is not set; pass --state-dir")?;
+    Ok(PathBuf::from(home).join(".local/state/itproxy"))
+}
+
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| {
+        let p = PathBuf::from("itproxy.toml");
+        p.is_file().then_some(p)
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = match cli.state_dir {
+        Some(d) => d,
+        None => default_state_dir()?,
+    };
+    match cli.command {
+        Command::Up(args) => up(args, state_dir),
+        Command::CheckConfig { file } => check_config(file),
+        Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
+        Command::Unroute { name, json } => runtime()?.block_on(async {
+            let removed: api::Removed =
+                Client::new(&state_dir).call(Method::DELETE, &route_path(&name), None).await?;
+            if json {
+                print_json(&removed)
+            } else {
+                println!("removed {} (was {})", removed.host, removed.target);
+                Ok(())
+            }
+        }),
+        Command::Routes { json } => runtime()?.block_on(async {
+            let routes: Vec<RouteView> =
+                Client::new(&state_dir).call(Method::GET, "/v1/routes", None).await?;
+            if json {
+                print_json(&routes)
+            } else {
+                print_routes(&routes)
+            }
+        }),
+        Command::Status { json } => runtime()?.block_on(async {
+            let s: api::Status =
+                Client::new(&state_dir).call(Method::GET, "/v1/status", None).await?;
+            if json {
+                print_json(&s)
+            } else {
+                print_status(&s)
+            }
+        }),
+    }
+}
+
+fn up(args: UpArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let overrides = config::Overrides { http: args.http, domains: args.domain };
+    let path = config_path(args.config);
+    let config = Config::load(path.as_deref(), &overrides)?;
+    if let Some(p) = &config.source {
+        tracing::info!("using config file {}", p.display());
+    }
+    runtime()?.block_on(daemon::run(config, state_dir))
+}
+
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(file).context(
+        "no config file given and ./itproxy.toml does not exist; pass the file to check",
+    )?;
+    let c = Config::load(Some(&path), &config::Overrides::default())?;
+    println!("{}: ok", path.display());
+    println!("  domains: {}", c.domains.to_string_list());
+    let http: Vec<String> = c.http.iter().map(|a| a.to_string()).collect();
+    println!("  http:    {}", http.join(", "));
+    println!("  routes:  {}", c.routes.len());
+    for (host, target) in &c.routes {
+        println!("    {host} -> {target}");
+    }
+    Ok(())
+}
+
+/// The API path for a route name; the daemon validates the name itself.
+fn route_path(name: &str) -> String {
+    let mut p = String::from("/v1/routes/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p
+}
+
+async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let client = Client::new(state_dir);
+    let path = route_path(&args.name);
+    if args.restore {
+        let r: api::Restored =
+            client.call(Method::POST, &format!("{path}/restore"), None).await?;
+        if args.json {
+            return print_json(&r);
+        }
+        let what = if r.changed { "restored" } else { "already at its declared target:" };
+        println!("{what} {} -> {}", r.route.host, r.route.target);
+        return Ok(());
+    }
+    let target = args.target.expect("clap requires a target without --restore");
+    let body = serde_json::json!({ "target": target });
+    let r: RouteView = client.call(Method::PUT, &path, Some(body)).await?;
+    if args.json {
+        return print_json(&r);
+    }
+    match &r.declared {
+        Some(d) => println!("{} -> {} (overrides {d})", r.host, r.target),
+        None => println!("{} -> {}", r.host, r.target),
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
+    if routes.is_empty() {
+        println!("no routes; add one with `itproxy route NAME TARGET`");
+        return Ok(());
+    }
+    let hw = routes.iter().map(|r| r.host.len()).max().unwrap_or(0).max(4);
+    let tw = routes.iter().map(|r| r.target.len()).max().unwrap_or(0).max(6);
+    println!("{:hw$}  {:tw$}  SOURCE", "HOST", "TARGET");
+    for r in routes {
+        let source = match (&r.source, &r.declared) {
+            (api::RouteSource::Config, _) => "config".to_string(),
+            (api::RouteSource::Override, None) => "override".to_string(),
+            (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),
+        };
+        println!("{:hw$}  {:tw$}  {source}", r.host, r.target);
+    }
+    Ok(())
+}
+
+fn print_status(s: &api::Status) -> anyhow::Result<()> {
+    let up = humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64));
+    println!("itproxy {} (pid {}), up {up}", s.version, s.pid);
+    println!("  http:      {}", s.listeners.http.join(", "));
+    println!("  control:   {}", s.listeners.control);
+    println!("  domains:   {}", s.domains.join(", "));
+    println!("  routes:    {} ({} overrides)", s.routes, s.overrides);
+    println!("  state dir: {}", s.state_dir);
+    println!("  config:    {}", s.config_file.as_deref().unwrap_or("(built-in defaults)"));
+    Ok(())
+}
