@@ -87,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
         Command::Unroute { name, json } => runtime()?.block_on(async {
             let removed: api::Removed =
-                Client::new(&state_dir).call(Method::DELETE, &route_path(&name), None).await?;
+                Client::new(&state_dir).call(Method::DELETE, &route_path(&name)?, None).await?;
             if json {
                 print_json(&removed)
             } else {
@@ -143,7 +143,10 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// The API path for a route name; the daemon validates the name itself.
-fn route_path(name: &str) -> String {
+fn route_path(name: &str) -> anyhow::Result<String> {
+    if name.trim().is_empty() {
+        anyhow::bail!("the route name is empty; give an app name such as `api`");
+    }
     let mut p = String::from("/v1/routes/");
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -152,12 +155,12 @@ fn route_path(name: &str) -> String {
             p.push_str(&format!("%{b:02X}"));
         }
     }
-    p
+    Ok(p)
 }
 
 async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
     let client = Client::new(state_dir);
-    let path = route_path(&args.name);
+    let path = route_path(&args.name)?;
     if args.restore {
         let r: api::Restored =
             client.call(Method::POST, &format!("{path}/restore"), None).await?;

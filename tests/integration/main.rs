@@ -1,1 +1,10 @@
-fn main(){}
+//! Integration tests: the real `itproxy` binary, real backends and real clients, on loopback.
+
+mod cli;
+mod errors;
+mod headers;
+mod persistence;
+mod routing;
+mod swap;
+mod util;
+mod websocket;

@@ -1,0 +1,144 @@
+//! Bad input gets a clear error and changes nothing; start-up problems say what to do.
+
+use std::process::Command;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn bad_routes_are_refused_and_change_nothing() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    let routes = p.routes();
+    let file = std::fs::read(p.state_dir().join("routes.json")).unwrap();
+
+    for (args, needle) in [
+        (&["route", "api", "localhost:notaport"][..], "\"notaport\" is not a number"),
+        (&["route", "", "127.0.0.1:1"], "route name is empty"),
+        (&["route", "my app", "127.0.0.1:1"], "\"my app\""),
+        (&["route", "api.example.com", "127.0.0.1:1"], "not below the configured domains"),
+        (&["route", "api", "http://127.0.0.1:1/v1"], "paths are not supported"),
+        (&["route", "api", "no-such-host.invalid:80"], "cannot resolve"),
+        (&["unroute", "ghost"], "no route for ghost.test"),
+        (&["route", "ghost", "--restore"], "no route for ghost.test"),
+    ] {
+        let err = p.fails(args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+
+    for (body, status, code) in [
+        ("{", 400, "bad_body"),
+        ("{\"target\": 5}", 400, "bad_body"),
+        ("{\"tgt\": \"127.0.0.1:1\"}", 400, "bad_body"),
+        ("{\"target\": \"127.0.0.1:1\", \"x\": 1}", 400, "bad_body"),
+        ("{\"target\": \"a b:1\"}", 400, "invalid_target"),
+    ] {
+        let (got, json) = p.api("PUT", "/v1/routes/api", Some(body));
+        assert_eq!(got, status, "{body}: {json}");
+        assert_eq!(json["error"]["code"], code, "{body}: {json}");
+        assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let huge = format!("{{\"target\": \"{}\"}}", "x".repeat(100_000));
+    assert_eq!(p.api("PUT", "/v1/routes/api", Some(&huge)).0, 413);
+    let (got, json) = p.api("GET", "/v1/nothing", None);
+    assert_eq!((got, json["error"]["code"].as_str()), (404, Some("not_found")));
+    let (got, _) = p.api("PATCH", "/v1/routes/api", Some("{}"));
+    assert_eq!(got, 405);
+
+    assert_eq!(p.routes(), routes, "a refused change altered the routes");
+    assert_eq!(std::fs::read(p.state_dir().join("routes.json")).unwrap(), file);
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("api"));
+}
+
+#[test]
+fn client_commands_without_a_daemon_say_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["routes"], &["route", "api", "localhost:1"]] {
+        let out = Command::new(BIN).arg("--state-dir").arg(dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no itproxy daemon is running") && err.contains("itproxy up"), "{err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&["route"][..], &["route", "api"], &["up", "--http", "nowhere"], &["frobnicate"]] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn a_busy_port_or_a_second_daemon_is_refused_clearly() {
+    let p = Itproxy::start();
+
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(other.path())
+        .args(["up", "--http", &p.http.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen for HTTP on {}", p.http)) && err.contains("--http"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(p.state_dir())
+        .args(["up", "--http", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    // The first daemon is unharmed.
+    p.ok(&["status"]);
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[routes]\napi = \"localhost:notaport\"\n");
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["up", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(cfg.to_str().unwrap()), "{err}");
+    assert!(err.contains("line 2") && err.contains("api") && err.contains("notaport"), "{err}");
+
+    let out = Command::new(BIN).args(["check-config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    let good = write_config(dir.path(), "domains = [\"test\"]\n[routes]\napi = \"localhost:8000\"\n");
+    let out = Command::new(BIN).args(["check-config", good.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("api.test -> http://localhost:8000"), "{text}");
+}
+
+#[test]
+fn damaged_state_is_reported_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, "{ not json").unwrap();
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["up", "--http", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes.json is damaged"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
+}

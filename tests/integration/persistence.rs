@@ -1,0 +1,63 @@
+//! Acknowledged routes survive restarts and crashes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn routes_survive_a_restart() {
+    let api = Backend::start("api").await;
+    let mut p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    p.ok(&["route", "gone", "127.0.0.1:9"]);
+    p.ok(&["unroute", "gone"]);
+    let before = p.routes();
+
+    p.restart();
+    assert_eq!(p.routes(), before);
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("api"));
+    assert_eq!(get(p.http, "gone.test", "/").await.status, 404);
+}
+
+#[test]
+fn every_acknowledged_route_survives_kill_9() {
+    let mut p = Itproxy::start();
+    let mut total = 0;
+    for (round, delay_ms) in [40u64, 130, 260].into_iter().enumerate() {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let acked = acked.clone();
+            let dir = p.state_dir().to_path_buf();
+            std::thread::spawn(move || {
+                for i in 0..10_000 {
+                    let name = format!("r{round}-{i}");
+                    let out = std::process::Command::new(BIN)
+                        .arg("--state-dir")
+                        .arg(&dir)
+                        .args(["route", &name, &format!("127.0.0.1:{}", 1000 + i)])
+                        .output()
+                        .unwrap();
+                    if !out.status.success() {
+                        return; // the daemon is gone
+                    }
+                    acked.lock().unwrap().push(format!("{name}.test"));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        p.kill9();
+        writer.join().unwrap();
+        p.relaunch();
+
+        let routes = p.routes();
+        let acked = acked.lock().unwrap();
+        assert!(!acked.is_empty(), "no route was acknowledged before the kill");
+        for host in acked.iter() {
+            assert!(routes.contains_key(host), "acknowledged route {host} lost after kill -9");
+        }
+        total += acked.len();
+        println!("round {round}: kill -9 after {delay_ms} ms, {} acknowledged routes all back", acked.len());
+    }
+    assert!(total > 3);
+}

@@ -1,0 +1,94 @@
+//! A developer routes apps by name and reaches them through the proxy.
+
+use crate::util::*;
+
+#[tokio::test]
+async fn requests_reach_the_backend_named_by_the_host() {
+    let api = Backend::start("api").await;
+    let web = Backend::start("web").await;
+    let p = Itproxy::start();
+
+    let out = p.ok(&["route", "api", &api.target()]);
+    assert_eq!(out.trim(), format!("api.test -> http://{}", api.target()));
+    p.ok(&["route", "web.test", &format!("http://{}", web.target())]);
+
+    // curl with --resolve, as a user would.
+    let (status, body) = curl(p.http, "api.test", "/hello?x=1", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["backend"], "api");
+    assert_eq!(seen["uri"], "/hello?x=1");
+
+    // Host matching ignores case, the port and a trailing dot.
+    for host in ["WEB.test", &format!("web.test:{}", p.http.port()), "web.test."] {
+        let r = get(p.http, host, "/").await;
+        assert_eq!((r.status, r.backend()), (200, Some("web")), "{host}");
+    }
+    assert_eq!(api.hits(), 1);
+    assert_eq!(web.hits(), 3);
+
+    let listed = p.ok(&["routes"]);
+    assert!(listed.contains("api.test") && listed.contains("web.test"), "{listed}");
+    let routes = p.routes();
+    assert_eq!(routes["api.test"], format!("http://{}", api.target()));
+}
+
+#[tokio::test]
+async fn a_swap_is_seen_by_the_next_request_on_the_same_connection() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &a.target()]);
+
+    let mut conn = Client::connect(p.http).await;
+    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("a"));
+    p.ok(&["route", "api", &b.target()]);
+    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("b"));
+    p.ok(&["route", "api", &a.target()]);
+    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("a"));
+}
+
+#[tokio::test]
+async fn declared_routes_can_be_overridden_restored_and_removed() {
+    let declared = Backend::start("declared").await;
+    let dev = Backend::start("dev").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[routes]\napi = \"{}\"\n", declared.target()),
+    );
+    let p = Itproxy::start_with(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+
+    let out = p.ok(&["route", "api", &dev.target()]);
+    assert!(out.contains("overrides"), "{out}");
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("dev"));
+    assert!(p.ok(&["routes"]).contains("override (declared"));
+
+    let out = p.ok(&["route", "api", "--restore"]);
+    assert!(out.starts_with("restored api.test"), "{out}");
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+    let out = p.ok(&["route", "api", "--restore"]);
+    assert!(out.contains("already at its declared target"), "{out}");
+
+    let out = p.ok(&["unroute", "api"]);
+    assert!(out.starts_with("removed api.test"), "{out}");
+    assert_eq!(get(p.http, "api.test", "/").await.status, 404);
+    // The removal of a declared route is itself persisted; restore brings it back.
+    p.ok(&["route", "api", "--restore"]);
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+}
+
+#[tokio::test]
+async fn status_reports_listeners_routes_and_version() {
+    let p = Itproxy::start();
+    p.ok(&["route", "api", "127.0.0.1:9"]);
+    let s: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    assert_eq!(s["listeners"]["http"][0], p.http.to_string());
+    assert_eq!(s["routes"], 1);
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["domains"][0], "test");
+    assert!(s["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    let text = p.ok(&["status"]);
+    assert!(text.contains(&p.http.to_string()) && text.contains("routes:    1"), "{text}");
+}
