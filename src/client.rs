@@ -80,7 +80,10 @@ impl Client {
     }
 
     fn protocol(&self, message: impl Into<String>) -> ClientError {
-        ClientError::Protocol { socket: self.socket.clone(), message: message.into() }
+        ClientError::Protocol {
+            socket: self.socket.clone(),
+            message: message.into(),
+        }
     }
 
     async fn exchange<T: DeserializeOwned>(
@@ -89,13 +92,13 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|error| {
-            ClientError::NotRunning {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| ClientError::NotRunning {
                 state_dir: self.state_dir.clone(),
                 socket: self.socket.clone(),
                 error,
-            }
-        })?;
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e.to_string()))?;
@@ -110,7 +113,10 @@ impl Client {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| self.protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| self.protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -119,8 +125,11 @@ impl Client {
             .map_err(|e| self.protocol(e.to_string()))?
             .to_bytes();
         if status.is_success() {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| self.protocol(format!("unexpected answer ({e}); is the daemon the same version?")))
+            serde_json::from_slice(&bytes).map_err(|e| {
+                self.protocol(format!(
+                    "unexpected answer ({e}); is the daemon the same version?"
+                ))
+            })
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => Err(ClientError::Api {

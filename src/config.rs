@@ -106,7 +106,9 @@ impl<'de> Deserialize<'de> for Domain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let s = s.strip_prefix('.').unwrap_or(&s);
-        HostName::parse(s).map(Domain).map_err(serde::de::Error::custom)
+        HostName::parse(s)
+            .map(Domain)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -117,7 +119,9 @@ struct RouteKey(HostName);
 impl<'de> Deserialize<'de> for RouteKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        HostName::parse(&s).map(RouteKey).map_err(serde::de::Error::custom)
+        HostName::parse(&s)
+            .map(RouteKey)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -128,7 +132,9 @@ struct Target(UpstreamSpec);
 impl<'de> Deserialize<'de> for Target {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        UpstreamSpec::parse(&s).map(Target).map_err(serde::de::Error::custom)
+        UpstreamSpec::parse(&s)
+            .map(Target)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -198,7 +204,11 @@ impl Domains {
 
     /// The domains joined with ", ".
     pub fn to_string_list(&self) -> String {
-        self.0.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+        self.0
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -264,7 +274,10 @@ impl Config {
         source: Option<PathBuf>,
         cli: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { origin: source.clone(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: source.clone(),
+            message,
+        };
         let domains = if !cli.domains.is_empty() {
             let mut list = Vec::new();
             for d in &cli.domains {
@@ -292,7 +305,9 @@ impl Config {
             }
         };
         if http.is_empty() {
-            return Err(invalid("`listen.http` is empty; give at least one address".into()));
+            return Err(invalid(
+                "`listen.http` is empty; give at least one address".into(),
+            ));
         }
 
         let mut routes = BTreeMap::new();
@@ -363,20 +378,35 @@ mod tests {
         let routes: Vec<_> = c.routes.iter().map(|(h, t)| format!("{h}={t}")).collect();
         assert_eq!(
             routes,
-            ["api.test=http://localhost:8000", "web.example.internal=https://127.0.0.1:8443"]
+            [
+                "api.test=http://localhost:8000",
+                "web.example.internal=https://127.0.0.1:8443"
+            ]
         );
     }
 
     #[test]
     fn errors_name_line_and_key() {
         let cases = [
-            ("[routes]\napi = \"localhost:notaport\"\n", &["line 2", "api", "not a number"][..]),
+            (
+                "[routes]\napi = \"localhost:notaport\"\n",
+                &["line 2", "api", "not a number"][..],
+            ),
             ("[listen]\nhttp = \"nowhere\"\n", &["line 2", "http"]),
-            ("[proxy]\nconnect_timeout = \"soon\"\n", &["line 2", "connect_timeout"]),
+            (
+                "[proxy]\nconnect_timeout = \"soon\"\n",
+                &["line 2", "connect_timeout"],
+            ),
             ("[proxy]\nthreads = 0\n", &["line 2", "threads"]),
             ("colour = 1\n", &["line 1", "unknown field", "colour"]),
-            ("[proxy]\ntrusted = []\n", &["line 2", "unknown field", "trusted"]),
-            ("[routes]\n\"my app\" = \"localhost:1\"\n", &["line 2", "my app"]),
+            (
+                "[proxy]\ntrusted = []\n",
+                &["line 2", "unknown field", "trusted"],
+            ),
+            (
+                "[routes]\n\"my app\" = \"localhost:1\"\n",
+                &["line 2", "my app"],
+            ),
             ("domains = [\"te st\"]\n", &["line 1", "te st"]),
             ("[routes\n", &["line 1"]),
         ];
@@ -392,9 +422,12 @@ mod tests {
     #[test]
     fn routes_outside_the_domains_and_duplicates_are_rejected() {
         let e = load("[routes]\n\"api.example.com\" = \"localhost:1\"\n").unwrap_err();
-        assert!(e.contains("routes.api.example.com") && e.contains("not below"), "{e}");
-        let e = load("[routes]\napi = \"localhost:1\"\n\"api.test\" = \"localhost:2\"\n")
-            .unwrap_err();
+        assert!(
+            e.contains("routes.api.example.com") && e.contains("not below"),
+            "{e}"
+        );
+        let e =
+            load("[routes]\napi = \"localhost:1\"\n\"api.test\" = \"localhost:2\"\n").unwrap_err();
         assert!(e.contains("declared twice"), "{e}");
     }
 
@@ -408,8 +441,14 @@ mod tests {
         assert_eq!(c.http, cli.http);
         assert_eq!(c.domains.to_string_list(), "dev, test");
         assert!(c.routes.contains_key(&HostName::parse("api.dev").unwrap()));
-        let bad = Overrides { domains: vec!["a b".into()], ..Default::default() };
-        assert!(Config::from_str("", &bad).unwrap_err().to_string().contains("--domain"));
+        let bad = Overrides {
+            domains: vec!["a b".into()],
+            ..Default::default()
+        };
+        assert!(Config::from_str("", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--domain"));
     }
 
     #[test]

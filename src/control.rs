@@ -16,7 +16,10 @@ use crate::daemon::{ApiError, Daemon};
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_string(), message: self.message },
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
         };
         (self.status, Json(body)).into_response()
     }
@@ -29,7 +32,10 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/routes", get(list))
-        .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
+        .route(
+            "/v1/routes/{name}",
+            get(get_route).put(put_route).delete(delete_route),
+        )
         .route("/v1/routes/{name}/restore", post(restore_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -45,7 +51,10 @@ async fn list(State(d): Shared) -> Json<Vec<api::RouteView>> {
     Json(d.list().await)
 }
 
-async fn get_route(State(d): Shared, Path(name): Path<String>) -> Result<Json<api::RouteView>, ApiError> {
+async fn get_route(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::RouteView>, ApiError> {
     d.get(&name).await.map(Json)
 }
 
@@ -55,7 +64,11 @@ async fn put_route(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<api::RouteView>, ApiError> {
     let body = body.map_err(|e| {
-        ApiError::new(e.status(), "bad_body", format!("cannot read the request body: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            "bad_body",
+            format!("cannot read the request body: {}", e.body_text()),
+        )
     })?;
     let put: PutRoute = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -67,18 +80,32 @@ async fn put_route(
     d.put(&name, &put.target).await.map(Json)
 }
 
-async fn delete_route(State(d): Shared, Path(name): Path<String>) -> Result<Json<api::Removed>, ApiError> {
+async fn delete_route(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::Removed>, ApiError> {
     d.delete(&name).await.map(Json)
 }
 
-async fn restore_route(State(d): Shared, Path(name): Path<String>) -> Result<Json<api::Restored>, ApiError> {
+async fn restore_route(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::Restored>, ApiError> {
     d.restore(&name).await.map(Json)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.yaml")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.yaml",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/api.yaml")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see docs/api.yaml",
+    )
 }

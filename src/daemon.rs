@@ -33,7 +33,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -56,10 +60,13 @@ struct Routes {
 
 impl Routes {
     fn effective(&self) -> impl Iterator<Item = (&HostName, &Arc<Upstream>, RouteSource)> {
-        let declared = self.declared.iter().filter_map(|(h, u)| match self.overrides.get(h) {
-            None => Some((h, u, RouteSource::Config)),
-            Some(_) => None,
-        });
+        let declared = self
+            .declared
+            .iter()
+            .filter_map(|(h, u)| match self.overrides.get(h) {
+                None => Some((h, u, RouteSource::Config)),
+                Some(_) => None,
+            });
         let overridden = self.overrides.iter().filter_map(|(h, a)| match a {
             Active::Target(u) => Some((h, u, RouteSource::Override)),
             Active::Removed => None,
@@ -68,16 +75,18 @@ impl Routes {
     }
 
     fn view(&self, host: &HostName) -> Option<RouteView> {
-        self.effective().find(|(h, _, _)| *h == host).map(|(h, u, source)| RouteView {
-            host: h.to_string(),
-            target: u.spec().to_string(),
-            source,
-            declared: match source {
-                RouteSource::Override => self.declared.get(h).map(|d| d.spec().to_string()),
-                RouteSource::Config => None,
-            },
-            addresses: u.addrs().map(|a| a.to_string()).collect(),
-        })
+        self.effective()
+            .find(|(h, _, _)| *h == host)
+            .map(|(h, u, source)| RouteView {
+                host: h.to_string(),
+                target: u.spec().to_string(),
+                source,
+                declared: match source {
+                    RouteSource::Override => self.declared.get(h).map(|d| d.spec().to_string()),
+                    RouteSource::Config => None,
+                },
+                addresses: u.addrs().map(|a| a.to_string()).collect(),
+            })
     }
 
     fn persisted(&self) -> Overrides {
@@ -94,7 +103,10 @@ impl Routes {
     }
 
     fn table(&self) -> RouteTable {
-        RouteTable::new(self.effective().map(|(h, u, _)| Route::new(h.clone(), u.clone())))
+        RouteTable::new(
+            self.effective()
+                .map(|(h, u, _)| Route::new(h.clone(), u.clone())),
+        )
     }
 }
 
@@ -114,7 +126,9 @@ impl Daemon {
     /// A target that does not resolve stays routed (it answers 502 explaining why), so a
     /// persisted route is never dropped.
     async fn new(config: Config, state_dir: PathBuf, overrides: Overrides) -> Self {
-        let upstream_options = UpstreamOptions { connect_timeout: config.connect_timeout };
+        let upstream_options = UpstreamOptions {
+            connect_timeout: config.connect_timeout,
+        };
         let mut generation = 0;
         let mut make = |spec: UpstreamSpec, addrs| {
             generation += 1;
@@ -143,7 +157,11 @@ impl Daemon {
             };
             active.insert(host, a);
         }
-        let routes = Routes { declared, overrides: active, generation };
+        let routes = Routes {
+            declared,
+            overrides: active,
+            generation,
+        };
         let table = Arc::new(ArcSwap::from_pointee(routes.table()));
         Daemon {
             config,
@@ -157,14 +175,17 @@ impl Daemon {
     }
 
     fn qualify(&self, name: &str) -> Result<HostName, ApiError> {
-        self.config
-            .domains
-            .qualify(name)
-            .map_err(|m| ApiError::bad_request("invalid_name", format!("invalid route name {name:?}: {m}")))
+        self.config.domains.qualify(name).map_err(|m| {
+            ApiError::bad_request("invalid_name", format!("invalid route name {name:?}: {m}"))
+        })
     }
 
     /// Persists `next` and, only once that succeeded, makes it the live state.
-    fn commit(&self, routes: &mut Routes, next: BTreeMap<HostName, Active>) -> Result<(), ApiError> {
+    fn commit(
+        &self,
+        routes: &mut Routes,
+        next: BTreeMap<HostName, Active>,
+    ) -> Result<(), ApiError> {
         let old = std::mem::replace(&mut routes.overrides, next);
         if let Err(e) = state::save(&self.state_dir, &routes.persisted()) {
             routes.overrides = old;
@@ -190,7 +211,11 @@ impl Daemon {
     /// One route.
     pub async fn get(&self, name: &str) -> Result<RouteView, ApiError> {
         let host = self.qualify(name)?;
-        self.routes.lock().await.view(&host).ok_or_else(|| no_route(&host))
+        self.routes
+            .lock()
+            .await
+            .view(&host)
+            .ok_or_else(|| no_route(&host))
     }
 
     /// Routes `name` to `target` (an override, persisted).
@@ -207,7 +232,12 @@ impl Daemon {
         })?;
         let mut routes = self.routes.lock().await;
         routes.generation += 1;
-        let upstream = Arc::new(Upstream::new(spec, addrs, routes.generation, &self.upstream_options));
+        let upstream = Arc::new(Upstream::new(
+            spec,
+            addrs,
+            routes.generation,
+            &self.upstream_options,
+        ));
         let mut next = routes.overrides.clone();
         next.insert(host.clone(), Active::Target(upstream));
         self.commit(&mut routes, next)?;
@@ -228,7 +258,10 @@ impl Daemon {
         }
         self.commit(&mut routes, next)?;
         tracing::info!(%host, "route removed");
-        Ok(api::Removed { host: view.host, target: view.target })
+        Ok(api::Removed {
+            host: view.host,
+            target: view.target,
+        })
     }
 
     /// Drops `name`'s override, going back to its declared target.
@@ -255,7 +288,10 @@ impl Daemon {
                 next.remove(&host);
                 self.commit(&mut routes, next)?;
                 tracing::info!(%host, "route restored to its declared target");
-                Ok(api::Restored { changed: true, route: routes.view(&host).expect("declared") })
+                Ok(api::Restored {
+                    changed: true,
+                    route: routes.view(&host).expect("declared"),
+                })
             }
         }
     }
@@ -307,7 +343,11 @@ async fn claim_socket(sock: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(sock) {
         Ok(()) => tracing::debug!(socket = %sock.display(), "removed a stale control socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove the stale control socket {}", sock.display())),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot remove the stale control socket {}", sock.display())
+            })
+        }
     }
     Ok(())
 }
@@ -332,14 +372,17 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     let router_config = RouterConfig {
         http: config.http.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
-        threads: config.threads.unwrap_or_else(|| RouterConfig::default().threads),
+        threads: config
+            .threads
+            .unwrap_or_else(|| RouterConfig::default().threads),
         ..RouterConfig::default()
     };
     let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides).await);
     let table = daemon.table.clone();
-    let mut router = tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
-        .await
-        .context("the proxy start-up task failed")??;
+    let mut router =
+        tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
+            .await
+            .context("the proxy start-up task failed")??;
     let http: Vec<String> = router.http_addrs().iter().map(|a| a.to_string()).collect();
     for a in &http {
         tracing::info!("listening for HTTP on {a}");
@@ -347,7 +390,9 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     let _ = daemon.http_listeners.set(http);
 
     let served = serve_control(daemon.clone(), &sock).await;
-    tokio::task::spawn_blocking(move || router.stop()).await.ok();
+    tokio::task::spawn_blocking(move || router.stop())
+        .await
+        .ok();
     let _ = std::fs::remove_file(&sock);
     served?;
     tracing::info!("stopped");
@@ -361,7 +406,11 @@ async fn serve_control(daemon: Arc<Daemon>, sock: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict the control socket {}", sock.display()))?;
     tracing::info!("control API on {}", sock.display());
     let routes = daemon.status().await.routes;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), routes, "itproxy is ready");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        routes,
+        "itproxy is ready"
+    );
     axum::serve(listener, crate::control::app(daemon))
         .with_graceful_shutdown(shutdown_signal())
         .await

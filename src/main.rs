@@ -86,8 +86,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config(file),
         Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
         Command::Unroute { name, json } => runtime()?.block_on(async {
-            let removed: api::Removed =
-                Client::new(&state_dir).call(Method::DELETE, &route_path(&name)?, None).await?;
+            let removed: api::Removed = Client::new(&state_dir)
+                .call(Method::DELETE, &route_path(&name)?, None)
+                .await?;
             if json {
                 print_json(&removed)
             } else {
@@ -96,8 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }),
         Command::Routes { json } => runtime()?.block_on(async {
-            let routes: Vec<RouteView> =
-                Client::new(&state_dir).call(Method::GET, "/v1/routes", None).await?;
+            let routes: Vec<RouteView> = Client::new(&state_dir)
+                .call(Method::GET, "/v1/routes", None)
+                .await?;
             if json {
                 print_json(&routes)
             } else {
@@ -105,8 +107,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }),
         Command::Status { json } => runtime()?.block_on(async {
-            let s: api::Status =
-                Client::new(&state_dir).call(Method::GET, "/v1/status", None).await?;
+            let s: api::Status = Client::new(&state_dir)
+                .call(Method::GET, "/v1/status", None)
+                .await?;
             if json {
                 print_json(&s)
             } else {
@@ -117,7 +120,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs, state_dir: PathBuf) -> anyhow::Result<()> {
-    let overrides = config::Overrides { http: args.http, domains: args.domain };
+    let overrides = config::Overrides {
+        http: args.http,
+        domains: args.domain,
+    };
     let path = config_path(args.config);
     let config = Config::load(path.as_deref(), &overrides)?;
     if let Some(p) = &config.source {
@@ -162,16 +168,23 @@ async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
     let client = Client::new(state_dir);
     let path = route_path(&args.name)?;
     if args.restore {
-        let r: api::Restored =
-            client.call(Method::POST, &format!("{path}/restore"), None).await?;
+        let r: api::Restored = client
+            .call(Method::POST, &format!("{path}/restore"), None)
+            .await?;
         if args.json {
             return print_json(&r);
         }
-        let what = if r.changed { "restored" } else { "already at its declared target:" };
+        let what = if r.changed {
+            "restored"
+        } else {
+            "already at its declared target:"
+        };
         println!("{what} {} -> {}", r.route.host, r.route.target);
         return Ok(());
     }
-    let target = args.target.expect("clap requires a target without --restore");
+    let target = args
+        .target
+        .expect("clap requires a target without --restore");
     let body = serde_json::json!({ "target": target });
     let r: RouteView = client.call(Method::PUT, &path, Some(body)).await?;
     if args.json {
@@ -196,8 +209,18 @@ fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
         println!("no routes; add one with `itproxy route NAME TARGET`");
         return Ok(());
     }
-    let hw = routes.iter().map(|r| r.host.len()).max().unwrap_or(0).max(4);
-    let tw = routes.iter().map(|r| r.target.len()).max().unwrap_or(0).max(6);
+    let hw = routes
+        .iter()
+        .map(|r| r.host.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = routes
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!("{:hw$}  {:tw$}  SOURCE", "HOST", "TARGET");
     for r in routes {
         let source = match (&r.source, &r.declared) {
@@ -218,6 +241,9 @@ fn print_status(s: &api::Status) -> anyhow::Result<()> {
     println!("  domains:   {}", s.domains.join(", "));
     println!("  routes:    {} ({} overrides)", s.routes, s.overrides);
     println!("  state dir: {}", s.state_dir);
-    println!("  config:    {}", s.config_file.as_deref().unwrap_or("(built-in defaults)"));
+    println!(
+        "  config:    {}",
+        s.config_file.as_deref().unwrap_or("(built-in defaults)")
+    );
     Ok(())
 }

@@ -39,7 +39,9 @@ pub enum StateError {
         error: std::io::Error,
     },
     /// The routes file exists but is not what itproxy writes.
-    #[error("{path} is damaged ({message}); fix or remove it (removing it drops every route override)")]
+    #[error(
+        "{path} is damaged ({message}); fix or remove it (removing it drops every route override)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -78,7 +80,10 @@ struct Entry {
 
 /// Creates the state directory (mode 0700) if needed.
 pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
-    let err = |error| StateError::Dir { path: dir.to_path_buf(), error };
+    let err = |error| StateError::Dir {
+        path: dir.to_path_buf(),
+        error,
+    };
     fs::create_dir_all(dir).map_err(err)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)
 }
@@ -89,9 +94,18 @@ pub fn load(dir: &Path) -> Result<Overrides, StateError> {
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::new()),
-        Err(error) => return Err(StateError::Io { action: "read", path, error }),
+        Err(error) => {
+            return Err(StateError::Io {
+                action: "read",
+                path,
+                error,
+            })
+        }
     };
-    let corrupt = |message: String| StateError::Corrupt { path: path.clone(), message };
+    let corrupt = |message: String| StateError::Corrupt {
+        path: path.clone(),
+        message,
+    };
     let file: RoutesFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if file.version != FORMAT_VERSION {
         return Err(corrupt(format!(
@@ -107,7 +121,11 @@ pub fn load(dir: &Path) -> Result<Overrides, StateError> {
                 Override::Target(UpstreamSpec::parse(&t).map_err(|e| corrupt(e.to_string()))?)
             }
             (None, true) => Override::Removed,
-            _ => return Err(corrupt(format!("{host}: expected either `target` or `removed`"))),
+            _ => {
+                return Err(corrupt(format!(
+                    "{host}: expected either `target` or `removed`"
+                )))
+            }
         };
         out.insert(host, value);
     }
@@ -124,8 +142,14 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
             .iter()
             .map(|(host, o)| {
                 let entry = match o {
-                    Override::Target(t) => Entry { target: Some(t.to_string()), removed: false },
-                    Override::Removed => Entry { target: None, removed: true },
+                    Override::Target(t) => Entry {
+                        target: Some(t.to_string()),
+                        removed: false,
+                    },
+                    Override::Removed => Entry {
+                        target: None,
+                        removed: true,
+                    },
                 };
                 (host.to_string(), entry)
             })
@@ -135,7 +159,11 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
     text.push('\n');
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |error| StateError::Io { action, path, error }
+        move |error| StateError::Io {
+            action,
+            path,
+            error,
+        }
     };
     let mut f = OpenOptions::new()
         .write(true)
@@ -148,7 +176,9 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
     f.sync_all().map_err(io("write", &tmp))?;
     drop(f);
     fs::rename(&tmp, &path).map_err(io("write", &path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("write", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("write", dir))
 }
 
 #[cfg(test)]
@@ -164,11 +194,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_empty());
         let mut o = Overrides::new();
-        o.insert(host("api.test"), Override::Target(UpstreamSpec::parse("localhost:8000").unwrap()));
+        o.insert(
+            host("api.test"),
+            Override::Target(UpstreamSpec::parse("localhost:8000").unwrap()),
+        );
         o.insert(host("web.test"), Override::Removed);
         save(dir.path(), &o).unwrap();
         assert_eq!(load(dir.path()).unwrap(), o);
-        let mode = fs::metadata(dir.path().join(ROUTES_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(ROUTES_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(".routes.json.tmp").exists());
     }
@@ -188,7 +224,10 @@ mod tests {
         ] {
             fs::write(&path, bad).unwrap();
             let e = load(dir.path()).unwrap_err().to_string();
-            assert!(e.contains("damaged") && e.contains("routes.json"), "{bad}: {e}");
+            assert!(
+                e.contains("damaged") && e.contains("routes.json"),
+                "{bad}: {e}"
+            );
             assert_eq!(fs::read_to_string(&path).unwrap(), bad);
         }
     }

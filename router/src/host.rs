@@ -28,7 +28,9 @@ impl HostName {
         }
         for label in trimmed.split('.') {
             if label.is_empty() {
-                return Err(bad("it has an empty label (two dots in a row, or a leading dot)"));
+                return Err(bad(
+                    "it has an empty label (two dots in a row, or a leading dot)",
+                ));
             }
             if label.len() > 63 {
                 return Err(bad("a label is longer than 63 characters"));
@@ -116,7 +118,16 @@ mod tests {
     #[test]
     fn rejects_malformed_names() {
         for bad in [
-            "", ".", "a..b", ".a", "a b", "api.test/x", "-a.test", "a-.test", "é.test", "a:80",
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a b",
+            "api.test/x",
+            "-a.test",
+            "a-.test",
+            "é.test",
+            "a:80",
         ] {
             let err = HostName::parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");

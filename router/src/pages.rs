@@ -60,10 +60,20 @@ impl Page {
             Page::NoRoute { host, .. } => format!(
                 "itproxy has no route for host {host:?}; add one with `itproxy route NAME TARGET`"
             ),
-            Page::UpstreamFailed { status: 504, route, target, detail } => {
+            Page::UpstreamFailed {
+                status: 504,
+                route,
+                target,
+                detail,
+            } => {
                 format!("route {route} timed out reaching its target {target}: {detail}")
             }
-            Page::UpstreamFailed { route, target, detail, .. } => {
+            Page::UpstreamFailed {
+                route,
+                target,
+                detail,
+                ..
+            } => {
                 format!("route {route} could not reach its target {target}: {detail}")
             }
         }
@@ -73,7 +83,10 @@ impl Page {
         let mut v = json!({ "status": self.status(), "message": self.message() });
         match self {
             Page::MissingHost => v["error"] = json!("missing_host"),
-            Page::NoRoute { host, known: (routes, total) } => {
+            Page::NoRoute {
+                host,
+                known: (routes, total),
+            } => {
                 v["error"] = json!("no_route");
                 v["host"] = json!(host);
                 v["routes"] = routes
@@ -82,8 +95,17 @@ impl Page {
                     .collect();
                 v["route_count"] = json!(total);
             }
-            Page::UpstreamFailed { status, route, target, detail } => {
-                v["error"] = json!(if *status == 504 { "upstream_timeout" } else { "bad_gateway" });
+            Page::UpstreamFailed {
+                status,
+                route,
+                target,
+                detail,
+            } => {
+                v["error"] = json!(if *status == 504 {
+                    "upstream_timeout"
+                } else {
+                    "bad_gateway"
+                });
                 v["route"] = json!(route);
                 v["target"] = json!(target);
                 v["detail"] = json!(detail);
@@ -107,7 +129,11 @@ impl Page {
              <h1>{title}</h1>\n<p>{}</p>\n",
             escape(&self.message())
         );
-        if let Page::NoRoute { known: (routes, total), .. } = self {
+        if let Page::NoRoute {
+            known: (routes, total),
+            ..
+        } = self
+        {
             if routes.is_empty() {
                 body.push_str("<p>There are no routes yet.</p>\n");
             } else {
@@ -177,7 +203,10 @@ mod tests {
 
     #[test]
     fn no_route_page_escapes_the_requested_host() {
-        let p = Page::NoRoute { host: "<script>".into(), known: (vec![], 0) };
+        let p = Page::NoRoute {
+            host: "<script>".into(),
+            known: (vec![], 0),
+        };
         assert!(p.html().contains("&lt;script&gt;"));
         assert!(!p.html().contains("<script>"));
         let v: serde_json::Value = serde_json::from_str(&p.json()).unwrap();

@@ -53,7 +53,10 @@ impl HostRouter {
     /// `trusted_proxies` may pass their own `X-Forwarded-*` headers, which are then extended;
     /// everyone else's are replaced.
     pub fn new(routes: Arc<ArcSwap<RouteTable>>, trusted_proxies: Vec<IpNet>) -> Self {
-        HostRouter { routes, trusted_proxies }
+        HostRouter {
+            routes,
+            trusted_proxies,
+        }
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
@@ -205,11 +208,12 @@ impl ProxyHttp for HostRouter {
             }
         }
 
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let trusted = self.is_trusted(client_ip);
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 
         let client = client_ip.map(|ip| ip.to_string());
         match (trusted, req.headers.get(X_FORWARDED_FOR), &client) {
@@ -231,11 +235,16 @@ impl ProxyHttp for HostRouter {
             req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
         if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
-            match session.req_header().headers.get(header::HOST).cloned().or_else(|| {
-                req.uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            }) {
+            match session
+                .req_header()
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| {
+                    req.uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }) {
                 Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     req.remove_header(X_FORWARDED_HOST);
@@ -285,7 +294,10 @@ impl ProxyHttp for HostRouter {
         if let Err(err) = written {
             tracing::debug!(error = %err, "could not send the error response");
         }
-        FailToProxy { error_code: status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut RequestCtx) {

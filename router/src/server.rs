@@ -101,11 +101,17 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("itproxy-router".into())
         .spawn(move || {
-            server.run(RunArgs { shutdown_signal: Box::new(signal) });
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            });
         })
         .map_err(Error::Thread)?;
 
-    let mut running = RunningRouter { stop: Some(tx), thread: Some(thread), http: config.http.clone() };
+    let mut running = RunningRouter {
+        stop: Some(tx),
+        thread: Some(thread),
+        http: config.http.clone(),
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     for &addr in &config.http {
         let probe = connectable(addr);

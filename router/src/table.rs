@@ -93,7 +93,13 @@ mod tests {
     #[test]
     fn lookup_ignores_case_port_and_trailing_dot() {
         let t = RouteTable::new([route("api.test", "localhost:8000")]);
-        for h in ["api.test", "API.Test", "api.test:80", "api.test.", "Api.test.:8443"] {
+        for h in [
+            "api.test",
+            "API.Test",
+            "api.test:80",
+            "api.test.",
+            "Api.test.:8443",
+        ] {
             let r = t.lookup(h).unwrap_or_else(|| panic!("{h}"));
             assert_eq!(r.upstream().spec().port(), 8000);
         }

@@ -45,11 +45,17 @@ impl UpstreamSpec {
         };
         let t = target.trim();
         if t.is_empty() {
-            return Err(bad("the target is empty; expected host:port, e.g. localhost:8000"));
+            return Err(bad(
+                "the target is empty; expected host:port, e.g. localhost:8000",
+            ));
         }
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
             let port = parse_port(t).map_err(|r| bad(&r))?;
-            return Ok(UpstreamSpec { scheme: Scheme::Http, host: "localhost".into(), port });
+            return Ok(UpstreamSpec {
+                scheme: Scheme::Http,
+                host: "localhost".into(),
+                port,
+            });
         }
         let (scheme, rest, explicit_scheme) = match t.split_once("://") {
             Some((s, rest)) => match s.to_ascii_lowercase().as_str() {
@@ -65,7 +71,9 @@ impl UpstreamSpec {
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#']) {
-            return Err(bad("paths are not supported in a target; give only host:port"));
+            return Err(bad(
+                "paths are not supported in a target; give only host:port",
+            ));
         }
         if authority.contains('@') {
             return Err(bad("credentials are not supported in a target"));
@@ -109,7 +117,11 @@ impl UpstreamSpec {
                 ))
             }
         };
-        Ok(UpstreamSpec { scheme, host: host.to_ascii_lowercase().into(), port })
+        Ok(UpstreamSpec {
+            scheme,
+            host: host.to_ascii_lowercase().into(),
+            port,
+        })
     }
 
     /// The scheme.
@@ -134,7 +146,10 @@ impl UpstreamSpec {
         }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((&*self.host, self.port))
             .await
-            .map_err(|e| Error::Resolve { target: self.to_string(), error: e })?
+            .map_err(|e| Error::Resolve {
+                target: self.to_string(),
+                error: e,
+            })?
             .collect();
         let mut unique = Vec::with_capacity(addrs.len());
         for a in addrs {
@@ -189,7 +204,9 @@ pub struct UpstreamOptions {
 
 impl Default for UpstreamOptions {
     fn default() -> Self {
-        UpstreamOptions { connect_timeout: Duration::from_secs(5) }
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -224,7 +241,11 @@ impl Upstream {
                 peer
             })
             .collect();
-        Upstream { spec, peers, preferred: AtomicUsize::new(0) }
+        Upstream {
+            spec,
+            peers,
+            preferred: AtomicUsize::new(0),
+        }
     }
 
     /// The target as the user gave it.
@@ -234,7 +255,9 @@ impl Upstream {
 
     /// The resolved addresses, in the order they were resolved.
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.peers.iter().filter_map(|p| p._address.as_inet().copied())
+        self.peers
+            .iter()
+            .filter_map(|p| p._address.as_inet().copied())
     }
 
     /// How many addresses a request may try.
@@ -311,9 +334,17 @@ mod tests {
     #[tokio::test]
     async fn resolves_literals_and_localhost() {
         let s = UpstreamSpec::parse("127.0.0.1:1").unwrap();
-        assert_eq!(s.resolve().await.unwrap(), vec!["127.0.0.1:1".parse().unwrap()]);
+        assert_eq!(
+            s.resolve().await.unwrap(),
+            vec!["127.0.0.1:1".parse().unwrap()]
+        );
         let s = UpstreamSpec::parse("localhost:1").unwrap();
-        assert!(s.resolve().await.unwrap().iter().all(|a| a.ip().is_loopback()));
+        assert!(s
+            .resolve()
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.ip().is_loopback()));
     }
 
     #[test]

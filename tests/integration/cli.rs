@@ -13,12 +13,24 @@ async fn bad_routes_are_refused_and_change_nothing() {
     let file = std::fs::read(p.state_dir().join("routes.json")).unwrap();
 
     for (args, needle) in [
-        (&["route", "api", "localhost:notaport"][..], "\"notaport\" is not a number"),
+        (
+            &["route", "api", "localhost:notaport"][..],
+            "\"notaport\" is not a number",
+        ),
         (&["route", "", "127.0.0.1:1"], "route name is empty"),
         (&["route", "my app", "127.0.0.1:1"], "\"my app\""),
-        (&["route", "api.example.com", "127.0.0.1:1"], "not below the configured domains"),
-        (&["route", "api", "http://127.0.0.1:1/v1"], "paths are not supported"),
-        (&["route", "api", "no-such-host.invalid:80"], "cannot resolve"),
+        (
+            &["route", "api.example.com", "127.0.0.1:1"],
+            "not below the configured domains",
+        ),
+        (
+            &["route", "api", "http://127.0.0.1:1/v1"],
+            "paths are not supported",
+        ),
+        (
+            &["route", "api", "no-such-host.invalid:80"],
+            "cannot resolve",
+        ),
         (&["unroute", "ghost"], "no route for ghost.test"),
         (&["route", "ghost", "--restore"], "no route for ghost.test"),
     ] {
@@ -42,29 +54,52 @@ async fn bad_routes_are_refused_and_change_nothing() {
     let huge = format!("{{\"target\": \"{}\"}}", "x".repeat(100_000));
     assert_eq!(p.api("PUT", "/v1/routes/api", Some(&huge)).0, 413);
     let (got, json) = p.api("GET", "/v1/nothing", None);
-    assert_eq!((got, json["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (got, json["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (got, _) = p.api("PATCH", "/v1/routes/api", Some("{}"));
     assert_eq!(got, 405);
 
     assert_eq!(p.routes(), routes, "a refused change altered the routes");
-    assert_eq!(std::fs::read(p.state_dir().join("routes.json")).unwrap(), file);
+    assert_eq!(
+        std::fs::read(p.state_dir().join("routes.json")).unwrap(),
+        file
+    );
     assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("api"));
 }
 
 #[test]
 fn client_commands_without_a_daemon_say_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["status"][..], &["routes"], &["route", "api", "localhost:1"]] {
-        let out = Command::new(BIN).arg("--state-dir").arg(dir.path()).args(args).output().unwrap();
+    for args in [
+        &["status"][..],
+        &["routes"],
+        &["route", "api", "localhost:1"],
+    ] {
+        let out = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no itproxy daemon is running") && err.contains("itproxy up"), "{err}");
+        assert!(
+            err.contains("no itproxy daemon is running") && err.contains("itproxy up"),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["route"][..], &["route", "api"], &["up", "--http", "nowhere"], &["frobnicate"]] {
+    for args in [
+        &["route"][..],
+        &["route", "api"],
+        &["up", "--http", "nowhere"],
+        &["frobnicate"],
+    ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
@@ -114,13 +149,25 @@ fn bad_config_names_file_line_and_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(cfg.to_str().unwrap()), "{err}");
-    assert!(err.contains("line 2") && err.contains("api") && err.contains("notaport"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("api") && err.contains("notaport"),
+        "{err}"
+    );
 
-    let out = Command::new(BIN).args(["check-config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
-    let good = write_config(dir.path(), "domains = [\"test\"]\n[routes]\napi = \"localhost:8000\"\n");
-    let out = Command::new(BIN).args(["check-config", good.to_str().unwrap()]).output().unwrap();
+    let good = write_config(
+        dir.path(),
+        "domains = [\"test\"]\n[routes]\napi = \"localhost:8000\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("api.test -> http://localhost:8000"), "{text}");

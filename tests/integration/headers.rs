@@ -11,12 +11,22 @@ async fn backend_sees_original_host_and_fresh_forwarded_headers() {
 
     let mut c = Client::connect(p.http).await;
     let r = c
-        .send(&host, "/x", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")])
+        .send(
+            &host,
+            "/x",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
         .await
         .unwrap();
     let h = &r.json()["headers"];
     assert_eq!(h["host"], host);
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "a spoofed X-Forwarded-For is replaced");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "a spoofed X-Forwarded-For is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], host);
 }

@@ -52,12 +52,21 @@ fn every_acknowledged_route_survives_kill_9() {
 
         let routes = p.routes();
         let acked = acked.lock().unwrap();
-        assert!(!acked.is_empty(), "no route was acknowledged before the kill");
+        assert!(
+            !acked.is_empty(),
+            "no route was acknowledged before the kill"
+        );
         for host in acked.iter() {
-            assert!(routes.contains_key(host), "acknowledged route {host} lost after kill -9");
+            assert!(
+                routes.contains_key(host),
+                "acknowledged route {host} lost after kill -9"
+            );
         }
         total += acked.len();
-        println!("round {round}: kill -9 after {delay_ms} ms, {} acknowledged routes all back", acked.len());
+        println!(
+            "round {round}: kill -9 after {delay_ms} ms, {} acknowledged routes all back",
+            acked.len()
+        );
     }
     assert!(total > 3);
 }

@@ -20,7 +20,11 @@ async fn requests_reach_the_backend_named_by_the_host() {
     assert_eq!(seen["uri"], "/hello?x=1");
 
     // Host matching ignores case, the port and a trailing dot.
-    for host in ["WEB.test", &format!("web.test:{}", p.http.port()), "web.test."] {
+    for host in [
+        "WEB.test",
+        &format!("web.test:{}", p.http.port()),
+        "web.test.",
+    ] {
         let r = get(p.http, host, "/").await;
         assert_eq!((r.status, r.backend()), (200, Some("web")), "{host}");
     }
@@ -28,7 +32,10 @@ async fn requests_reach_the_backend_named_by_the_host() {
     assert_eq!(web.hits(), 3);
 
     let listed = p.ok(&["routes"]);
-    assert!(listed.contains("api.test") && listed.contains("web.test"), "{listed}");
+    assert!(
+        listed.contains("api.test") && listed.contains("web.test"),
+        "{listed}"
+    );
     let routes = p.routes();
     assert_eq!(routes["api.test"], format!("http://{}", api.target()));
 }
@@ -41,11 +48,20 @@ async fn a_swap_is_seen_by_the_next_request_on_the_same_connection() {
     p.ok(&["route", "api", &a.target()]);
 
     let mut conn = Client::connect(p.http).await;
-    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("a"));
+    assert_eq!(
+        conn.get("api.test", "/").await.unwrap().backend(),
+        Some("a")
+    );
     p.ok(&["route", "api", &b.target()]);
-    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("b"));
+    assert_eq!(
+        conn.get("api.test", "/").await.unwrap().backend(),
+        Some("b")
+    );
     p.ok(&["route", "api", &a.target()]);
-    assert_eq!(conn.get("api.test", "/").await.unwrap().backend(), Some("a"));
+    assert_eq!(
+        conn.get("api.test", "/").await.unwrap().backend(),
+        Some("a")
+    );
 }
 
 #[tokio::test]
@@ -58,7 +74,10 @@ async fn declared_routes_can_be_overridden_restored_and_removed() {
         &format!("[routes]\napi = \"{}\"\n", declared.target()),
     );
     let p = Itproxy::start_with(&["--config", cfg.to_str().unwrap()]);
-    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+    assert_eq!(
+        get(p.http, "api.test", "/").await.backend(),
+        Some("declared")
+    );
 
     let out = p.ok(&["route", "api", &dev.target()]);
     assert!(out.contains("overrides"), "{out}");
@@ -67,7 +86,10 @@ async fn declared_routes_can_be_overridden_restored_and_removed() {
 
     let out = p.ok(&["route", "api", "--restore"]);
     assert!(out.starts_with("restored api.test"), "{out}");
-    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+    assert_eq!(
+        get(p.http, "api.test", "/").await.backend(),
+        Some("declared")
+    );
     let out = p.ok(&["route", "api", "--restore"]);
     assert!(out.contains("already at its declared target"), "{out}");
 
@@ -76,7 +98,10 @@ async fn declared_routes_can_be_overridden_restored_and_removed() {
     assert_eq!(get(p.http, "api.test", "/").await.status, 404);
     // The removal of a declared route is itself persisted; restore brings it back.
     p.ok(&["route", "api", "--restore"]);
-    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("declared"));
+    assert_eq!(
+        get(p.http, "api.test", "/").await.backend(),
+        Some("declared")
+    );
 }
 
 #[tokio::test]
@@ -89,6 +114,45 @@ async fn status_reports_listeners_routes_and_version() {
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["domains"][0], "test");
     assert!(s["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    // Only this user may talk to the daemon or read its state.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &std::path::Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&p.state_dir().join("control.sock")), 0o600);
+    assert_eq!(mode(p.state_dir()), 0o700);
     let text = p.ok(&["status"]);
-    assert!(text.contains(&p.http.to_string()) && text.contains("routes:    1"), "{text}");
+    assert!(
+        text.contains(&p.http.to_string()) && text.contains("routes:    1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_but_never_cross_a_swap() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &a.target()]);
+    // The backend reports the proxy's source port: the same port means the same pooled connection.
+    let upstream_conn = |r: Reply| r.json()["peer"].as_str().unwrap().to_string();
+
+    let first = upstream_conn(get(p.http, "api.test", "/").await);
+    let second = upstream_conn(get(p.http, "api.test", "/").await);
+    assert_eq!(
+        first, second,
+        "a second client reuses the pooled upstream connection"
+    );
+
+    // Routing the same target again is a new route: its requests get a fresh connection.
+    p.ok(&["route", "api", &a.target()]);
+    let third = upstream_conn(get(p.http, "api.test", "/").await);
+    assert_ne!(
+        third, second,
+        "an idle connection from before the swap was reused"
+    );
+
+    p.ok(&["route", "api", &b.target()]);
+    assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("b"));
+    p.ok(&["route", "api", &a.target()]);
+    let fourth = upstream_conn(get(p.http, "api.test", "/").await);
+    assert_ne!(fourth, third);
 }

@@ -20,7 +20,9 @@ const MAX_DURATION: Duration = Duration::from_secs(60);
 /// A keepalive connection to the control API, for swapping as fast as a script can.
 async fn control(sock: &Path) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::UnixStream::connect(sock).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -107,6 +109,9 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
         swap_time.as_micros() as f64 / SWAPS as f64
     );
     assert_eq!(failed, 0, "requests failed during swaps");
-    assert!(total_a > 0 && total_b > 0, "both targets served during the swaps");
+    assert!(
+        total_a > 0 && total_b > 0,
+        "both targets served during the swaps"
+    );
     assert_eq!(total_a + total_b, total);
 }

@@ -21,7 +21,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_itproxy");
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `itproxy up`, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -88,9 +92,16 @@ impl Itproxy {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("itproxy exited with {status} during start-up:\n{}", self.log());
+                panic!(
+                    "itproxy exited with {status} during start-up:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "itproxy did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "itproxy did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -102,13 +113,20 @@ impl Itproxy {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "itproxy exited with {status}:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "itproxy exited with {status}:\n{}",
+                        self.log()
+                    );
                     return;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("itproxy did not stop within 10 s of SIGTERM:\n{}", self.log());
+                    panic!(
+                        "itproxy did not stop within 10 s of SIGTERM:\n{}",
+                        self.log()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -161,7 +179,10 @@ impl Itproxy {
     /// Runs a client command that must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(!out.status.success(), "itproxy {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "itproxy {args:?} unexpectedly succeeded"
+        );
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         String::from_utf8(out.stderr).unwrap()
     }
@@ -172,7 +193,12 @@ impl Itproxy {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["host"].as_str().unwrap().into(), r["target"].as_str().unwrap().into()))
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap().into(),
+                    r["target"].as_str().unwrap().into(),
+                )
+            })
             .collect()
     }
 
@@ -180,9 +206,18 @@ impl Itproxy {
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let sock = self.dir.path().join("control.sock");
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
-            .arg(&sock)
-            .arg(format!("http://itproxy{path}"));
+        cmd.args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "--unix-socket",
+        ])
+        .arg(&sock)
+        .arg(format!("http://itproxy{path}"));
         if let Some(b) = body {
             cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
         }
@@ -226,7 +261,9 @@ impl Backend {
         let h = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = listener.accept().await else { return };
+                let Ok((stream, peer)) = listener.accept().await else {
+                    return;
+                };
                 let h = h.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -266,11 +303,21 @@ async fn answer(
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json = serde_json::json!({
         "backend": name,
         "method": method,
@@ -293,9 +340,13 @@ pub async fn websocket_backend(name: &'static str) -> (SocketAddr, tokio::task::
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_text() {
                         let reply = format!("{name}: {}", msg.to_text().unwrap());
@@ -343,7 +394,9 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -370,7 +423,11 @@ impl Client {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, headers, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -385,7 +442,15 @@ pub async fn curl(proxy: SocketAddr, url_host: &str, path: &str, extra: &[&str])
     let url = format!("http://{url_host}:{}{path}", proxy.port());
     let resolve = format!("{url_host}:{}:{}", proxy.port(), proxy.ip());
     let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--resolve", &resolve])
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--resolve",
+            &resolve,
+        ])
         .args(extra)
         .arg(&url)
         .output()

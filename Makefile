@@ -1,0 +1,32 @@
+# itproxy: the two set-up commands are `make up` and `make test`.
+CARGO ?= cargo
+# Extra arguments for `itproxy up`, e.g. make up ARGS="--http 127.0.0.1:8080"
+ARGS ?=
+
+.PHONY: all deps build up test lint unit bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+## Build and run itproxy in the foreground on its embedded defaults (HTTP on 127.0.0.1:80).
+up: build
+	./target/release/itproxy up $(ARGS)
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only).
+test: lint
+	$(CARGO) test --workspace --locked
+
+bench: deps
+	$(CARGO) bench --locked
+
+clean:
+	$(CARGO) clean
