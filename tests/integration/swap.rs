@@ -72,7 +72,7 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
     let targets = [a.target(), b.target()];
     let swap_start = Instant::now();
     for i in 1..=SWAPS {
-        // Odd swaps go to b, so the last one (SWAPS is even... or not) is checked below.
+        // Odd swaps go to b, even ones back to a.
         let target = &targets[i % 2];
         let body = serde_json::json!({ "target": target }).to_string();
         let req = hyper::Request::put("/v1/routes/api")
