@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
-# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl (tests), and the rustfmt and
-# clippy components. Safe to run repeatedly.
+# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl and openssl (tests), the
+# system CA bundle, and the rustfmt and clippy components. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -9,6 +9,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -28,6 +28,12 @@ pub struct RouteView {
     /// The declared target, when an override replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared: Option<String>,
+    /// Plain-HTTP requests get a 308 to HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// An `https://` target's certificate is not verified.
+    #[serde(default)]
+    pub insecure_upstream: bool,
     /// The addresses the target resolved to, tried in order.
     pub addresses: Vec<String>,
 }
@@ -38,6 +44,12 @@ pub struct RouteView {
 pub struct PutRoute {
     /// `host:port`, `http://host:port`, `https://host[:port]` or a bare port.
     pub target: String,
+    /// Redirect plain-HTTP requests to HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Do not verify an `https://` target's certificate (self-signed dev backends).
+    #[serde(default)]
+    pub insecure_upstream: bool,
 }
 
 /// Answer of `DELETE /v1/routes/{name}`.
@@ -79,6 +91,21 @@ pub struct Status {
     pub routes: usize,
     /// Number of persisted overrides.
     pub overrides: usize,
+    /// The local CA.
+    pub ca: Option<CaInfo>,
+}
+
+/// The local CA, as `status` shows it.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct CaInfo {
+    /// The root certificate file.
+    pub root: String,
+    /// System roots plus ours.
+    pub bundle: String,
+    /// SHA-256 fingerprint of the root.
+    pub fingerprint: String,
+    /// Names the root may sign.
+    pub permitted: Vec<String>,
 }
 
 /// What the daemon listens on.
@@ -86,6 +113,8 @@ pub struct Status {
 pub struct Listeners {
     /// Plain-HTTP proxy addresses.
     pub http: Vec<String>,
+    /// HTTPS proxy addresses.
+    pub https: Vec<String>,
     /// The control socket.
     pub control: String,
 }

@@ -15,6 +15,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "ITPROXY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Config file [default: ./itproxy.toml if it exists, else built-in defaults].
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "ITPROXY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -54,6 +64,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local certificate authority: where it is, how to trust it, rotation.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Validate a config file and print what it declares.
     CheckConfig {
         /// The file [default: ./itproxy.toml].
@@ -62,14 +75,42 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Print the root certificate's path (creating the CA on first use).
+    Path,
+    /// Print shell `export` lines that make runtimes trust the CA (SSL_CERT_FILE, ...).
+    Env {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add the root to the system store and the Chromium/Firefox NSS databases.
+    Install,
+    /// Remove the root from the system store and the NSS databases.
+    Uninstall,
+    /// Replace the root with a new one (e.g. after changing the domains).
+    Rotate {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Domains the new root permits (repeatable) [default: the config's].
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Vec<String>,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Config file [default: ./itproxy.toml if it exists, else built-in defaults].
-    #[arg(long, short = 'c', env = "ITPROXY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Plain-HTTP listen address (repeatable) [default: 127.0.0.1:80].
     #[arg(long, value_name = "ADDR")]
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen address (repeatable) [default: 127.0.0.1:443].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_https")]
+    pub https: Vec<SocketAddr>,
+    /// Serve no HTTPS.
+    #[arg(long)]
+    pub no_https: bool,
     /// Domain to serve (repeatable; the first qualifies app names) [default: test].
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Vec<String>,
@@ -85,6 +126,12 @@ pub struct RouteArgs {
     /// Drop the override: back to the target declared in the config file.
     #[arg(long)]
     pub restore: bool,
+    /// Answer plain-HTTP requests with a redirect to HTTPS.
+    #[arg(long, conflicts_with = "restore")]
+    pub redirect_https: bool,
+    /// Do not verify an https:// target's certificate (self-signed dev backends).
+    #[arg(long, conflicts_with = "restore")]
+    pub insecure_upstream: bool,
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,

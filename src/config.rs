@@ -22,6 +22,10 @@ use serde::Deserialize;
 pub const DEFAULT_DOMAIN: &str = "test";
 /// The default plain-HTTP listener.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:80";
+/// The default HTTPS listener.
+pub const DEFAULT_HTTPS: &str = "127.0.0.1:443";
+/// Default validity of issued leaf certificates.
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86400);
 
 /// A configuration problem, worded for the person who wrote the file or the flags.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +83,89 @@ struct FileConfig {
     #[serde(default)]
     proxy: ProxySection,
     #[serde(default)]
-    routes: BTreeMap<RouteKey, Target>,
+    tls: TlsSection,
+    #[serde(default)]
+    routes: BTreeMap<RouteKey, FileRoute>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct ListenSection {
     http: Option<OneOrMany<SocketAddr>>,
+    https: Option<OneOrMany<SocketAddr>>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    #[serde(default, with = "humantime_serde")]
+    leaf_validity: Option<Duration>,
+}
+
+/// A route in the file: `api = "localhost:8000"` or
+/// `api = { target = "localhost:8000", redirect_https = true, insecure_upstream = false }`.
+#[derive(Debug)]
+enum FileRoute {
+    Target(Target),
+    Table(RouteTable),
+}
+
+// By hand rather than `untagged`, so a bad target keeps its own error message.
+impl<'de> Deserialize<'de> for FileRoute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FileRoute;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a target string or a table with `target`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileRoute, E> {
+                UpstreamSpec::parse(v)
+                    .map(|t| FileRoute::Target(Target(t)))
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileRoute, A::Error> {
+                RouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileRoute::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RouteTable {
+    target: Target,
+    #[serde(default)]
+    redirect_https: bool,
+    #[serde(default)]
+    insecure_upstream: bool,
+}
+
+/// A route's target and options, as declared or set through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Where requests go.
+    pub target: UpstreamSpec,
+    /// Redirect plain HTTP to HTTPS.
+    pub redirect_https: bool,
+    /// Do not verify an `https://` target's certificate.
+    pub insecure_upstream: bool,
+}
+
+impl RouteSpec {
+    /// A route to `target` with default options.
+    pub fn to(target: UpstreamSpec) -> Self {
+        RouteSpec {
+            target,
+            redirect_https: false,
+            insecure_upstream: false,
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -219,14 +299,18 @@ pub struct Config {
     pub domains: Domains,
     /// Plain-HTTP listen addresses.
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen addresses (may be empty).
+    pub https: Vec<SocketAddr>,
+    /// Validity of issued leaf certificates.
+    pub leaf_validity: Duration,
     /// Clients whose `X-Forwarded-*` headers are kept and extended.
     pub trusted_proxies: Vec<IpNet>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Proxy worker threads (None: one per core).
     pub threads: Option<usize>,
-    /// Routes declared in the file: host to target.
-    pub routes: BTreeMap<HostName, UpstreamSpec>,
+    /// Routes declared in the file.
+    pub routes: BTreeMap<HostName, RouteSpec>,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -238,6 +322,10 @@ pub struct Overrides {
     pub http: Vec<SocketAddr>,
     /// `--domain`, replacing the file's domains.
     pub domains: Vec<String>,
+    /// `--https`, replacing the file's HTTPS listeners.
+    pub https: Vec<SocketAddr>,
+    /// `--no-https`: no HTTPS listener at all.
+    pub no_https: bool,
 }
 
 impl Config {
@@ -304,18 +392,45 @@ impl Config {
                 None => vec![DEFAULT_HTTP.parse().expect("valid default address")],
             }
         };
-        if http.is_empty() {
+        let https = if cli.no_https {
+            Vec::new()
+        } else if !cli.https.is_empty() {
+            cli.https.clone()
+        } else {
+            match file.listen.https {
+                Some(h) => h.into_vec(),
+                None => vec![DEFAULT_HTTPS.parse().expect("valid default address")],
+            }
+        };
+        if http.is_empty() && https.is_empty() {
             return Err(invalid(
-                "`listen.http` is empty; give at least one address".into(),
+                "`listen.http` and `listen.https` are both empty; give at least one address".into(),
             ));
+        }
+        let leaf_validity = file.tls.leaf_validity.unwrap_or(DEFAULT_LEAF_VALIDITY);
+        if leaf_validity < Duration::from_secs(3600)
+            || leaf_validity > Duration::from_secs(398 * 86400)
+        {
+            return Err(invalid(format!(
+                "tls.leaf_validity must be from 1h to 398days, not {}",
+                humantime::format_duration(leaf_validity)
+            )));
         }
 
         let mut routes = BTreeMap::new();
-        for (key, target) in file.routes {
+        for (key, route) in file.routes {
+            let spec = match route {
+                FileRoute::Target(t) => RouteSpec::to(t.0),
+                FileRoute::Table(t) => RouteSpec {
+                    target: t.target.0,
+                    redirect_https: t.redirect_https,
+                    insecure_upstream: t.insecure_upstream,
+                },
+            };
             let host = domains
                 .qualify(key.0.as_str())
                 .map_err(|e| invalid(format!("routes.{}: {e}", key.0)))?;
-            if routes.insert(host.clone(), target.0).is_some() {
+            if routes.insert(host.clone(), spec).is_some() {
                 return Err(invalid(format!(
                     "routes: {host} is declared twice (as an app name and as a host name)"
                 )));
@@ -325,6 +440,8 @@ impl Config {
         Ok(Config {
             domains,
             http,
+            https,
+            leaf_validity,
             trusted_proxies: file.proxy.trusted_proxies,
             connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
             threads: file.proxy.threads.map(|t| t.0),
@@ -362,6 +479,9 @@ mod tests {
             domains = ["test", "example.internal"]
             [listen]
             http = ["127.0.0.1:8080", "[::1]:8080"]
+            https = "127.0.0.1:8443"
+            [tls]
+            leaf_validity = "14days"
             [proxy]
             trusted_proxies = ["10.0.0.0/8"]
             connect_timeout = "250ms"
@@ -375,7 +495,13 @@ mod tests {
         assert_eq!(c.http.len(), 2);
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.threads, Some(2));
-        let routes: Vec<_> = c.routes.iter().map(|(h, t)| format!("{h}={t}")).collect();
+        assert_eq!(c.https, vec!["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(c.leaf_validity, Duration::from_secs(14 * 86400));
+        let routes: Vec<_> = c
+            .routes
+            .iter()
+            .map(|(h, t)| format!("{h}={}", t.target))
+            .collect();
         assert_eq!(
             routes,
             [
@@ -398,6 +524,14 @@ mod tests {
                 &["line 2", "connect_timeout"],
             ),
             ("[proxy]\nthreads = 0\n", &["line 2", "threads"]),
+            (
+                "[routes]\napi = { target = \"localhost:1\", redirect = true }\n",
+                &["line 2", "api"],
+            ),
+            (
+                "[tls]\nleaf_validity = \"2years\"\n",
+                &["leaf_validity", "398"],
+            ),
             ("colour = 1\n", &["line 1", "unknown field", "colour"]),
             (
                 "[proxy]\ntrusted = []\n",
@@ -420,6 +554,31 @@ mod tests {
     }
 
     #[test]
+    fn route_options_in_a_table() {
+        let c = load("[routes]\napi = { target = \"https://127.0.0.1:8443\", redirect_https = true, insecure_upstream = true }\nweb = \"localhost:1\"\n").unwrap();
+        let api = &c.routes[&HostName::parse("api.test").unwrap()];
+        assert!(api.redirect_https && api.insecure_upstream);
+        let web = &c.routes[&HostName::parse("web.test").unwrap()];
+        assert!(!web.redirect_https && !web.insecure_upstream);
+    }
+
+    #[test]
+    fn https_can_be_turned_off() {
+        let cli = Overrides {
+            no_https: true,
+            ..Default::default()
+        };
+        assert!(Config::from_str("[listen]\nhttps = \"127.0.0.1:1\"", &cli)
+            .unwrap()
+            .https
+            .is_empty());
+        assert_eq!(
+            load("").unwrap().https,
+            vec![DEFAULT_HTTPS.parse().unwrap()]
+        );
+    }
+
+    #[test]
     fn routes_outside_the_domains_and_duplicates_are_rejected() {
         let e = load("[routes]\n\"api.example.com\" = \"localhost:1\"\n").unwrap_err();
         assert!(
@@ -436,6 +595,8 @@ mod tests {
         let cli = Overrides {
             http: vec!["127.0.0.1:9999".parse().unwrap()],
             domains: vec!["dev".into(), ".test".into()],
+            https: vec!["127.0.0.1:9443".parse().unwrap()],
+            no_https: false,
         };
         let c = Config::from_str("domains = \"x\"\n[routes]\napi = \"localhost:1\"", &cli).unwrap();
         assert_eq!(c.http, cli.http);

@@ -77,7 +77,7 @@ async fn put_route(
             format!("the body must be JSON like {{\"target\": \"localhost:8000\"}}: {e}"),
         )
     })?;
-    d.put(&name, &put.target).await.map(Json)
+    d.put(&name, put).await.map(Json)
 }
 
 async fn delete_route(

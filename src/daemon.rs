@@ -11,13 +11,11 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use http::StatusCode;
-use itproxy_router::{
-    HostName, Route, RouteTable, RouterConfig, Upstream, UpstreamOptions, UpstreamSpec,
-};
+use itproxy_router::{HostName, Route, RouteTable, RouterConfig, Upstream, UpstreamOptions};
 use tokio::sync::Mutex;
 
 use crate::api::{self, RouteSource, RouteView};
-use crate::config::Config;
+use crate::config::{Config, RouteSpec};
 use crate::state::{self, Override, Overrides};
 
 /// The control socket's file name in the state directory.
@@ -44,31 +42,38 @@ impl ApiError {
     }
 }
 
+/// A route's spec and the upstream built from it.
+#[derive(Clone)]
+struct Routed {
+    spec: RouteSpec,
+    upstream: Arc<Upstream>,
+}
+
 /// An active override: a resolved target, or the declared route removed.
 #[derive(Clone)]
 enum Active {
-    Target(Arc<Upstream>),
+    Target(Routed),
     Removed,
 }
 
 struct Routes {
-    declared: BTreeMap<HostName, Arc<Upstream>>,
+    declared: BTreeMap<HostName, Routed>,
     overrides: BTreeMap<HostName, Active>,
     /// Bumped for every upstream created, so pooled connections never cross routes' lives.
     generation: u64,
 }
 
 impl Routes {
-    fn effective(&self) -> impl Iterator<Item = (&HostName, &Arc<Upstream>, RouteSource)> {
+    fn effective(&self) -> impl Iterator<Item = (&HostName, &Routed, RouteSource)> {
         let declared = self
             .declared
             .iter()
-            .filter_map(|(h, u)| match self.overrides.get(h) {
-                None => Some((h, u, RouteSource::Config)),
+            .filter_map(|(h, r)| match self.overrides.get(h) {
+                None => Some((h, r, RouteSource::Config)),
                 Some(_) => None,
             });
         let overridden = self.overrides.iter().filter_map(|(h, a)| match a {
-            Active::Target(u) => Some((h, u, RouteSource::Override)),
+            Active::Target(r) => Some((h, r, RouteSource::Override)),
             Active::Removed => None,
         });
         declared.chain(overridden)
@@ -77,15 +82,19 @@ impl Routes {
     fn view(&self, host: &HostName) -> Option<RouteView> {
         self.effective()
             .find(|(h, _, _)| *h == host)
-            .map(|(h, u, source)| RouteView {
+            .map(|(h, r, source)| RouteView {
                 host: h.to_string(),
-                target: u.spec().to_string(),
+                target: r.spec.target.to_string(),
                 source,
                 declared: match source {
-                    RouteSource::Override => self.declared.get(h).map(|d| d.spec().to_string()),
+                    RouteSource::Override => {
+                        self.declared.get(h).map(|d| d.spec.target.to_string())
+                    }
                     RouteSource::Config => None,
                 },
-                addresses: u.addrs().map(|a| a.to_string()).collect(),
+                redirect_https: r.spec.redirect_https,
+                insecure_upstream: r.spec.insecure_upstream,
+                addresses: r.upstream.addrs().map(|a| a.to_string()).collect(),
             })
     }
 
@@ -94,7 +103,7 @@ impl Routes {
             .iter()
             .map(|(h, a)| {
                 let o = match a {
-                    Active::Target(u) => Override::Target(u.spec().clone()),
+                    Active::Target(r) => Override::Target(r.spec.clone()),
                     Active::Removed => Override::Removed,
                 };
                 (h.clone(), o)
@@ -103,10 +112,30 @@ impl Routes {
     }
 
     fn table(&self) -> RouteTable {
-        RouteTable::new(
-            self.effective()
-                .map(|(h, u, _)| Route::new(h.clone(), u.clone())),
-        )
+        RouteTable::new(self.effective().map(|(h, r, _)| {
+            Route::new(h.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
+        }))
+    }
+
+    /// Builds the upstream for `spec` with a fresh generation.
+    fn build(
+        &mut self,
+        spec: RouteSpec,
+        addrs: Vec<std::net::SocketAddr>,
+        connect_timeout: std::time::Duration,
+    ) -> Routed {
+        self.generation += 1;
+        let options = UpstreamOptions {
+            connect_timeout,
+            verify_tls: !spec.insecure_upstream,
+        };
+        let upstream = Arc::new(Upstream::new(
+            spec.target.clone(),
+            addrs,
+            self.generation,
+            &options,
+        ));
+        Routed { spec, upstream }
     }
 }
 
@@ -115,31 +144,29 @@ pub struct Daemon {
     config: Config,
     state_dir: PathBuf,
     started: Instant,
-    upstream_options: UpstreamOptions,
+    tls: TlsInfo,
     table: Arc<ArcSwap<RouteTable>>,
     routes: Mutex<Routes>,
-    http_listeners: std::sync::OnceLock<Vec<String>>,
+    /// HTTP and HTTPS addresses, known once the proxy runs.
+    listeners: std::sync::OnceLock<(Vec<String>, Vec<String>)>,
 }
 
 impl Daemon {
     /// Resolves every declared and persisted target and builds the first route table.
     /// A target that does not resolve stays routed (it answers 502 explaining why), so a
     /// persisted route is never dropped.
-    async fn new(config: Config, state_dir: PathBuf, overrides: Overrides) -> Self {
-        let upstream_options = UpstreamOptions {
-            connect_timeout: config.connect_timeout,
+    async fn new(config: Config, state_dir: PathBuf, overrides: Overrides, tls: TlsInfo) -> Self {
+        let timeout = config.connect_timeout;
+        let mut routes = Routes {
+            declared: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            generation: 0,
         };
-        let mut generation = 0;
-        let mut make = |spec: UpstreamSpec, addrs| {
-            generation += 1;
-            Arc::new(Upstream::new(spec, addrs, generation, &upstream_options))
-        };
-        let mut declared = BTreeMap::new();
         for (host, spec) in &config.routes {
             let addrs = resolve_or_warn(host, spec).await;
-            declared.insert(host.clone(), make(spec.clone(), addrs));
+            let routed = routes.build(spec.clone(), addrs, timeout);
+            routes.declared.insert(host.clone(), routed);
         }
-        let mut active = BTreeMap::new();
         for (host, o) in overrides {
             if !config.domains.iter().any(|d| host.is_within(d)) {
                 tracing::warn!(
@@ -151,26 +178,21 @@ impl Daemon {
             let a = match o {
                 Override::Target(spec) => {
                     let addrs = resolve_or_warn(&host, &spec).await;
-                    Active::Target(make(spec, addrs))
+                    Active::Target(routes.build(spec, addrs, timeout))
                 }
                 Override::Removed => Active::Removed,
             };
-            active.insert(host, a);
+            routes.overrides.insert(host, a);
         }
-        let routes = Routes {
-            declared,
-            overrides: active,
-            generation,
-        };
         let table = Arc::new(ArcSwap::from_pointee(routes.table()));
         Daemon {
             config,
             state_dir,
             started: Instant::now(),
-            upstream_options,
+            tls,
             table,
             routes: Mutex::new(routes),
-            http_listeners: Default::default(),
+            listeners: Default::default(),
         }
     }
 
@@ -219,11 +241,16 @@ impl Daemon {
     }
 
     /// Routes `name` to `target` (an override, persisted).
-    pub async fn put(&self, name: &str, target: &str) -> Result<RouteView, ApiError> {
+    pub async fn put(&self, name: &str, put: api::PutRoute) -> Result<RouteView, ApiError> {
         let host = self.qualify(name)?;
-        let spec = UpstreamSpec::parse(target)
+        let target = itproxy_router::UpstreamSpec::parse(&put.target)
             .map_err(|e| ApiError::bad_request("invalid_target", e.to_string()))?;
-        let addrs = spec.resolve().await.map_err(|e| {
+        let spec = RouteSpec {
+            target,
+            redirect_https: put.redirect_https,
+            insecure_upstream: put.insecure_upstream,
+        };
+        let addrs = spec.target.resolve().await.map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unresolvable_target",
@@ -231,17 +258,11 @@ impl Daemon {
             )
         })?;
         let mut routes = self.routes.lock().await;
-        routes.generation += 1;
-        let upstream = Arc::new(Upstream::new(
-            spec,
-            addrs,
-            routes.generation,
-            &self.upstream_options,
-        ));
+        let routed = routes.build(spec, addrs, self.config.connect_timeout);
         let mut next = routes.overrides.clone();
-        next.insert(host.clone(), Active::Target(upstream));
+        next.insert(host.clone(), Active::Target(routed));
         self.commit(&mut routes, next)?;
-        tracing::info!(%host, target = %target, "route set");
+        tracing::info!(%host, target = %put.target, "route set");
         Ok(routes.view(&host).expect("route just set"))
     }
 
@@ -307,9 +328,24 @@ impl Daemon {
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             domains: self.config.domains.iter().map(|d| d.to_string()).collect(),
             listeners: api::Listeners {
-                http: self.http_listeners.get().cloned().unwrap_or_default(),
+                http: self
+                    .listeners
+                    .get()
+                    .map(|l| l.0.clone())
+                    .unwrap_or_default(),
+                https: self
+                    .listeners
+                    .get()
+                    .map(|l| l.1.clone())
+                    .unwrap_or_default(),
                 control: self.state_dir.join(CONTROL_SOCKET).display().to_string(),
             },
+            ca: Some(&self.tls).map(|t| api::CaInfo {
+                root: t.files.root.display().to_string(),
+                bundle: t.files.bundle.display().to_string(),
+                fingerprint: t.fingerprint.clone(),
+                permitted: t.permitted.clone(),
+            }),
             routes: routes.effective().count(),
             overrides: routes.overrides.len(),
         }
@@ -324,8 +360,8 @@ fn no_route(host: &HostName) -> ApiError {
     )
 }
 
-async fn resolve_or_warn(host: &HostName, spec: &UpstreamSpec) -> Vec<std::net::SocketAddr> {
-    spec.resolve().await.unwrap_or_else(|e| {
+async fn resolve_or_warn(host: &HostName, spec: &RouteSpec) -> Vec<std::net::SocketAddr> {
+    spec.target.resolve().await.unwrap_or_else(|e| {
         tracing::warn!(%host, error = %e, "target does not resolve; requests will get 502 until it is routed again");
         Vec::new()
     })
@@ -362,32 +398,89 @@ async fn shutdown_signal() {
     }
 }
 
+/// The CA as the daemon uses it.
+pub struct TlsInfo {
+    files: itproxy_certs::TrustFiles,
+    fingerprint: String,
+    permitted: Vec<String>,
+    resolver: Arc<itproxy_certs::CertResolver>,
+}
+
+/// Loads or creates the CA, refreshes the trust bundle and prepares the certificate resolver.
+fn setup_tls(config: &Config, state_dir: &Path) -> anyhow::Result<TlsInfo> {
+    let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
+    let (authority, files, created) = crate::ca::load_or_create(state_dir, &domains)?;
+    let fingerprint = authority.fingerprint();
+    if created {
+        tracing::info!(
+            root = %files.root.display(),
+            %fingerprint,
+            "created a local CA; trust it with `itproxy ca install`, or `eval \"$(itproxy ca env)\"` per shell"
+        );
+    }
+    let missing: Vec<&String> = domains.iter().filter(|d| !authority.permits(d)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "the CA only permits {}; HTTPS for {} will fail until you run `itproxy ca rotate`",
+            authority.permitted().join(", "),
+            missing
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let permitted = authority.permitted().to_vec();
+    let cache = crate::ca::leaf_cache_dir(state_dir, &authority);
+    let resolver = itproxy_certs::CertResolver::new(
+        Arc::new(authority),
+        &cache,
+        config.leaf_validity,
+        Arc::new(std::time::SystemTime::now),
+    )?;
+    Ok(TlsInfo {
+        files,
+        fingerprint,
+        permitted,
+        resolver: Arc::new(resolver),
+    })
+}
+
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
 pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     state::ensure_dir(&state_dir)?;
     let sock = state_dir.join(CONTROL_SOCKET);
     claim_socket(&sock).await?;
     let overrides = state::load(&state_dir)?;
+    let tls = setup_tls(&config, &state_dir)?;
 
     let router_config = RouterConfig {
         http: config.http.clone(),
+        https: config.https.clone(),
+        certificates: Some(tls.resolver.clone()),
+        // `https://` upstreams are verified against the system roots plus ours.
+        upstream_roots: Some(tls.files.bundle.clone()),
         trusted_proxies: config.trusted_proxies.clone(),
         threads: config
             .threads
             .unwrap_or_else(|| RouterConfig::default().threads),
         ..RouterConfig::default()
     };
-    let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides).await);
+    let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls).await);
     let table = daemon.table.clone();
     let mut router =
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
             .await
             .context("the proxy start-up task failed")??;
     let http: Vec<String> = router.http_addrs().iter().map(|a| a.to_string()).collect();
+    let https: Vec<String> = router.https_addrs().iter().map(|a| a.to_string()).collect();
     for a in &http {
         tracing::info!("listening for HTTP on {a}");
     }
-    let _ = daemon.http_listeners.set(http);
+    for a in &https {
+        tracing::info!("listening for HTTPS on {a}");
+    }
+    let _ = daemon.listeners.set((http, https));
 
     let served = serve_control(daemon.clone(), &sock).await;
     tokio::task::spawn_blocking(move || router.stop())

@@ -2,6 +2,7 @@
 //! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
 
 mod api;
+mod ca;
 mod cli;
 mod client;
 mod config;
@@ -18,7 +19,7 @@ use clap::Parser;
 use http::Method;
 
 use crate::api::RouteView;
-use crate::cli::{Cli, Command, RouteArgs, UpArgs};
+use crate::cli::{CaCommand, Cli, Command, RouteArgs, UpArgs};
 use crate::client::Client;
 use crate::config::Config;
 
@@ -38,7 +39,7 @@ fn init_logging(cli: &Cli) {
     let daemon = matches!(cli.command, Command::Up(_));
     let level = match (cli.quiet, cli.verbose, daemon) {
         (true, _, _) => "error",
-        (_, 0, true) => "info,pingora_core=warn,pingora_proxy=off,pingora=warn",
+        (_, 0, true) => "info,pingora_core=warn,pingora_core::services::listening=off,pingora_proxy=off,pingora=warn",
         (_, 0, false) => "warn",
         (_, 1, _) => "debug,pingora_core=info,pingora_proxy=info,hyper=info",
         _ => "trace",
@@ -81,9 +82,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(d) => d,
         None => default_state_dir()?,
     };
+    let config = cli.config;
     match cli.command {
-        Command::Up(args) => up(args, state_dir),
-        Command::CheckConfig { file } => check_config(file),
+        Command::Up(args) => up(args, config, state_dir),
+        Command::CheckConfig { file } => check_config(file.or(config)),
+        Command::Ca(cmd) => ca_command(cmd, config, &state_dir),
         Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
         Command::Unroute { name, json } => runtime()?.block_on(async {
             let removed: api::Removed = Client::new(&state_dir)
@@ -119,17 +122,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn up(args: UpArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Result<()> {
     let overrides = config::Overrides {
         http: args.http,
+        https: args.https,
+        no_https: args.no_https,
         domains: args.domain,
     };
-    let path = config_path(args.config);
+    let path = config_path(config);
     let config = Config::load(path.as_deref(), &overrides)?;
     if let Some(p) = &config.source {
         tracing::info!("using config file {}", p.display());
     }
     runtime()?.block_on(daemon::run(config, state_dir))
+}
+
+fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
+    let rotate_domains = match &cmd {
+        CaCommand::Rotate { domain, .. } => domain.clone(),
+        _ => Vec::new(),
+    };
+    let overrides = config::Overrides {
+        domains: rotate_domains,
+        ..Default::default()
+    };
+    let c = Config::load(config_path(config).as_deref(), &overrides)?;
+    let domains: Vec<String> = c.domains.iter().map(|d| d.to_string()).collect();
+    match cmd {
+        CaCommand::Path => ca::path(state_dir, &domains),
+        CaCommand::Env { json } => ca::env(state_dir, &domains, json),
+        CaCommand::Install => ca::install(state_dir, &domains, false),
+        CaCommand::Uninstall => ca::install(state_dir, &domains, true),
+        CaCommand::Rotate { yes, .. } => ca::rotate(state_dir, &domains, yes),
+    }
 }
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -140,10 +165,12 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     println!("{}: ok", path.display());
     println!("  domains: {}", c.domains.to_string_list());
     let http: Vec<String> = c.http.iter().map(|a| a.to_string()).collect();
+    let https: Vec<String> = c.https.iter().map(|a| a.to_string()).collect();
     println!("  http:    {}", http.join(", "));
+    println!("  https:   {}", https.join(", "));
     println!("  routes:  {}", c.routes.len());
-    for (host, target) in &c.routes {
-        println!("    {host} -> {target}");
+    for (host, r) in &c.routes {
+        println!("    {host} -> {}", r.target);
     }
     Ok(())
 }
@@ -185,7 +212,11 @@ async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
     let target = args
         .target
         .expect("clap requires a target without --restore");
-    let body = serde_json::json!({ "target": target });
+    let body = serde_json::json!({
+        "target": target,
+        "redirect_https": args.redirect_https,
+        "insecure_upstream": args.insecure_upstream,
+    });
     let r: RouteView = client.call(Method::PUT, &path, Some(body)).await?;
     if args.json {
         return print_json(&r);
@@ -237,6 +268,7 @@ fn print_status(s: &api::Status) -> anyhow::Result<()> {
     let up = humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64));
     println!("itproxy {} (pid {}), up {up}", s.version, s.pid);
     println!("  http:      {}", s.listeners.http.join(", "));
+    println!("  https:     {}", s.listeners.https.join(", "));
     println!("  control:   {}", s.listeners.control);
     println!("  domains:   {}", s.domains.join(", "));
     println!("  routes:    {} ({} overrides)", s.routes, s.overrides);

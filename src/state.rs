@@ -11,6 +11,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use itproxy_router::{HostName, UpstreamSpec};
+
+use crate::config::RouteSpec;
 use serde::{Deserialize, Serialize};
 
 /// The file name inside the state directory.
@@ -54,7 +56,7 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Override {
     /// Route the host to this target instead of its declared one (or add it).
-    Target(UpstreamSpec),
+    Target(RouteSpec),
     /// The host's declared route is removed.
     Removed,
 }
@@ -76,6 +78,10 @@ struct Entry {
     target: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     removed: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    redirect_https: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    insecure_upstream: bool,
 }
 
 /// Creates the state directory (mode 0700) if needed.
@@ -117,9 +123,11 @@ pub fn load(dir: &Path) -> Result<Overrides, StateError> {
     for (host, entry) in file.routes {
         let host = HostName::parse(&host).map_err(|e| corrupt(e.to_string()))?;
         let value = match (entry.target, entry.removed) {
-            (Some(t), false) => {
-                Override::Target(UpstreamSpec::parse(&t).map_err(|e| corrupt(e.to_string()))?)
-            }
+            (Some(t), false) => Override::Target(RouteSpec {
+                target: UpstreamSpec::parse(&t).map_err(|e| corrupt(e.to_string()))?,
+                redirect_https: entry.redirect_https,
+                insecure_upstream: entry.insecure_upstream,
+            }),
             (None, true) => Override::Removed,
             _ => {
                 return Err(corrupt(format!(
@@ -142,13 +150,17 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
             .iter()
             .map(|(host, o)| {
                 let entry = match o {
-                    Override::Target(t) => Entry {
-                        target: Some(t.to_string()),
+                    Override::Target(r) => Entry {
+                        target: Some(r.target.to_string()),
                         removed: false,
+                        redirect_https: r.redirect_https,
+                        insecure_upstream: r.insecure_upstream,
                     },
                     Override::Removed => Entry {
                         target: None,
                         removed: true,
+                        redirect_https: false,
+                        insecure_upstream: false,
                     },
                 };
                 (host.to_string(), entry)
@@ -196,7 +208,11 @@ mod tests {
         let mut o = Overrides::new();
         o.insert(
             host("api.test"),
-            Override::Target(UpstreamSpec::parse("localhost:8000").unwrap()),
+            Override::Target(RouteSpec {
+                target: UpstreamSpec::parse("localhost:8000").unwrap(),
+                redirect_https: true,
+                insecure_upstream: false,
+            }),
         );
         o.insert(host("web.test"), Override::Removed);
         save(dir.path(), &o).unwrap();

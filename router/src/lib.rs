@@ -56,11 +56,22 @@ pub enum Error {
         error: std::io::Error,
     },
     /// No listen address was configured.
-    #[error("no HTTP listen address is configured")]
+    #[error("no HTTP or HTTPS listen address is configured")]
     NoListener,
+    /// HTTPS listeners without a certificate resolver.
+    #[error("HTTPS listeners need certificates, and none were provided")]
+    NoCertificates,
+    /// The TLS settings could not be built.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// A listen address cannot be bound.
-    #[error("cannot listen for HTTP on {addr}: {error}{}", bind_hint(error))]
+    #[error(
+        "cannot listen for {proto} on {addr}: {error}{}",
+        bind_hint(error, proto)
+    )]
     Bind {
+        /// "HTTP" or "HTTPS".
+        proto: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -77,17 +88,21 @@ pub enum Error {
     Thread(std::io::Error),
 }
 
-fn bind_hint(e: &std::io::Error) -> &'static str {
+fn bind_hint(e: &std::io::Error, proto: &str) -> String {
+    let (flag, example) = match proto {
+        "HTTPS" => ("--https", "127.0.0.1:8443"),
+        _ => ("--http", "127.0.0.1:8080"),
+    };
     match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            " (another program uses it; choose another address with --http, e.g. --http 127.0.0.1:8080)"
+            format!(" (another program uses it; choose another address with {flag}, e.g. {flag} {example})")
         }
-        std::io::ErrorKind::PermissionDenied => {
-            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --http, e.g. --http 127.0.0.1:8080)"
-        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with {flag}, e.g. {flag} {example})"
+        ),
         std::io::ErrorKind::AddrNotAvailable => {
-            " (the address is not on this machine; choose another with --http)"
+            format!(" (the address is not on this machine; choose another with {flag})")
         }
-        _ => " (choose another address with --http)",
+        _ => format!(" (choose another address with {flag})"),
     }
 }

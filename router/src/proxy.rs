@@ -46,16 +46,22 @@ pub struct RequestCtx {
 pub struct HostRouter {
     routes: Arc<ArcSwap<RouteTable>>,
     trusted_proxies: Vec<IpNet>,
+    https_port: Option<u16>,
 }
 
 impl HostRouter {
     /// A proxy that reads `routes` on every request. Clients whose address is in
     /// `trusted_proxies` may pass their own `X-Forwarded-*` headers, which are then extended;
-    /// everyone else's are replaced.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>, trusted_proxies: Vec<IpNet>) -> Self {
+    /// everyone else's are replaced. `https_port` is where redirects to HTTPS point.
+    pub fn new(
+        routes: Arc<ArcSwap<RouteTable>>,
+        trusted_proxies: Vec<IpNet>,
+        https_port: Option<u16>,
+    ) -> Self {
         HostRouter {
             routes,
             trusted_proxies,
+            https_port,
         }
     }
 
@@ -73,6 +79,29 @@ fn request_authority(req: &RequestHeader) -> Option<&str> {
         return Some(a.as_str());
     }
     req.headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// 308 to the same host and path over HTTPS.
+async fn redirect_https(session: &mut Session, host: &str, port: u16) -> PResult<()> {
+    let path = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut resp = ResponseHeader::build(308, Some(3))?;
+    resp.insert_header(header::LOCATION, location)?;
+    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_error_response(resp, Bytes::new()).await
 }
 
 fn wants_html(session: &Session) -> bool {
@@ -114,7 +143,15 @@ impl ProxyHttp for HostRouter {
         let table = self.routes.load();
         match table.lookup(authority) {
             Some(route) => {
-                ctx.route = Some(route.clone());
+                let route = route.clone();
+                drop(table);
+                if let (true, Some(port)) = (route.redirects_https(), self.https_port) {
+                    if !is_tls(session) {
+                        redirect_https(session, route.host().as_str(), port).await?;
+                        return Ok(true);
+                    }
+                }
+                ctx.route = Some(route);
                 Ok(false)
             }
             None => {
@@ -192,8 +229,9 @@ impl ProxyHttp for HostRouter {
         req: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        // Absolute-form (`GET http://api.test/ HTTP/1.1`): origin servers expect origin-form.
-        if req.uri.authority().is_some() && !session.is_http2() {
+        // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
+        // HTTP/1.1 upstream expects origin-form and a Host header.
+        if req.uri.authority().is_some() {
             let authority = req.uri.authority().map(|a| a.as_str().to_string());
             let path = req
                 .uri

@@ -9,17 +9,26 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ipnet::IpNet;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RouterConfig {
     /// Plain-HTTP listen addresses.
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen addresses (TLS 1.2/1.3, HTTP/2 by ALPN); needs `certificates`.
+    pub https: Vec<SocketAddr>,
+    /// Chooses the certificate for each TLS handshake by server name.
+    pub certificates: Option<Arc<dyn ResolvesServerCert>>,
+    /// PEM file of the roots that `https://` upstreams are verified against (default: the
+    /// system's).
+    pub upstream_roots: Option<std::path::PathBuf>,
     /// Clients allowed to pass their own `X-Forwarded-*` headers.
     pub trusted_proxies: Vec<IpNet>,
     /// Worker threads of the proxy.
@@ -32,6 +41,9 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             http: vec![SocketAddr::from(([127, 0, 0, 1], 80))],
+            https: Vec::new(),
+            certificates: None,
+            upstream_roots: None,
             trusted_proxies: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shutdown_timeout: Duration::from_secs(1),
@@ -45,6 +57,7 @@ pub struct RunningRouter {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     http: Vec<SocketAddr>,
+    https: Vec<SocketAddr>,
 }
 
 struct StopSignal(Mutex<Option<oneshot::Receiver<()>>>);
@@ -73,26 +86,50 @@ pub fn start(
     config: &RouterConfig,
     routes: Arc<ArcSwap<RouteTable>>,
 ) -> Result<RunningRouter, Error> {
-    if config.http.is_empty() {
+    if config.http.is_empty() && config.https.is_empty() {
         return Err(Error::NoListener);
     }
-    for &addr in &config.http {
+    let certificates = match (&config.certificates, config.https.is_empty()) {
+        (Some(c), false) => Some(c.clone()),
+        (None, false) => return Err(Error::NoCertificates),
+        (_, true) => None,
+    };
+    for (&addr, proto) in config
+        .http
+        .iter()
+        .map(|a| (a, "HTTP"))
+        .chain(config.https.iter().map(|a| (a, "HTTPS")))
+    {
         // std sets SO_REUSEADDR like Pingora does, so this probe does not block its bind.
-        TcpListener::bind(addr).map_err(|error| Error::Bind { addr, error })?;
+        TcpListener::bind(addr).map_err(|error| Error::Bind { proto, addr, error })?;
     }
 
     let conf = ServerConf {
         threads: config.threads.max(1),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs().max(1)),
+        ca_file: config
+            .upstream_roots
+            .as_ref()
+            .map(|p| p.display().to_string()),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let proxy = HostRouter::new(routes, config.trusted_proxies.clone());
+    let https_port = config.https.first().map(|a| a.port());
+    let proxy = HostRouter::new(routes, config.trusted_proxies.clone(), https_port);
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "itproxy http");
     for addr in &config.http {
         service.add_tcp(&addr.to_string());
+    }
+    if let Some(resolver) = certificates {
+        for addr in &config.https {
+            let mut tls =
+                TlsSettings::intermediate("", "").map_err(|e| Error::Tls(e.to_string()))?;
+            tls.set_cert_resolver(resolver.clone());
+            tls.enable_h2();
+            service.add_tls_with_settings(&addr.to_string(), None, tls);
+        }
     }
     server.add_service(service);
 
@@ -111,9 +148,10 @@ pub fn start(
         stop: Some(tx),
         thread: Some(thread),
         http: config.http.clone(),
+        https: config.https.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    for &addr in &config.http {
+    for &addr in config.http.iter().chain(&config.https) {
         let probe = connectable(addr);
         while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
             if running.thread.as_ref().is_some_and(|t| t.is_finished()) || Instant::now() > deadline
@@ -140,6 +178,11 @@ impl RunningRouter {
     /// The plain-HTTP addresses being served.
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http
+    }
+
+    /// The HTTPS addresses being served.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https
     }
 
     /// Stops accepting, lets requests in flight finish (up to the shutdown timeout) and waits

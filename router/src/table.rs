@@ -10,12 +10,29 @@ use crate::{HostName, Upstream};
 pub struct Route {
     host: HostName,
     upstream: Arc<Upstream>,
+    redirect_https: bool,
 }
 
 impl Route {
     /// A route from `host` to `upstream`.
     pub fn new(host: HostName, upstream: Arc<Upstream>) -> Self {
-        Route { host, upstream }
+        Route {
+            host,
+            upstream,
+            redirect_https: false,
+        }
+    }
+
+    /// Answer plain-HTTP requests with a permanent redirect to HTTPS (when an HTTPS listener
+    /// exists) instead of proxying them.
+    pub fn with_redirect_https(mut self, redirect: bool) -> Self {
+        self.redirect_https = redirect;
+        self
+    }
+
+    /// Whether plain-HTTP requests are redirected to HTTPS.
+    pub fn redirects_https(&self) -> bool {
+        self.redirect_https
     }
 
     /// The host name this route serves.

@@ -200,12 +200,16 @@ impl std::str::FromStr for UpstreamSpec {
 pub struct UpstreamOptions {
     /// Time allowed for one TCP (and TLS) connect before the request fails with 504.
     pub connect_timeout: Duration,
+    /// For `https://` targets: verify the certificate and host name (off only for
+    /// self-signed development backends).
+    pub verify_tls: bool,
 }
 
 impl Default for UpstreamOptions {
     fn default() -> Self {
         UpstreamOptions {
             connect_timeout: Duration::from_secs(5),
+            verify_tls: true,
         }
     }
 }
@@ -214,6 +218,7 @@ impl Default for UpstreamOptions {
 /// the request path only clones a prepared [`HttpPeer`].
 pub struct Upstream {
     spec: UpstreamSpec,
+    verify_tls: bool,
     peers: Vec<HttpPeer>,
     /// Index of the address that last accepted a connection; tried first.
     preferred: AtomicUsize,
@@ -238,11 +243,14 @@ impl Upstream {
                 peer.group_key = generation;
                 peer.options.connection_timeout = Some(options.connect_timeout);
                 peer.options.total_connection_timeout = Some(options.connect_timeout);
+                peer.options.verify_cert = options.verify_tls;
+                peer.options.verify_hostname = options.verify_tls;
                 peer
             })
             .collect();
         Upstream {
             spec,
+            verify_tls: options.verify_tls,
             peers,
             preferred: AtomicUsize::new(0),
         }
@@ -251,6 +259,11 @@ impl Upstream {
     /// The target as the user gave it.
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
+    }
+
+    /// Whether an `https://` target's certificate is verified.
+    pub fn verifies_tls(&self) -> bool {
+        self.verify_tls
     }
 
     /// The resolved addresses, in the order they were resolved.

@@ -6,5 +6,6 @@ mod headers;
 mod persistence;
 mod routing;
 mod swap;
+mod tls;
 mod util;
 mod websocket;

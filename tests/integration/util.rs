@@ -32,6 +32,7 @@ pub fn free_port() -> u16 {
 pub struct Itproxy {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     extra: Vec<String>,
     child: Option<Child>,
     starts: usize,
@@ -47,9 +48,11 @@ impl Itproxy {
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut p = Itproxy {
             dir,
             http,
+            https,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             starts: 0,
@@ -76,7 +79,13 @@ impl Itproxy {
         let child = Command::new(BIN)
             .arg("--state-dir")
             .arg(self.dir.path())
-            .args(["up", "--http", &self.http.to_string()])
+            .args([
+                "up",
+                "--http",
+                &self.http.to_string(),
+                "--https",
+                &self.https.to_string(),
+            ])
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .env_remove("ITPROXY_CONFIG")

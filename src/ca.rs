@@ -1,0 +1,261 @@
+//! `itproxy ca ...`: where the local CA lives, how runtimes trust it, installing it in the
+//! system and browser stores, and rotating it.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use itproxy_certs::{trust_env, write_bundle, Authority, TrustFiles};
+
+/// The CA's directory inside the state directory.
+pub fn ca_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("ca")
+}
+
+/// The trust files of the CA in `state_dir`.
+pub fn trust_files(state_dir: &Path) -> TrustFiles {
+    TrustFiles {
+        root: ca_dir(state_dir).join("root.pem"),
+        bundle: ca_dir(state_dir).join("bundle.pem"),
+    }
+}
+
+/// Leaves are cached per root, so a rotated root never serves a leaf of the old one.
+pub fn leaf_cache_dir(state_dir: &Path, authority: &Authority) -> PathBuf {
+    let fp: String = authority
+        .fingerprint()
+        .replace(':', "")
+        .chars()
+        .take(16)
+        .collect();
+    state_dir.join("certs").join(fp.to_ascii_lowercase())
+}
+
+/// `itproxy local CA (user@host)`.
+fn subject() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("itproxy local CA ({user}@{host})")
+}
+
+/// Loads the CA (creating it on first use) and rewrites the trust bundle.
+pub fn load_or_create(
+    state_dir: &Path,
+    domains: &[String],
+) -> anyhow::Result<(Authority, TrustFiles, bool)> {
+    crate::state::ensure_dir(state_dir)?;
+    let dir = ca_dir(state_dir);
+    let (authority, created) =
+        Authority::load_or_create(&dir, domains, &subject(), SystemTime::now())?;
+    let files = trust_files(state_dir);
+    write_bundle(authority.root_pem(), &files.bundle)?;
+    Ok((authority, files, created))
+}
+
+/// `ca path`.
+pub fn path(state_dir: &Path, domains: &[String]) -> anyhow::Result<()> {
+    let (_, files, _) = load_or_create(state_dir, domains)?;
+    println!("{}", files.root.display());
+    Ok(())
+}
+
+/// `ca env`: shell `export` lines, or JSON.
+pub fn env(state_dir: &Path, domains: &[String], json: bool) -> anyhow::Result<()> {
+    let (_, files, _) = load_or_create(state_dir, domains)?;
+    let vars = trust_env(&files);
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.display().to_string().into()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+    } else {
+        for (k, v) in vars {
+            println!("export {k}={}", shell_quote(&v.display().to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `ca rotate`: a new root (for a changed domain list, or a key that leaked).
+pub fn rotate(state_dir: &Path, domains: &[String], yes: bool) -> anyhow::Result<()> {
+    let dir = ca_dir(state_dir);
+    if dir.join("root.pem").exists() && !yes {
+        eprint!(
+            "This replaces the CA in {} with a new one permitting {} and localhost.\n\
+             Everything that trusts the old root must trust the new one (`itproxy ca install` again).\n\
+             Continue? [y/N] ",
+            dir.display(),
+            domains.join(", ")
+        );
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("not rotated (pass --yes to skip the question)");
+        }
+    }
+    crate::state::ensure_dir(state_dir)?;
+    let authority = Authority::create(&dir, domains, &subject(), SystemTime::now())?;
+    let files = trust_files(state_dir);
+    write_bundle(authority.root_pem(), &files.bundle)?;
+    let _ = std::fs::remove_dir_all(state_dir.join("certs"));
+    println!("new root: {}", files.root.display());
+    println!("fingerprint (SHA-256): {}", authority.fingerprint());
+    println!("permits: {}", authority.permitted().join(", "));
+    println!("restart a running `itproxy up` to serve certificates from the new root");
+    Ok(())
+}
+
+const SYSTEM_ANCHORS: &str = "/usr/local/share/ca-certificates";
+
+fn anchor_path(authority: &Authority) -> PathBuf {
+    let fp: String = authority
+        .fingerprint()
+        .replace(':', "")
+        .chars()
+        .take(16)
+        .collect();
+    PathBuf::from(SYSTEM_ANCHORS).join(format!("itproxy-{}.crt", fp.to_ascii_lowercase()))
+}
+
+fn nss_databases() -> Vec<PathBuf> {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return vec![];
+    };
+    let mut dbs = vec![];
+    let chromium = home.join(".pki/nssdb");
+    if chromium.join("cert9.db").exists() {
+        dbs.push(chromium);
+    }
+    for root in [
+        home.join(".mozilla/firefox"),
+        home.join("snap/firefox/common/.mozilla/firefox"),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                if e.path().join("cert9.db").exists() {
+                    dbs.push(e.path());
+                }
+            }
+        }
+    }
+    dbs
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `ca install` / `ca uninstall`: the system store (Debian's update-ca-certificates) and the
+/// NSS databases of Chromium and Firefox, each step reported.
+pub fn install(state_dir: &Path, domains: &[String], remove: bool) -> anyhow::Result<()> {
+    let (authority, files, _) = load_or_create(state_dir, domains)?;
+    let nick = format!("itproxy local CA {}", &authority.fingerprint()[..11]);
+    let mut did = 0;
+    let anchor = anchor_path(&authority);
+    let has_update = Command::new("update-ca-certificates")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !has_update || !Path::new(SYSTEM_ANCHORS).exists() {
+        println!("system store: skipped (no update-ca-certificates or {SYSTEM_ANCHORS}; on other systems add {} by hand)", files.root.display());
+    } else if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "system store: skipped (needs root: `sudo itproxy ca {}`)",
+            if remove { "uninstall" } else { "install" }
+        );
+    } else if remove {
+        if anchor.exists() {
+            std::fs::remove_file(&anchor)
+                .with_context(|| format!("cannot remove {}", anchor.display()))?;
+            run(Command::new("update-ca-certificates").arg("--fresh"))?;
+            println!(
+                "system store: removed {} and ran update-ca-certificates",
+                anchor.display()
+            );
+            did += 1;
+        } else {
+            println!(
+                "system store: not installed ({} does not exist)",
+                anchor.display()
+            );
+        }
+    } else {
+        std::fs::copy(&files.root, &anchor)
+            .with_context(|| format!("cannot write {}", anchor.display()))?;
+        run(&mut Command::new("update-ca-certificates"))?;
+        println!(
+            "system store: added {} and ran update-ca-certificates",
+            anchor.display()
+        );
+        did += 1;
+    }
+    let dbs = nss_databases();
+    let has_certutil = Command::new("certutil").arg("-H").output().is_ok();
+    for db in &dbs {
+        let d = format!("sql:{}", db.display());
+        if !has_certutil {
+            println!(
+                "NSS {}: skipped (certutil missing: apt-get install libnss3-tools)",
+                db.display()
+            );
+            continue;
+        }
+        let r = if remove {
+            run(Command::new("certutil").args(["-D", "-d", &d, "-n", &nick]))
+        } else {
+            run(Command::new("certutil")
+                .args(["-A", "-d", &d, "-t", "C,,", "-n", &nick, "-i"])
+                .arg(&files.root))
+        };
+        match r {
+            Ok(()) => {
+                println!(
+                    "NSS {}: {} {nick:?}",
+                    db.display(),
+                    if remove { "removed" } else { "added" }
+                );
+                did += 1;
+            }
+            Err(e) => println!("NSS {}: failed: {e:#}", db.display()),
+        }
+    }
+    if dbs.is_empty() {
+        println!("NSS: no Chromium or Firefox certificate database found for this user");
+    }
+    if did == 0 && !remove {
+        println!("nothing was installed; `eval \"$(itproxy ca env)\"` makes tools trust the CA without it");
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! HTTPS as a user meets it: trusted certificates from the local CA for every route, with the
+//! root's name constraints keeping everything else out.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::*;
+
+fn root(p: &Itproxy) -> String {
+    p.state_dir().join("ca/root.pem").display().to_string()
+}
+
+fn openssl(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// curl over HTTPS with `--resolve` and only our root trusted; returns (exit code, status, body).
+async fn curl_https(p: &Itproxy, host: &str, path: &str, extra: &[&str]) -> (i32, String, String) {
+    let resolve = format!("{host}:{}:127.0.0.1", p.https.port());
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+            "--cacert",
+            &root(p),
+        ])
+        .args(["--resolve", &resolve])
+        .args(extra)
+        .arg(format!("https://{host}:{}{path}", p.https.port()))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        out.status.code().unwrap_or(-1),
+        status.to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn routes_are_served_over_trusted_https_with_http2() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+
+    let (code, status, body) = curl_https(&p, "api.test", "/secure", &["--http1.1"]).await;
+    assert_eq!((code, status.as_str()), (0, "200 1.1"), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(
+        seen["headers"]["host"],
+        format!("api.test:{}", p.https.port())
+    );
+
+    // HTTP/2 by ALPN; the HTTP/1.1 backend still gets a Host header and an origin-form URI.
+    let (code, status, body) = curl_https(&p, "api.test", "/h2?q=1", &["--http2"]).await;
+    assert_eq!((code, status.as_str()), (0, "200 2"), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["uri"], "/h2?q=1");
+    assert_eq!(
+        seen["headers"]["host"],
+        format!("api.test:{}", p.https.port())
+    );
+
+    let (ok, text) = openssl(
+        &[
+            "s_client",
+            "-connect",
+            &p.https.to_string(),
+            "-servername",
+            "api.test",
+            "-verify_return_error",
+            "-CAfile",
+            &root(&p),
+        ],
+        "",
+    );
+    assert!(ok && text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(
+        text.contains("CN = api.test") || text.contains("CN=api.test"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_rustls_client_trusting_only_our_root_accepts_the_certificate() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "web", &api.target()]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(root(&p)).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("web.test").unwrap(), tcp)
+        .await
+        .expect("the certificate verifies against our root alone");
+    tls.write_all(b"GET /r HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-backend: api"), "{out}");
+}
+
+#[tokio::test]
+async fn unknown_names_missing_sni_and_plain_http_get_clear_answers() {
+    let p = Itproxy::start();
+    // A name in our domain with no route: a valid certificate and a 404 page.
+    let (code, status, body) = curl_https(&p, "nothing.test", "/", &[]).await;
+    assert_eq!((code, &status[..3]), (0, "404"), "{body}");
+    assert!(body.contains("nothing.test"));
+
+    // A name outside the constraints: no certificate at all, the handshake fails, and the log says why.
+    let (code, _, _) = curl_https(&p, "www.example.com", "/", &["--insecure"]).await;
+    assert_eq!(code, 35, "curl reports a TLS handshake failure");
+    let log = p.log();
+    assert!(
+        log.contains("no certificate for \"www.example.com\"") && log.contains("outside"),
+        "{log}"
+    );
+
+    // No SNI (an IP address): the localhost certificate, which covers 127.0.0.1.
+    let (ok, text) = openssl(
+        &[
+            "s_client",
+            "-connect",
+            &p.https.to_string(),
+            "-noservername",
+            "-verify_return_error",
+            "-CAfile",
+            &root(&p),
+            "-verify_ip",
+            "127.0.0.1",
+        ],
+        "",
+    );
+    assert!(ok && text.contains("Verify return code: 0 (ok)"), "{text}");
+
+    // Plain HTTP on the TLS port is refused without harm.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{}/", p.https)])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let (code, _, _) = curl_https(&p, "nothing.test", "/", &[]).await;
+    assert_eq!(code, 0, "the proxy still serves TLS");
+}
+
+#[tokio::test]
+async fn the_root_is_name_constrained_and_reused_across_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut p = Itproxy::start();
+    let ca = p.state_dir().join("ca");
+    let mode = |f: &std::path::Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ca.join("root-key.pem")), 0o600);
+    assert_eq!(mode(&ca), 0o700);
+    let root_path = root(&p);
+    let fingerprint = || {
+        let (ok, text) = openssl(
+            &[
+                "x509",
+                "-noout",
+                "-fingerprint",
+                "-sha256",
+                "-in",
+                &root_path,
+            ],
+            "",
+        );
+        assert!(ok, "{text}");
+        text
+    };
+    let before = fingerprint();
+    let (_, text) = openssl(&["x509", "-noout", "-text", "-in", &root(&p)], "");
+    assert!(
+        text.contains("Name Constraints: critical") && text.contains("DNS:test"),
+        "{text}"
+    );
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    p.restart();
+    assert_eq!(fingerprint(), before, "the CA is reused, not recreated");
+
+    // A certificate forged with the CA's own key for a real site does not verify.
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("root-key.pem")).unwrap())
+        .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca.join("root.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let forged = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let forged_path = p.state_dir().join("forged.pem");
+    std::fs::write(&forged_path, forged.pem()).unwrap();
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            &root(&p),
+            forged_path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!ok, "a forged certificate verified:\n{text}");
+    assert!(text.contains("permitted subtree violation"), "{text}");
+
+    // The same key signing an allowed name verifies, so the failure above is the constraint.
+    let allowed = rcgen::CertificateParams::new(vec!["ok.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    std::fs::write(&forged_path, allowed.pem()).unwrap();
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            &root(&p),
+            forged_path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok, "{text}");
+}
+
+#[tokio::test]
+async fn ca_commands_print_paths_and_trust_variables_and_rotate() {
+    let p = Itproxy::start();
+    let path = p.ok(&["ca", "path"]);
+    assert_eq!(path.trim(), root(&p));
+    let env = p.ok(&["ca", "env"]);
+    let bundle = p.state_dir().join("ca/bundle.pem");
+    assert!(
+        env.contains(&format!("export SSL_CERT_FILE={}", bundle.display())),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("export NODE_EXTRA_CA_CERTS={}", root(&p))),
+        "{env}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&p.ok(&["ca", "env", "--json"])).unwrap();
+    assert_eq!(json["REQUESTS_CA_BUNDLE"], bundle.display().to_string());
+    // The bundle keeps the system's roots and adds ours.
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(text.ends_with(&std::fs::read_to_string(root(&p)).unwrap()));
+
+    let before = std::fs::read_to_string(root(&p)).unwrap();
+    let err = p.fails(&["ca", "rotate"]); // no terminal to say yes
+    assert!(err.contains("not rotated"), "{err}");
+    assert_eq!(std::fs::read_to_string(root(&p)).unwrap(), before);
+    let out = p.ok(&[
+        "ca", "rotate", "--yes", "--domain", "test", "--domain", "dev",
+    ]);
+    assert!(out.contains("permits: test, dev, localhost"), "{out}");
+    assert_ne!(std::fs::read_to_string(root(&p)).unwrap(), before);
+}
+
+#[tokio::test]
+async fn redirect_https_sends_plain_http_to_the_tls_port() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target(), "--redirect-https"]);
+    let r = get(p.http, "api.test", "/login?next=/").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.headers["location"],
+        format!("https://api.test:{}/login?next=/", p.https.port())
+    );
+    let (code, status, _) = curl_https(&p, "api.test", "/login", &[]).await;
+    assert_eq!((code, &status[..3]), (0, "200"));
+    let routes: serde_json::Value = serde_json::from_str(&p.ok(&["routes", "--json"])).unwrap();
+    assert_eq!(routes[0]["redirect_https"], true);
+}
+
+/// An HTTPS backend on loopback presenting `cert`.
+async fn tls_backend(cert_pem: String, key_pem: String) -> std::net::SocketAddr {
+    let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("x-backend", "secure")
+                            .body(Full::new(Bytes::from_static(b"secure hello")))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_unless_marked_insecure() {
+    let p = Itproxy::start();
+    let ca = p.state_dir().join("ca");
+    // A backend whose certificate our CA issued verifies (the proxy trusts system roots + ours).
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("root-key.pem")).unwrap())
+        .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca.join("root.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let trusted = tls_backend(leaf.pem(), leaf_key.serialize_pem()).await;
+    p.ok(&[
+        "route",
+        "good",
+        &format!("https://localhost:{}", trusted.port()),
+    ]);
+    let r = get(p.http, "good.test", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "secure hello"));
+
+    // A self-signed backend is refused with a 502 that says why...
+    let self_key = rcgen::KeyPair::generate().unwrap();
+    let self_signed = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&self_key)
+        .unwrap();
+    let untrusted = tls_backend(self_signed.pem(), self_key.serialize_pem()).await;
+    let target = format!("https://localhost:{}", untrusted.port());
+    p.ok(&["route", "dev", &target]);
+    let r = get(p.http, "dev.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("TLS"),
+        "{}",
+        r.text()
+    );
+    // ...unless the route says the backend is a self-signed development server.
+    p.ok(&["route", "dev", &target, "--insecure-upstream"]);
+    let r = get(p.http, "dev.test", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "secure hello"));
+}
