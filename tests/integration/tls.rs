@@ -413,21 +413,36 @@ async fn https_upstreams_are_verified_unless_marked_insecure() {
 fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
     let system_bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
     let is_root = unsafe { libc::geteuid() } == 0;
-    let has_tool = Command::new("update-ca-certificates").arg("--help").output().is_ok();
+    let has_tool = Command::new("update-ca-certificates")
+        .arg("--help")
+        .output()
+        .is_ok();
     if !(is_root && has_tool && system_bundle.exists()) {
         eprintln!("skipped: needs root and Debian's update-ca-certificates");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let itproxy = |args: &[&str]| {
-        let out = Command::new(BIN).arg("--state-dir").arg(dir.path()).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let root = std::fs::read_to_string(itproxy(&["ca", "path"]).trim()).unwrap();
     let body: String = root.lines().filter(|l| !l.starts_with("-----")).collect();
     let in_store = || {
-        let store: String = std::fs::read_to_string(system_bundle).unwrap().lines().collect();
+        let store: String = std::fs::read_to_string(system_bundle)
+            .unwrap()
+            .lines()
+            .collect();
         store.contains(&body)
     };
     assert!(!in_store());
@@ -436,6 +451,12 @@ fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
     let installed = in_store();
     let out = itproxy(&["ca", "uninstall"]);
     assert!(out.contains("system store: removed"), "{out}");
-    assert!(installed, "the root was not in the system bundle after install");
-    assert!(!in_store(), "the root stayed in the system bundle after uninstall");
+    assert!(
+        installed,
+        "the root was not in the system bundle after install"
+    );
+    assert!(
+        !in_store(),
+        "the root stayed in the system bundle after uninstall"
+    );
 }

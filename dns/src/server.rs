@@ -1,0 +1,264 @@
+//! The DNS listeners: one hickory `Server` per address (UDP and TCP), each answering with the
+//! proxy address its askers can reach, and forwarding other names for local askers only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{LowerName, Name};
+use hickory_server::resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
+use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, ZoneHandler};
+use hickory_server::Server;
+use ipnet::IpNet;
+
+use crate::{Answer, Error, ProxyAddrs, Zone};
+
+/// How the DNS server listens and forwards; built by the daemon from validated config.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Listen addresses (UDP and TCP), each with the proxy address its askers should get.
+    pub listeners: Vec<(SocketAddr, ProxyAddrs)>,
+    /// Upstream resolvers for names outside our domains; empty means the system's
+    /// (`/etc/resolv.conf`), minus our own listeners.
+    pub upstreams: Vec<SocketAddr>,
+    /// Askers allowed to use forwarding; everyone else gets REFUSED for foreign names, so the
+    /// server is never an open resolver even when listening on a public address.
+    pub recursion_from: Vec<IpNet>,
+    /// How long a forwarded query may take before SERVFAIL.
+    pub forward_timeout: Duration,
+}
+
+/// The DNS server, serving until [`RunningDns::stop`].
+pub struct RunningDns {
+    servers: Vec<Server<Handler>>,
+    upstreams: Vec<SocketAddr>,
+}
+
+impl RunningDns {
+    /// The upstream resolvers in use.
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.upstreams
+    }
+
+    /// Stops every listener, letting queries in progress finish.
+    pub async fn stop(mut self) {
+        for s in &mut self.servers {
+            if let Err(e) = s.shutdown_gracefully().await {
+                tracing::debug!(error = %e, "DNS listener stopped with an error");
+            }
+        }
+    }
+}
+
+struct Handler {
+    zone: Arc<ArcSwap<Zone>>,
+    view: ProxyAddrs,
+    forward: Option<Arc<Catalog>>,
+    recursion_from: Arc<Vec<IpNet>>,
+}
+
+fn system_upstreams(own: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Ok((conf, _)) = hickory_server::resolver::system_conf::read_system_conf() else {
+        return Vec::new();
+    };
+    conf.name_servers()
+        .iter()
+        .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+        .filter(|a| {
+            !own.iter()
+                .any(|o| o.port() == a.port() && (o.ip() == a.ip() || o.ip().is_unspecified()))
+        })
+        .fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        })
+}
+
+fn forwarder(upstreams: &[SocketAddr], timeout: Duration) -> Result<Option<Arc<Catalog>>, Error> {
+    if upstreams.is_empty() {
+        return Ok(None);
+    }
+    let name_servers = upstreams
+        .iter()
+        .map(|a| {
+            let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+            for c in &mut ns.connections {
+                c.port = a.port();
+            }
+            ns
+        })
+        .collect();
+    let mut options = ResolverOpts::default();
+    options.timeout = timeout;
+    options.attempts = 1;
+    let handler = ForwardZoneHandler::builder_tokio(ForwardConfig {
+        name_servers,
+        options: Some(options),
+    })
+    .build()
+    .map_err(Error::Forwarder)?;
+    let mut catalog = Catalog::new();
+    catalog.upsert(
+        LowerName::new(&Name::root()),
+        vec![Arc::new(handler) as Arc<dyn ZoneHandler>],
+    );
+    Ok(Some(Arc::new(catalog)))
+}
+
+/// Binds every listener (UDP and TCP) and starts answering from `zone`.
+pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<RunningDns, Error> {
+    let own: Vec<SocketAddr> = config.listeners.iter().map(|(a, _)| *a).collect();
+    let upstreams = if config.upstreams.is_empty() {
+        system_upstreams(&own)
+    } else {
+        config.upstreams.clone()
+    };
+    let forward = forwarder(&upstreams, config.forward_timeout)?;
+    if forward.is_none() {
+        tracing::warn!(
+            "no upstream DNS resolver: names outside the environment's domains get SERVFAIL"
+        );
+    }
+    let recursion_from = Arc::new(config.recursion_from.clone());
+    let mut servers = Vec::new();
+    for &(addr, view) in &config.listeners {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|error| Error::Bind {
+                addr,
+                proto: "UDP",
+                error,
+            })?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| Error::Bind {
+                addr,
+                proto: "TCP",
+                error,
+            })?;
+        let handler = Handler {
+            zone: zone.clone(),
+            view,
+            forward: forward.clone(),
+            recursion_from: recursion_from.clone(),
+        };
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        servers.push(server);
+    }
+    Ok(RunningDns { servers, upstreams })
+}
+
+async fn reply_code<R: ResponseHandler>(
+    request: &Request,
+    mut rh: R,
+    code: ResponseCode,
+    ra: bool,
+) -> ResponseInfo {
+    let mut md = Metadata::response_from_request(&request.metadata);
+    md.response_code = code;
+    md.recursion_available = ra;
+    let resp = MessageResponseBuilder::from_message_request(request).build_no_records(md);
+    send(request, &mut rh, resp).await
+}
+
+async fn send<'a, R: ResponseHandler>(
+    request: &Request,
+    rh: &mut R,
+    resp: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+    >,
+) -> ResponseInfo {
+    match rh.send_response(resp).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send a DNS response");
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        }
+    }
+}
+
+fn allowed(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut rh: R,
+    ) -> ResponseInfo {
+        let recursion = allowed(&self.recursion_from, request.src().ip());
+        let ra = recursion && self.forward.is_some();
+        if request.metadata.message_type != MessageType::Query {
+            return reply_code(request, rh, ResponseCode::FormErr, ra).await;
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return reply_code(request, rh, ResponseCode::NotImp, ra).await;
+        }
+        let Ok(info) = request.request_info() else {
+            return reply_code(request, rh, ResponseCode::FormErr, ra).await;
+        };
+        let answer =
+            self.zone
+                .load()
+                .answer(info.query.name(), info.query.query_type(), &self.view);
+        match answer {
+            Answer::Authoritative {
+                code,
+                answers,
+                authority,
+            } => {
+                let mut md = Metadata::response_from_request(&request.metadata);
+                md.authoritative = true;
+                md.response_code = code;
+                md.recursion_available = ra;
+                let resp = MessageResponseBuilder::from_message_request(request).build(
+                    md,
+                    answers.iter(),
+                    authority.iter(),
+                    [].iter(),
+                    [].iter(),
+                );
+                send(request, &mut rh, resp).await
+            }
+            Answer::NotOurs if !recursion => {
+                reply_code(request, rh, ResponseCode::Refused, false).await
+            }
+            Answer::NotOurs => match &self.forward {
+                Some(catalog) => catalog.handle_request::<R, T>(request, rh).await,
+                None => reply_code(request, rh, ResponseCode::ServFail, false).await,
+            },
+        }
+    }
+}
