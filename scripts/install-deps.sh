@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
-# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl and openssl (tests), the
+# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl and dig (tests), the
 # system CA bundle, and the rustfmt and clippy components. Safe to run repeatedly.
 set -euo pipefail
 
@@ -10,6 +10,7 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 

@@ -93,6 +93,8 @@ pub struct Status {
     pub overrides: usize,
     /// The local CA.
     pub ca: Option<CaInfo>,
+    /// Upstream resolvers the DNS server forwards to.
+    pub dns_upstreams: Vec<String>,
 }
 
 /// The local CA, as `status` shows it.
@@ -115,6 +117,8 @@ pub struct Listeners {
     pub http: Vec<String>,
     /// HTTPS proxy addresses.
     pub https: Vec<String>,
+    /// DNS addresses (UDP and TCP).
+    pub dns: Vec<String>,
     /// The control socket.
     pub control: String,
 }

@@ -64,6 +64,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the daemon's DNS server answers for NAME.
+    Resolve {
+        /// The name, e.g. api.test.
+        name: String,
+        /// Record type.
+        #[arg(long = "type", short = 't', default_value = "A", value_name = "TYPE")]
+        record_type: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make this machine's resolver send the environment's domains to itproxy.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// The local certificate authority: where it is, how to trust it, rotation.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -72,6 +86,22 @@ pub enum Command {
         /// The file [default: ./itproxy.toml].
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// Print (or with --apply, perform) the host resolver set-up for the domains.
+    Setup {
+        /// Write the files and restart the resolver instead of printing the plan.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Print (or with --apply, perform) the undoing of `dns setup`.
+    Teardown {
+        /// Remove the files and restart the resolver instead of printing the plan.
+        #[arg(long)]
+        apply: bool,
     },
 }
 
@@ -111,6 +141,15 @@ pub struct UpArgs {
     /// Serve no HTTPS.
     #[arg(long)]
     pub no_https: bool,
+    /// DNS listen address, UDP and TCP (repeatable) [default: 127.0.0.1:53].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_dns")]
+    pub dns: Vec<SocketAddr>,
+    /// Serve no DNS.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Upstream resolver for other names (repeatable) [default: those in /etc/resolv.conf].
+    #[arg(long, value_name = "IP[:PORT]", value_parser = crate::config::parse_resolver)]
+    pub dns_upstream: Vec<SocketAddr>,
     /// Domain to serve (repeatable; the first qualifies app names) [default: test].
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Vec<String>,

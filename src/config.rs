@@ -24,6 +24,10 @@ pub const DEFAULT_DOMAIN: &str = "test";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:80";
 /// The default HTTPS listener.
 pub const DEFAULT_HTTPS: &str = "127.0.0.1:443";
+/// The default DNS listener.
+pub const DEFAULT_DNS: &str = "127.0.0.1:53";
+/// Default TTL of the environment's DNS records.
+pub const DEFAULT_DNS_TTL: u32 = 5;
 /// Default validity of issued leaf certificates.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86400);
 
@@ -85,7 +89,62 @@ struct FileConfig {
     #[serde(default)]
     tls: TlsSection,
     #[serde(default)]
+    dns: DnsSection,
+    #[serde(default)]
     routes: BTreeMap<RouteKey, FileRoute>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct DnsSection {
+    #[serde(default)]
+    upstreams: Vec<Resolver>,
+    ttl: Option<Ttl>,
+    #[serde(default, with = "humantime_serde")]
+    forward_timeout: Option<Duration>,
+    #[serde(default)]
+    recursion_from: Vec<IpNet>,
+}
+
+/// An upstream resolver: `1.1.1.1`, `1.1.1.1:53` or `[2606:4700::1111]:53`.
+#[derive(Debug, Clone, Copy)]
+struct Resolver(SocketAddr);
+
+impl<'de> Deserialize<'de> for Resolver {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_resolver(&s)
+            .map(Resolver)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a resolver address; the port defaults to 53.
+pub fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| {
+            format!(
+                "{s:?} is not an IP address with an optional port, e.g. 1.1.1.1 or 127.0.0.1:5353"
+            )
+        })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ttl(u32);
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            n @ 0..=3600 => Ok(Ttl(n)),
+            n => Err(serde::de::Error::custom(format!(
+                "ttl must be from 0 to 3600 seconds, not {n}"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -93,6 +152,7 @@ struct FileConfig {
 struct ListenSection {
     http: Option<OneOrMany<SocketAddr>>,
     https: Option<OneOrMany<SocketAddr>>,
+    dns: Option<OneOrMany<SocketAddr>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -303,6 +363,16 @@ pub struct Config {
     pub https: Vec<SocketAddr>,
     /// Validity of issued leaf certificates.
     pub leaf_validity: Duration,
+    /// DNS listen addresses (may be empty).
+    pub dns: Vec<SocketAddr>,
+    /// Upstream resolvers (empty: the system's).
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// TTL of the environment's records and negative answers.
+    pub dns_ttl: u32,
+    /// Time allowed for a forwarded query.
+    pub dns_forward_timeout: Duration,
+    /// Askers (besides loopback) allowed to use forwarding.
+    pub dns_recursion_from: Vec<IpNet>,
     /// Clients whose `X-Forwarded-*` headers are kept and extended.
     pub trusted_proxies: Vec<IpNet>,
     /// Upstream connect timeout.
@@ -326,6 +396,12 @@ pub struct Overrides {
     pub https: Vec<SocketAddr>,
     /// `--no-https`: no HTTPS listener at all.
     pub no_https: bool,
+    /// `--dns`, replacing the file's DNS listeners.
+    pub dns: Vec<SocketAddr>,
+    /// `--no-dns`: no DNS listener.
+    pub no_dns: bool,
+    /// `--dns-upstream`, replacing the file's upstream resolvers.
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -407,6 +483,21 @@ impl Config {
                 "`listen.http` and `listen.https` are both empty; give at least one address".into(),
             ));
         }
+        let dns = if cli.no_dns {
+            Vec::new()
+        } else if !cli.dns.is_empty() {
+            cli.dns.clone()
+        } else {
+            match file.listen.dns {
+                Some(d) => d.into_vec(),
+                None => vec![DEFAULT_DNS.parse().expect("valid default address")],
+            }
+        };
+        let dns_upstreams = if cli.dns_upstreams.is_empty() {
+            file.dns.upstreams.iter().map(|r| r.0).collect()
+        } else {
+            cli.dns_upstreams.clone()
+        };
         let leaf_validity = file.tls.leaf_validity.unwrap_or(DEFAULT_LEAF_VALIDITY);
         if leaf_validity < Duration::from_secs(3600)
             || leaf_validity > Duration::from_secs(398 * 86400)
@@ -442,6 +533,11 @@ impl Config {
             http,
             https,
             leaf_validity,
+            dns,
+            dns_upstreams,
+            dns_ttl: file.dns.ttl.map_or(DEFAULT_DNS_TTL, |t| t.0),
+            dns_forward_timeout: file.dns.forward_timeout.unwrap_or(Duration::from_secs(1)),
+            dns_recursion_from: file.dns.recursion_from,
             trusted_proxies: file.proxy.trusted_proxies,
             connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
             threads: file.proxy.threads.map(|t| t.0),
@@ -480,8 +576,14 @@ mod tests {
             [listen]
             http = ["127.0.0.1:8080", "[::1]:8080"]
             https = "127.0.0.1:8443"
+            dns = "127.0.0.1:5353"
             [tls]
             leaf_validity = "14days"
+            [dns]
+            upstreams = ["1.1.1.1", "127.0.0.1:5300"]
+            ttl = 30
+            forward_timeout = "1s"
+            recursion_from = ["172.16.0.0/12"]
             [proxy]
             trusted_proxies = ["10.0.0.0/8"]
             connect_timeout = "250ms"
@@ -497,6 +599,18 @@ mod tests {
         assert_eq!(c.threads, Some(2));
         assert_eq!(c.https, vec!["127.0.0.1:8443".parse().unwrap()]);
         assert_eq!(c.leaf_validity, Duration::from_secs(14 * 86400));
+        assert_eq!(c.dns, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(
+            c.dns_upstreams,
+            vec![
+                "1.1.1.1:53".parse().unwrap(),
+                "127.0.0.1:5300".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (c.dns_ttl, c.dns_forward_timeout),
+            (30, Duration::from_secs(1))
+        );
         let routes: Vec<_> = c
             .routes
             .iter()
@@ -596,7 +710,8 @@ mod tests {
             http: vec!["127.0.0.1:9999".parse().unwrap()],
             domains: vec!["dev".into(), ".test".into()],
             https: vec!["127.0.0.1:9443".parse().unwrap()],
-            no_https: false,
+            dns_upstreams: vec!["127.0.0.1:5300".parse().unwrap()],
+            ..Default::default()
         };
         let c = Config::from_str("domains = \"x\"\n[routes]\napi = \"localhost:1\"", &cli).unwrap();
         assert_eq!(c.http, cli.http);

@@ -111,6 +111,20 @@ impl Routes {
             .collect()
     }
 
+    /// The DNS view of the same routes: every routed host resolves to the proxy.
+    fn zone(&self, config: &Config) -> itproxy_dns::Zone {
+        let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
+        let hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
+        itproxy_dns::Zone::new(
+            domains.iter().map(String::as_str),
+            hosts,
+            [],
+            self.generation as u32,
+            config.dns_ttl,
+        )
+        .expect("validated host names are valid DNS names")
+    }
+
     fn table(&self) -> RouteTable {
         RouteTable::new(self.effective().map(|(h, r, _)| {
             Route::new(h.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
@@ -147,8 +161,9 @@ pub struct Daemon {
     tls: TlsInfo,
     table: Arc<ArcSwap<RouteTable>>,
     routes: Mutex<Routes>,
-    /// HTTP and HTTPS addresses, known once the proxy runs.
-    listeners: std::sync::OnceLock<(Vec<String>, Vec<String>)>,
+    /// What the daemon listens on, known once everything runs.
+    listeners: std::sync::OnceLock<Listening>,
+    zone: Arc<ArcSwap<itproxy_dns::Zone>>,
 }
 
 impl Daemon {
@@ -185,7 +200,9 @@ impl Daemon {
             routes.overrides.insert(host, a);
         }
         let table = Arc::new(ArcSwap::from_pointee(routes.table()));
+        let zone = Arc::new(ArcSwap::from_pointee(routes.zone(&config)));
         Daemon {
+            zone,
             config,
             state_dir,
             started: Instant::now(),
@@ -218,7 +235,9 @@ impl Daemon {
                 format!("the change was not applied: {e}"),
             ));
         }
+        // Proxy first, then DNS: a name never resolves before its route works.
         self.table.store(Arc::new(routes.table()));
+        self.zone.store(Arc::new(routes.zone(&self.config)));
         Ok(())
     }
 
@@ -320,6 +339,8 @@ impl Daemon {
     /// The daemon's status.
     pub async fn status(&self) -> api::Status {
         let routes = self.routes.lock().await;
+        let none = Listening::default();
+        let listening = self.listeners.get().unwrap_or(&none);
         api::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -328,18 +349,12 @@ impl Daemon {
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             domains: self.config.domains.iter().map(|d| d.to_string()).collect(),
             listeners: api::Listeners {
-                http: self
-                    .listeners
-                    .get()
-                    .map(|l| l.0.clone())
-                    .unwrap_or_default(),
-                https: self
-                    .listeners
-                    .get()
-                    .map(|l| l.1.clone())
-                    .unwrap_or_default(),
+                http: listening.http.clone(),
+                https: listening.https.clone(),
+                dns: listening.dns.clone(),
                 control: self.state_dir.join(CONTROL_SOCKET).display().to_string(),
             },
+            dns_upstreams: listening.dns_upstreams.clone(),
             ca: Some(&self.tls).map(|t| api::CaInfo {
                 root: t.files.root.display().to_string(),
                 bundle: t.files.bundle.display().to_string(),
@@ -395,6 +410,33 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
         _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+}
+
+/// What the daemon serves on.
+#[derive(Default)]
+struct Listening {
+    http: Vec<String>,
+    https: Vec<String>,
+    dns: Vec<String>,
+    dns_upstreams: Vec<String>,
+}
+
+/// The proxy's address as loopback askers reach it: its first IPv4 and IPv6 listeners
+/// (wildcards answer with the loopback address).
+fn loopback_view(listeners: &[std::net::SocketAddr]) -> itproxy_dns::ProxyAddrs {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    itproxy_dns::ProxyAddrs {
+        v4: listeners.iter().find_map(|a| match a.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => Some(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }),
+        v6: listeners.iter().find_map(|a| match a.ip() {
+            IpAddr::V6(ip) if ip.is_unspecified() => Some(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        }),
     }
 }
 
@@ -454,6 +496,22 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     let overrides = state::load(&state_dir)?;
     let tls = setup_tls(&config, &state_dir)?;
 
+    let proxy_listeners: Vec<std::net::SocketAddr> =
+        config.http.iter().chain(&config.https).copied().collect();
+    let dns_config = itproxy_dns::DnsConfig {
+        listeners: config
+            .dns
+            .iter()
+            .map(|a| (*a, loopback_view(&proxy_listeners)))
+            .collect(),
+        upstreams: config.dns_upstreams.clone(),
+        recursion_from: ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .map(|n| n.parse().expect("valid network"))
+            .chain(config.dns_recursion_from.iter().copied())
+            .collect(),
+        forward_timeout: config.dns_forward_timeout,
+    };
     let router_config = RouterConfig {
         http: config.http.clone(),
         https: config.https.clone(),
@@ -472,17 +530,47 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
             .await
             .context("the proxy start-up task failed")??;
-    let http: Vec<String> = router.http_addrs().iter().map(|a| a.to_string()).collect();
-    let https: Vec<String> = router.https_addrs().iter().map(|a| a.to_string()).collect();
-    for a in &http {
+    let dns = if dns_config.listeners.is_empty() {
+        None
+    } else {
+        match itproxy_dns::start(&dns_config, daemon.zone.clone()).await {
+            Ok(dns) => Some(dns),
+            Err(e) => {
+                tokio::task::spawn_blocking(move || router.stop())
+                    .await
+                    .ok();
+                return Err(e.into());
+            }
+        }
+    };
+    let listening = Listening {
+        http: router.http_addrs().iter().map(|a| a.to_string()).collect(),
+        https: router.https_addrs().iter().map(|a| a.to_string()).collect(),
+        dns: dns_config
+            .listeners
+            .iter()
+            .map(|(a, _)| a.to_string())
+            .collect(),
+        dns_upstreams: dns
+            .as_ref()
+            .map(|d| d.upstreams().iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default(),
+    };
+    for a in &listening.http {
         tracing::info!("listening for HTTP on {a}");
     }
-    for a in &https {
+    for a in &listening.https {
         tracing::info!("listening for HTTPS on {a}");
     }
-    let _ = daemon.listeners.set((http, https));
+    for a in &listening.dns {
+        tracing::info!(upstreams = %listening.dns_upstreams.join(", "), "listening for DNS on {a}");
+    }
+    let _ = daemon.listeners.set(listening);
 
     let served = serve_control(daemon.clone(), &sock).await;
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     tokio::task::spawn_blocking(move || router.stop())
         .await
         .ok();

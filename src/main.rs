@@ -8,6 +8,8 @@ mod client;
 mod config;
 mod control;
 mod daemon;
+mod hostdns;
+mod resolve;
 mod state;
 
 use std::io::Write;
@@ -39,7 +41,7 @@ fn init_logging(cli: &Cli) {
     let daemon = matches!(cli.command, Command::Up(_));
     let level = match (cli.quiet, cli.verbose, daemon) {
         (true, _, _) => "error",
-        (_, 0, true) => "info,pingora_core=warn,pingora_core::services::listening=off,pingora_proxy=off,pingora=warn",
+        (_, 0, true) => "info,pingora_core=warn,pingora_core::services::listening=off,pingora_proxy=off,pingora=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
         (_, 0, false) => "warn",
         (_, 1, _) => "debug,pingora_core=info,pingora_proxy=info,hyper=info",
         _ => "trace",
@@ -87,6 +89,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up(args, config, state_dir),
         Command::CheckConfig { file } => check_config(file.or(config)),
         Command::Ca(cmd) => ca_command(cmd, config, &state_dir),
+        Command::Dns(cmd) => {
+            let c = Config::load(
+                config_path(config).as_deref(),
+                &config::Overrides::default(),
+            )?;
+            match cmd {
+                cli::DnsCommand::Setup { apply } => hostdns::setup(&c, apply, false),
+                cli::DnsCommand::Teardown { apply } => hostdns::setup(&c, apply, true),
+            }
+        }
+        Command::Resolve {
+            name,
+            record_type,
+            json,
+        } => runtime()?.block_on(resolve::run(&state_dir, &name, &record_type, json)),
         Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
         Command::Unroute { name, json } => runtime()?.block_on(async {
             let removed: api::Removed = Client::new(&state_dir)
@@ -127,6 +144,9 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
         http: args.http,
         https: args.https,
         no_https: args.no_https,
+        dns: args.dns,
+        no_dns: args.no_dns,
+        dns_upstreams: args.dns_upstream,
         domains: args.domain,
     };
     let path = config_path(config);
@@ -168,6 +188,8 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     let https: Vec<String> = c.https.iter().map(|a| a.to_string()).collect();
     println!("  http:    {}", http.join(", "));
     println!("  https:   {}", https.join(", "));
+    let dns: Vec<String> = c.dns.iter().map(|a| a.to_string()).collect();
+    println!("  dns:     {}", dns.join(", "));
     println!("  routes:  {}", c.routes.len());
     for (host, r) in &c.routes {
         println!("    {host} -> {}", r.target);
@@ -269,6 +291,15 @@ fn print_status(s: &api::Status) -> anyhow::Result<()> {
     println!("itproxy {} (pid {}), up {up}", s.version, s.pid);
     println!("  http:      {}", s.listeners.http.join(", "));
     println!("  https:     {}", s.listeners.https.join(", "));
+    println!("  dns:       {}", s.listeners.dns.join(", "));
+    if !s.listeners.dns.is_empty() {
+        let up = if s.dns_upstreams.is_empty() {
+            "none".to_string()
+        } else {
+            s.dns_upstreams.join(", ")
+        };
+        println!("  upstream:  {up}");
+    }
     println!("  control:   {}", s.listeners.control);
     println!("  domains:   {}", s.domains.join(", "));
     println!("  routes:    {} ({} overrides)", s.routes, s.overrides);

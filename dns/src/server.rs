@@ -262,3 +262,23 @@ impl RequestHandler for Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_askers_may_recurse() {
+        let nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert!(allowed(&nets, "127.0.0.1".parse().unwrap()));
+        assert!(allowed(&nets, "127.9.9.9".parse().unwrap()));
+        assert!(allowed(&nets, "::1".parse().unwrap()));
+        assert!(
+            allowed(&nets, "::ffff:127.0.0.1".parse().unwrap()),
+            "v4-mapped loopback"
+        );
+        assert!(!allowed(&nets, "192.0.2.7".parse().unwrap()));
+        assert!(!allowed(&nets, "::ffff:192.0.2.7".parse().unwrap()));
+        assert!(!allowed(&nets, "2001:db8::1".parse().unwrap()));
+    }
+}

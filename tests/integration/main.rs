@@ -1,6 +1,7 @@
 //! Integration tests: the real `itproxy` binary, real backends and real clients, on loopback.
 
 mod cli;
+mod dns;
 mod errors;
 mod headers;
 mod persistence;

@@ -33,6 +33,7 @@ pub struct Itproxy {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub https: SocketAddr,
+    pub dns: SocketAddr,
     extra: Vec<String>,
     child: Option<Child>,
     starts: usize,
@@ -49,16 +50,30 @@ impl Itproxy {
         let dir = tempfile::tempdir().unwrap();
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dns = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut p = Itproxy {
             dir,
             http,
             https,
+            dns,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             starts: 0,
         };
         p.launch();
         p
+    }
+
+    /// Tests never forward DNS beyond loopback: without an explicit `--dns-upstream`, a dead
+    /// loopback port stands in for the system's resolvers.
+    fn default_upstream(&self) -> Vec<String> {
+        if self.extra.iter().any(|a| a == "--dns-upstream") {
+            return vec![];
+        }
+        vec![
+            "--dns-upstream".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ]
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -85,9 +100,12 @@ impl Itproxy {
                 &self.http.to_string(),
                 "--https",
                 &self.https.to_string(),
+                "--dns",
+                &self.dns.to_string(),
             ])
             .args(&self.extra)
-            .env("RUST_LOG", "info")
+            .args(self.default_upstream())
+            .env_remove("RUST_LOG")
             .env_remove("ITPROXY_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
