@@ -29,6 +29,8 @@ pub struct ProxyAddrs {
 #[derive(Debug, Clone)]
 pub struct Zone {
     domains: Vec<LowerName>,
+    /// `ns.<domain>` for each domain: the name servers the apex NS records point at.
+    ns_names: HashSet<LowerName>,
     routed: HashSet<LowerName>,
     direct: HashMap<LowerName, Vec<IpAddr>>,
     serial: u32,
@@ -86,8 +88,19 @@ impl Zone {
             .into_iter()
             .map(|(n, a)| parse_name(n).map(|n| (n, a)))
             .collect::<Result<_, _>>()?;
+        let ns_names = domains
+            .iter()
+            .filter_map(|d| {
+                Name::from_ascii("ns")
+                    .ok()?
+                    .append_domain(&Name::from(d))
+                    .ok()
+            })
+            .map(|n| LowerName::new(&n))
+            .collect();
         Ok(Zone {
             domains,
+            ns_names,
             routed,
             direct,
             serial,
@@ -171,9 +184,6 @@ impl Zone {
             return Answer::NotOurs;
         };
         let owner = Name::from(name);
-        let ns_name = parse_name("ns")
-            .ok()
-            .and_then(|ns| Name::from(&ns).append_domain(&Name::from(apex)).ok());
         let positive = |answers: Vec<Record>| Answer::Authoritative {
             code: ResponseCode::NoError,
             authority: if answers.is_empty() {
@@ -210,11 +220,7 @@ impl Zone {
                 .collect();
             return positive(self.addresses(&owner, qtype, &v4, &v6));
         }
-        if self.is_routed(name, apex)
-            || ns_name
-                .as_ref()
-                .is_some_and(|ns| LowerName::new(ns) == *name)
-        {
+        if self.is_routed(name, apex) || self.ns_names.contains(name) {
             let v4: Vec<Ipv4Addr> = view.v4.into_iter().collect();
             let v6: Vec<Ipv6Addr> = view.v6.into_iter().collect();
             return positive(self.addresses(&owner, qtype, &v4, &v6));
