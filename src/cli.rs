@@ -75,6 +75,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure routing latency through the running proxy (and directly, with --direct).
+    Bench(BenchArgs),
     /// Make this machine's resolver send the environment's domains to itproxy.
     #[command(subcommand)]
     Dns(DnsCommand),
@@ -153,6 +155,59 @@ pub struct UpArgs {
     /// Domain to serve (repeatable; the first qualifies app names) [default: test].
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The route to load (app name or host).
+    pub route: String,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// How long to load, all targets together.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Targets take turns in slices of this length.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub slice: std::time::Duration,
+    /// Concurrent keepalive connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Open loop at this many requests per second (latency corrected for coordinated omission);
+    /// closed loop without it.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Also load the upstream directly, alternating, to show the overhead.
+    #[arg(long)]
+    pub direct: bool,
+    /// Also load another proxy for the same host, e.g. --also nginx=127.0.0.1:8081 (repeatable).
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_also)]
+    pub also: Vec<(String, SocketAddr)>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit non-zero when the p99 overhead over direct exceeds this (needs --direct).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_p99_overhead: Option<std::time::Duration>,
+    /// Write a latency-by-percentile plot (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Swap the route to --swap-with and back at this interval during the run.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "swap_with")]
+    pub swap_every: Option<std::time::Duration>,
+    /// The second target for --swap-every.
+    #[arg(long, value_name = "TARGET", requires = "swap_every")]
+    pub swap_with: Option<String>,
+}
+
+fn parse_also(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or("expected NAME=ADDR, e.g. nginx=127.0.0.1:8081")?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:8081"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Args, Debug)]

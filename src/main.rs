@@ -2,6 +2,7 @@
 //! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
 
 mod api;
+mod bench;
 mod ca;
 mod cli;
 mod client;
@@ -104,6 +105,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             record_type,
             json,
         } => runtime()?.block_on(resolve::run(&state_dir, &name, &record_type, json)),
+        Command::Bench(a) => {
+            let opts = bench::BenchOptions {
+                route: a.route,
+                path: a.path,
+                duration: a.duration,
+                slice: a.slice,
+                connections: a.connections,
+                rate: a.rate,
+                direct: a.direct,
+                also: a.also,
+                json: a.json,
+                max_p99_overhead: a.max_p99_overhead,
+                plot: a.plot,
+                swap_every: a.swap_every,
+                swap_with: a.swap_with,
+            };
+            // The load generator gets both cores' worth of workers.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(bench::run(opts, &state_dir))
+        }
         Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
         Command::Unroute { name, json } => runtime()?.block_on(async {
             let removed: api::Removed = Client::new(&state_dir)
