@@ -25,8 +25,13 @@ lint: deps
 test: lint
 	$(CARGO) test --workspace --locked
 
+## Side-by-side benchmark (direct vs itproxy vs nginx) plus the criterion micro-benchmarks.
 bench: deps
-	$(CARGO) bench --locked
+	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk || true
+	$(CARGO) build --release --locked
+	python3 scripts/bench.py
+	$(CARGO) bench --locked --bench route_table -- --warm-up-time 1 --measurement-time 3
 
 clean:
 	$(CARGO) clean

@@ -33,6 +33,7 @@ pub struct BenchOptions {
     pub connections: usize,
     pub rate: Option<u64>,
     pub direct: bool,
+    pub skip_itproxy: bool,
     pub also: Vec<(String, SocketAddr)>,
     pub json: bool,
     pub max_p99_overhead: Option<Duration>,
@@ -517,7 +518,7 @@ pub async fn run(opts: BenchOptions, state_dir: &Path) -> anyhow::Result<()> {
         .zip(&stats)
         .map(|(t, s)| result(t, s))
         .collect();
-    let overhead = (opts.direct).then(|| {
+    let overhead = (opts.direct && !opts.skip_itproxy).then(|| {
         let (p, d) = (&results[0], &results[1]);
         Overhead {
             p50_us: p.p50_us as i64 - d.p50_us as i64,

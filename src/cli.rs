@@ -180,6 +180,10 @@ pub struct BenchArgs {
     /// Also load the upstream directly, alternating, to show the overhead.
     #[arg(long)]
     pub direct: bool,
+    /// Do not load itproxy itself, only --direct and --also targets (to measure another proxy
+    /// with the same client).
+    #[arg(long)]
+    pub skip_itproxy: bool,
     /// Also load another proxy for the same host, e.g. --also nginx=127.0.0.1:8081 (repeatable).
     #[arg(long, value_name = "NAME=ADDR", value_parser = parse_also)]
     pub also: Vec<(String, SocketAddr)>,

@@ -114,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 connections: a.connections,
                 rate: a.rate,
                 direct: a.direct,
+                skip_itproxy: a.skip_itproxy,
                 also: a.also,
                 json: a.json,
                 max_p99_overhead: a.max_p99_overhead,

@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark, run by `make bench`: itproxy vs nginx vs direct, side by side in one run.
+
+Everything listens on 127.0.0.17 (loopback) and every load is bounded in time. Starts:
+  - a fast backend: nginx (1 worker) answering `return 200` on two ports ("a" and "b"),
+  - itproxy routing api.test to backend a,
+  - nginx as an equivalent host-routing reverse proxy (upstream keepalive, same headers),
+then loads direct, itproxy and nginx alternately with the same client (`itproxy bench`, and wrk
+when installed), measures how long a route change takes to be visible (itproxy route vs nginx
+reload), and counts failed requests during 1000+ itproxy swaps vs 20 nginx reloads under load.
+Writes bench-results/<date>.json and .md, and prints the Markdown table.
+"""
+import datetime
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "itproxy")
+IP = "127.0.0.17"
+PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081}
+DURATION = os.environ.get("BENCH_DURATION", "30s")
+WORK = tempfile.mkdtemp(prefix="itproxy-bench-")
+STATE = os.path.join(WORK, "state")
+procs = []
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def itproxy(*args):
+    return sh(BIN, "--state-dir", STATE, *args)
+
+
+def nginx_conf(name, body):
+    path = os.path.join(WORK, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(f"""worker_processes {body['workers']};
+daemon off;
+pid {WORK}/{name}.pid;
+error_log {WORK}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{body['http']}
+}}
+""")
+    return path
+
+
+BACKEND = {"workers": 1, "http": f"""
+  server {{ listen {IP}:{PORTS['a']}; location / {{ return 200 "a\\n"; }} }}
+  server {{ listen {IP}:{PORTS['b']}; location / {{ return 200 "b\\n"; }} }}
+"""}
+
+
+def proxy_conf(backend):
+    return {"workers": "auto", "http": f"""
+  upstream app {{ server {IP}:{PORTS[backend]}; keepalive 64; }}
+  server {{
+    listen {IP}:{PORTS['nginx']};
+    server_name api.test;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+    }}
+  }}
+  server {{ listen {IP}:{PORTS['nginx']} default_server; return 404; }}
+"""}
+
+
+def start(args, log):
+    p = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    procs.append(p)
+    return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection((IP, port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on {IP}:{port}")
+
+
+def get(port, host="api.test"):
+    c = http.client.HTTPConnection(IP, port, timeout=2)
+    c.request("GET", "/", headers={"Host": host})
+    body = c.getresponse().read().decode().strip()
+    c.close()
+    return body
+
+
+def bench(*extra):
+    out = itproxy("bench", "api", "--json", *extra)
+    return json.loads(out)
+
+
+def wrk(port):
+    if not shutil.which("wrk"):
+        return None
+    out = sh("wrk", "-t2", "-c64", "-d5s", "-H", "Host: api.test", f"http://{IP}:{port}/")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(m.group(1)) if m else None
+
+
+def control_put(target):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.path.join(STATE, "control.sock"))
+    body = json.dumps({"target": target})
+    s.sendall(f"PUT /v1/routes/api HTTP/1.1\r\nHost: itproxy\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
+    resp = b""
+    while chunk := s.recv(65536):
+        resp += chunk
+    s.close()
+    assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+
+
+def visible_after(change, port, want, limit=5.0):
+    t0 = time.perf_counter()
+    change()
+    while get(port) != want:
+        if time.perf_counter() - t0 > limit:
+            raise SystemExit(f"the change to {want} never became visible on port {port}")
+    return (time.perf_counter() - t0) * 1000
+
+
+def main():
+    os.makedirs(os.path.join(ROOT, "bench-results"), exist_ok=True)
+    start(["nginx", "-c", nginx_conf("backend", BACKEND)], f"{WORK}/backend.log")
+    proxy_path = nginx_conf("proxy", proxy_conf("a"))
+    nginx = start(["nginx", "-c", proxy_path], f"{WORK}/proxy.log")
+    start([BIN, "--state-dir", STATE, "up", "--http", f"{IP}:{PORTS['itproxy']}", "--no-https", "--no-dns"],
+          f"{WORK}/itproxy.log")
+    for port in PORTS.values():
+        wait_port(port)
+    for _ in range(100):
+        if os.path.exists(os.path.join(STATE, "control.sock")):
+            break
+        time.sleep(0.05)
+    itproxy("route", "api", f"{IP}:{PORTS['a']}")
+    assert get(PORTS["itproxy"]) == "a" and get(PORTS["nginx"]) == "a"
+    versions = {"itproxy": sh(BIN, "--version").strip(),
+                "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()}
+
+    also = f"nginx={IP}:{PORTS['nginx']}"
+    print(f"loading direct / itproxy / nginx alternately for {DURATION} (closed loop, 32 connections)...", flush=True)
+    closed = bench("--duration", DURATION, "--connections", "32", "--direct", "--also", also)
+    print("... and at 1 connection (latency)", flush=True)
+    single = bench("--duration", "10s", "--connections", "1", "--direct", "--also", also)
+    wrk_rps = {}
+    if shutil.which("wrk"):
+        for rnd in range(2):
+            for name in ("direct", "itproxy", "nginx"):
+                port = PORTS["a"] if name == "direct" else PORTS[name]
+                wrk_rps.setdefault(name, []).append(wrk(port))
+        wrk_rps = {k: statistics.median(v) for k, v in wrk_rps.items()}
+
+    # Route change visible: itproxy API call vs nginx config rewrite + reload.
+    print("route change visible time...", flush=True)
+    itp_ms, ngx_ms = [], []
+    for i in range(20):
+        to = "b" if i % 2 == 0 else "a"
+        itp_ms.append(visible_after(lambda: control_put(f"{IP}:{PORTS[to]}"), PORTS["itproxy"], to))
+
+        def reload(to=to):
+            nginx_conf("proxy", proxy_conf(to))
+            sh("nginx", "-c", proxy_path, "-s", "reload")
+        ngx_ms.append(visible_after(reload, PORTS["nginx"], to))
+    itproxy("route", "api", f"{IP}:{PORTS['a']}")
+
+    # Failed requests under load: 1000+ itproxy swaps vs 20 nginx reloads, same client and load.
+    print("failed requests during swaps / reloads under load...", flush=True)
+    swaps = bench("--duration", "10s", "--connections", "32", "--swap-every", "1ms",
+                  "--swap-with", f"{IP}:{PORTS['b']}")
+    loader = subprocess.Popen([BIN, "--state-dir", STATE, "bench", "api", "--json", "--skip-itproxy",
+                               "--also", also, "--duration", "10s", "--connections", "32"],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    for i in range(20):
+        to = "b" if i % 2 == 0 else "a"
+        nginx_conf("proxy", proxy_conf(to))
+        sh("nginx", "-c", proxy_path, "-s", "reload")
+        time.sleep(0.4)
+    nginx_load = json.loads(loader.communicate()[0])
+
+    # The same with wrk, which (unlike our client) does not reconnect before reusing a
+    # connection the server is closing: the classic nginx-reload failure mode.
+    wrk_failures = None
+    if shutil.which("wrk"):
+        import threading
+
+        def wrk_errors(port, changer):
+            proc = subprocess.Popen(["wrk", "-t2", "-c64", "-d6s", "-H", "Host: api.test", f"http://{IP}:{port}/"],
+                                    stdout=subprocess.PIPE, text=True)
+            count = changer()
+            out = proc.communicate()[0]
+            total = int(re.search(r"(\d+) requests in", out).group(1))
+            non2xx = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+            sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+            errors = non2xx + (sum(int(x) for x in sock.groups()) if sock else 0)
+            return {"changes": count, "requests": total, "failed": errors}
+
+        def swap_loop():
+            n, end = 0, time.time() + 5
+            while time.time() < end:
+                control_put(f"{IP}:{PORTS['b' if n % 2 == 0 else 'a']}")
+                n += 1
+            control_put(f"{IP}:{PORTS['a']}")
+            return n + 1
+
+        def reload_loop():
+            time.sleep(0.5)
+            for i in range(20):
+                nginx_conf("proxy", proxy_conf("b" if i % 2 == 0 else "a"))
+                sh("nginx", "-c", proxy_path, "-s", "reload")
+                time.sleep(0.25)
+            return 20
+
+        wrk_failures = {"itproxy": wrk_errors(PORTS["itproxy"], swap_loop),
+                        "nginx": wrk_errors(PORTS["nginx"], reload_loop)}
+
+    r = {x["label"]: x for x in closed["results"]}
+    r1 = {x["label"]: x for x in single["results"]}
+    ratio = lambda a, b: a / b if b else float("nan")
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "versions": versions,
+        "closed_loop_32": closed,
+        "closed_loop_1": single,
+        "wrk_t2_c64_rps": wrk_rps or None,
+        "route_change_visible_ms": {"itproxy_median": statistics.median(itp_ms),
+                                    "nginx_reload_median": statistics.median(ngx_ms),
+                                    "itproxy_all": itp_ms, "nginx_all": ngx_ms},
+        "wrk_failures_during_changes": wrk_failures,
+        "failures_during_changes": {
+            "itproxy_swaps": swaps["swaps"]["swaps"], "itproxy_failed": swaps["swaps"]["failed_requests"],
+            "itproxy_requests": swaps["results"][0]["requests"],
+            "nginx_reloads": 20, "nginx_failed": nginx_load["results"][0]["errors"],
+            "nginx_requests": nginx_load["results"][0]["requests"]},
+    }
+    md = [f"# itproxy end-to-end benchmark, {result['date']}", "",
+          f"{versions['itproxy']}, {versions['nginx']}, {os.cpu_count()} CPUs, loopback, one run, targets alternating in 1 s slices.", "",
+          "| path | req/s (c32) | p50 c32 | p99 c32 | p50 c1 | p99 c1 | errors |",
+          "|---|---|---|---|---|---|---|"]
+    for name in ("direct", "itproxy", "nginx"):
+        x, y = r[name], r1[name]
+        md.append(f"| {name} | {x['requests_per_second']:.0f} | {x['p50_us']} µs | {x['p99_us']} µs | "
+                  f"{y['p50_us']} µs | {y['p99_us']} µs | {x['errors'] + y['errors']} |")
+    md += ["", "| ratio | throughput | p50 c32 | p99 c32 | p50 c1 (added µs) |", "|---|---|---|---|---|",
+           f"| itproxy / nginx | {ratio(r['itproxy']['requests_per_second'], r['nginx']['requests_per_second']):.2f} | "
+           f"{ratio(r['itproxy']['p50_us'], r['nginx']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['nginx']['p99_us']):.2f} | "
+           f"{r1['itproxy']['p50_us'] - r1['direct']['p50_us']} vs nginx {r1['nginx']['p50_us'] - r1['direct']['p50_us']} |",
+           f"| itproxy / direct | {ratio(r['itproxy']['requests_per_second'], r['direct']['requests_per_second']):.2f} | "
+           f"{ratio(r['itproxy']['p50_us'], r['direct']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['direct']['p99_us']):.2f} | |"]
+    if wrk_rps:
+        md += ["", "wrk -t2 -c64 (median of 2 x 5 s): " + ", ".join(f"{k} {v:.0f} req/s" for k, v in wrk_rps.items())]
+    c = result["route_change_visible_ms"]
+    f = result["failures_during_changes"]
+    md += ["", f"Route change visible: itproxy {c['itproxy_median']:.2f} ms (API call incl. fsync) vs nginx reload {c['nginx_reload_median']:.2f} ms (medians of 20).",
+           f"Failed requests under load: itproxy {f['itproxy_failed']} of {f['itproxy_requests']} during {f['itproxy_swaps']} swaps; "
+           f"nginx {f['nginx_failed']} of {f['nginx_requests']} during {f['nginx_reloads']} reloads."]
+    if wrk_failures:
+        wi, wn = wrk_failures["itproxy"], wrk_failures["nginx"]
+        md.append(f"With wrk -c64: itproxy {wi['failed']} failed of {wi['requests']} during {wi['changes']} swaps; "
+                  f"nginx {wn['failed']} failed of {wn['requests']} during {wn['changes']} reloads.")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    with open(os.path.join(ROOT, "bench-results", f"{stamp}.json"), "w") as fh:
+        json.dump(result, fh, indent=2)
+    with open(os.path.join(ROOT, "bench-results", f"{stamp}.md"), "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"\nwritten: bench-results/{stamp}.json and .md")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if "itproxy" in str(p.args[0]) else signal.SIGQUIT)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(WORK, ignore_errors=True)
