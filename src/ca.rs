@@ -22,15 +22,20 @@ pub fn trust_files(state_dir: &Path) -> TrustFiles {
     }
 }
 
-/// Leaves are cached per root, so a rotated root never serves a leaf of the old one.
-pub fn leaf_cache_dir(state_dir: &Path, authority: &Authority) -> PathBuf {
+/// The first 16 hex digits of the root's fingerprint, lower case: names files per root.
+fn short_fingerprint(authority: &Authority) -> String {
     let fp: String = authority
         .fingerprint()
         .replace(':', "")
         .chars()
         .take(16)
         .collect();
-    state_dir.join("certs").join(fp.to_ascii_lowercase())
+    fp.to_ascii_lowercase()
+}
+
+/// Leaves are cached per root, so a rotated root never serves a leaf of the old one.
+pub fn leaf_cache_dir(state_dir: &Path, authority: &Authority) -> PathBuf {
+    state_dir.join("certs").join(short_fingerprint(authority))
 }
 
 /// `itproxy local CA (user@host)`.
@@ -130,13 +135,7 @@ pub fn rotate(state_dir: &Path, domains: &[String], yes: bool) -> anyhow::Result
 const SYSTEM_ANCHORS: &str = "/usr/local/share/ca-certificates";
 
 fn anchor_path(authority: &Authority) -> PathBuf {
-    let fp: String = authority
-        .fingerprint()
-        .replace(':', "")
-        .chars()
-        .take(16)
-        .collect();
-    PathBuf::from(SYSTEM_ANCHORS).join(format!("itproxy-{}.crt", fp.to_ascii_lowercase()))
+    PathBuf::from(SYSTEM_ANCHORS).join(format!("itproxy-{}.crt", short_fingerprint(authority)))
 }
 
 fn nss_databases() -> Vec<PathBuf> {

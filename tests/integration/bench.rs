@@ -3,6 +3,24 @@
 
 use crate::util::*;
 
+/// Runs `itproxy bench` without blocking the backends on this runtime; returns its JSON report.
+async fn bench(p: &Itproxy, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(BIN)
+        .arg("--state-dir")
+        .arg(p.state_dir())
+        .args(["bench", "api", "--json"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_proxy_and_direct_side_by_side() {
     let a = Backend::start("a").await;
@@ -10,37 +28,22 @@ async fn bench_reports_proxy_and_direct_side_by_side() {
     let p = Itproxy::start();
     p.ok(&["route", "api", &a.target()]);
     let plot = p.state_dir().join("latency.svg");
-    let dir = p.state_dir().to_path_buf();
     let plot_arg = plot.display().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .arg("--state-dir")
-            .arg(&dir)
-            .args([
-                "bench",
-                "api",
-                "--duration",
-                "1s",
-                "--slice",
-                "250ms",
-                "--connections",
-                "4",
-                "--direct",
-                "--json",
-                "--plot",
-                &plot_arg,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench(
+        &p,
+        &[
+            "--duration",
+            "1s",
+            "--slice",
+            "250ms",
+            "--connections",
+            "4",
+            "--direct",
+            "--plot",
+            &plot_arg,
+        ],
+    )
+    .await;
     let results = report["results"].as_array().unwrap();
     assert_eq!(results[0]["label"], "itproxy");
     assert_eq!(results[1]["label"], "direct");
@@ -55,36 +58,21 @@ async fn bench_reports_proxy_and_direct_side_by_side() {
 
     // Swap mode: the route flips between two targets during the run, fails no request, and is
     // left as it was.
-    let dir = p.state_dir().to_path_buf();
     let other = b.target();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .arg("--state-dir")
-            .arg(&dir)
-            .args([
-                "bench",
-                "api",
-                "--duration",
-                "1s",
-                "--connections",
-                "4",
-                "--swap-every",
-                "5ms",
-                "--swap-with",
-                &other,
-                "--json",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench(
+        &p,
+        &[
+            "--duration",
+            "1s",
+            "--connections",
+            "4",
+            "--swap-every",
+            "5ms",
+            "--swap-with",
+            &other,
+        ],
+    )
+    .await;
     assert!(report["swaps"]["swaps"].as_u64().unwrap() > 10, "{report}");
     assert_eq!(report["swaps"]["failed_requests"], 0);
     assert!(b.hits() > 0, "the second target served during the swaps");

@@ -13,6 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::*;
 
+/// The daemon's own CA, loaded from its files, to sign test certificates with.
+fn ca_issuer(ca: &std::path::Path) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("root-key.pem")).unwrap())
+        .unwrap();
+    rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(ca.join("root.pem")).unwrap(), key)
+        .unwrap()
+}
+
 fn root(p: &Itproxy) -> String {
     p.state_dir().join("ca/root.pem").display().to_string()
 }
@@ -226,13 +234,7 @@ async fn the_root_is_name_constrained_and_reused_across_restarts() {
     assert_eq!(fingerprint(), before, "the CA is reused, not recreated");
 
     // A certificate forged with the CA's own key for a real site does not verify.
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("root-key.pem")).unwrap())
-        .unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(ca.join("root.pem")).unwrap(),
-        key,
-    )
-    .unwrap();
+    let issuer = ca_issuer(&ca);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let forged = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
         .unwrap()
@@ -366,13 +368,7 @@ async fn https_upstreams_are_verified_unless_marked_insecure() {
     let p = Itproxy::start();
     let ca = p.state_dir().join("ca");
     // A backend whose certificate our CA issued verifies (the proxy trusts system roots + ours).
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("root-key.pem")).unwrap())
-        .unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(ca.join("root.pem")).unwrap(),
-        key,
-    )
-    .unwrap();
+    let issuer = ca_issuer(&ca);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
