@@ -261,11 +261,6 @@ impl Upstream {
         &self.spec
     }
 
-    /// Whether an `https://` target's certificate is verified.
-    pub fn verifies_tls(&self) -> bool {
-        self.verify_tls
-    }
-
     /// The resolved addresses, in the order they were resolved.
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.peers
