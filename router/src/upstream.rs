@@ -218,7 +218,6 @@ impl Default for UpstreamOptions {
 /// the request path only clones a prepared [`HttpPeer`].
 pub struct Upstream {
     spec: UpstreamSpec,
-    verify_tls: bool,
     peers: Vec<HttpPeer>,
     /// Index of the address that last accepted a connection; tried first.
     preferred: AtomicUsize,
@@ -250,7 +249,6 @@ impl Upstream {
             .collect();
         Upstream {
             spec,
-            verify_tls: options.verify_tls,
             peers,
             preferred: AtomicUsize::new(0),
         }
