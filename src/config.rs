@@ -236,6 +236,7 @@ struct ProxySection {
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     threads: Option<Threads>,
+    work_stealing: Option<bool>,
 }
 
 /// A domain, validated as a host name while the file is read.
@@ -379,6 +380,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Proxy worker threads (None: one per core).
     pub threads: Option<usize>,
+    /// Whether proxy threads steal work from each other.
+    pub work_stealing: bool,
     /// Routes declared in the file.
     pub routes: BTreeMap<HostName, RouteSpec>,
     /// The file this came from, if any.
@@ -541,6 +544,7 @@ impl Config {
             trusted_proxies: file.proxy.trusted_proxies,
             connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
             threads: file.proxy.threads.map(|t| t.0),
+            work_stealing: file.proxy.work_stealing.unwrap_or(false),
             routes,
             source,
         })

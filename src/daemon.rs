@@ -522,6 +522,7 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         threads: config
             .threads
             .unwrap_or_else(|| RouterConfig::default().threads),
+        work_stealing: config.work_stealing,
         ..RouterConfig::default()
     };
     let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls).await);
