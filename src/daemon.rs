@@ -355,11 +355,11 @@ impl Daemon {
                 control: self.state_dir.join(CONTROL_SOCKET).display().to_string(),
             },
             dns_upstreams: listening.dns_upstreams.clone(),
-            ca: Some(&self.tls).map(|t| api::CaInfo {
-                root: t.files.root.display().to_string(),
-                bundle: t.files.bundle.display().to_string(),
-                fingerprint: t.fingerprint.clone(),
-                permitted: t.permitted.clone(),
+            ca: Some(api::CaInfo {
+                root: self.tls.files.root.display().to_string(),
+                bundle: self.tls.files.bundle.display().to_string(),
+                fingerprint: self.tls.fingerprint.clone(),
+                permitted: self.tls.permitted.clone(),
             }),
             routes: routes.effective().count(),
             overrides: routes.overrides.len(),
