@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
-# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl and dig (tests), the
+# cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl, dig and busybox-static (tests), the
 # system CA bundle, and the rustfmt and clippy components. Safe to run repeatedly.
 set -euo pipefail
 
@@ -11,6 +11,7 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
+[ -x /bin/busybox ] || need+=(busybox-static)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 

@@ -64,6 +64,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the Docker environment's network (stop `itproxy up` first).
+    Down {
+        /// The environment [default: the config's `env.name`].
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
+    },
     /// Show what the daemon's DNS server answers for NAME.
     Resolve {
         /// The name, e.g. api.test.
@@ -149,6 +155,10 @@ pub struct UpArgs {
     /// Serve no DNS.
     #[arg(long)]
     pub no_dns: bool,
+    /// Docker environment: create (or reuse) its network and listen on its gateway too, so
+    /// containers reach every route and the DNS [default: the config's `env.name`, else none].
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
     /// Upstream resolver for other names (repeatable) [default: those in /etc/resolv.conf].
     #[arg(long, value_name = "IP[:PORT]", value_parser = crate::config::parse_resolver)]
     pub dns_upstream: Vec<SocketAddr>,

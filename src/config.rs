@@ -81,6 +81,8 @@ impl<T> OneOrMany<T> {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    #[serde(default)]
+    env: EnvSection,
     domains: Option<OneOrMany<Domain>>,
     #[serde(default)]
     listen: ListenSection,
@@ -92,6 +94,25 @@ struct FileConfig {
     dns: DnsSection,
     #[serde(default)]
     routes: BTreeMap<RouteKey, FileRoute>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct EnvSection {
+    name: Option<EnvName>,
+}
+
+/// An environment name, validated while the file is read.
+#[derive(Debug, Clone)]
+struct EnvName(itproxy_orchestrator::EnvName);
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        itproxy_orchestrator::EnvName::parse(&s)
+            .map(EnvName)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -356,6 +377,8 @@ impl Domains {
 /// The validated configuration the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The Docker environment, if any: its network's gateway gets listeners for containers.
+    pub env: Option<itproxy_orchestrator::EnvName>,
     /// Domains served.
     pub domains: Domains,
     /// Plain-HTTP listen addresses.
@@ -405,6 +428,8 @@ pub struct Overrides {
     pub no_dns: bool,
     /// `--dns-upstream`, replacing the file's upstream resolvers.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// `--env`, replacing the file's environment name.
+    pub env: Option<String>,
 }
 
 impl Config {
@@ -531,7 +556,17 @@ impl Config {
             }
         }
 
+        let env = match &cli.env {
+            Some(name) => Some(itproxy_orchestrator::EnvName::parse(name).map_err(|e| {
+                ConfigError::Invalid {
+                    origin: None,
+                    message: format!("--env: {e}"),
+                }
+            })?),
+            None => file.env.name.map(|n| n.0),
+        };
         Ok(Config {
+            env,
             domains,
             http,
             https,
@@ -581,6 +616,8 @@ mod tests {
             http = ["127.0.0.1:8080", "[::1]:8080"]
             https = "127.0.0.1:8443"
             dns = "127.0.0.1:5353"
+            [env]
+            name = "demo"
             [tls]
             leaf_validity = "14days"
             [dns]
@@ -604,6 +641,10 @@ mod tests {
         assert_eq!(c.https, vec!["127.0.0.1:8443".parse().unwrap()]);
         assert_eq!(c.leaf_validity, Duration::from_secs(14 * 86400));
         assert_eq!(c.dns, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(
+            c.env.as_ref().map(|e| e.to_string()).as_deref(),
+            Some("demo")
+        );
         assert_eq!(
             c.dns_upstreams,
             vec![

@@ -498,7 +498,7 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
 
     let proxy_listeners: Vec<std::net::SocketAddr> =
         config.http.iter().chain(&config.https).copied().collect();
-    let dns_config = itproxy_dns::DnsConfig {
+    let mut dns_config = itproxy_dns::DnsConfig {
         listeners: config
             .dns
             .iter()
@@ -512,9 +512,52 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
             .collect(),
         forward_timeout: config.dns_forward_timeout,
     };
+    // The environment's network comes first: Pingora's listeners are fixed at start, and the
+    // gateway is where containers reach the proxy and the DNS.
+    let (mut http, mut https) = (config.http.clone(), config.https.clone());
+    if let Some(env) = &config.env {
+        let engine = itproxy_orchestrator::Engine::connect().await?;
+        let net = engine.ensure_network(env).await?;
+        let gateway = net.gateway.with_context(|| {
+            format!(
+                "the Docker network {} has no IPv4 gateway to listen on",
+                net.name
+            )
+        })?;
+        tracing::info!(
+            network = %net.name,
+            %gateway,
+            subnet = net.subnet.as_deref().unwrap_or("?"),
+            "{} the environment's network",
+            if net.created { "created" } else { "reusing" }
+        );
+        // Same ports as on loopback, so `api.test:PORT` works alike from the host and from
+        // containers; DNS on port 53, the only one a container's resolv.conf can name.
+        if let Some(a) = config.http.first() {
+            http.push(std::net::SocketAddr::new(gateway, a.port()));
+        }
+        if let Some(a) = config.https.first() {
+            https.push(std::net::SocketAddr::new(gateway, a.port()));
+        }
+        if !config.dns.is_empty() {
+            let view = itproxy_dns::ProxyAddrs {
+                v4: match gateway {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                },
+                v6: None,
+            };
+            dns_config
+                .listeners
+                .push((std::net::SocketAddr::new(gateway, 53), view));
+            if let Some(subnet) = net.subnet.as_deref().and_then(|s| s.parse().ok()) {
+                dns_config.recursion_from.push(subnet);
+            }
+        }
+    }
     let router_config = RouterConfig {
-        http: config.http.clone(),
-        https: config.https.clone(),
+        http,
+        https,
         certificates: Some(tls.resolver.clone()),
         // `https://` upstreams are verified against the system roots plus ours.
         upstream_roots: Some(tls.files.bundle.clone()),

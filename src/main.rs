@@ -90,6 +90,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up(args, config, state_dir),
         Command::CheckConfig { file } => check_config(file.or(config)),
         Command::Ca(cmd) => ca_command(cmd, config, &state_dir),
+        Command::Down { env } => {
+            let overrides = config::Overrides {
+                env,
+                ..Default::default()
+            };
+            let c = Config::load(config_path(config).as_deref(), &overrides)?;
+            let env = c
+                .env
+                .context("no environment: pass --env NAME or set env.name in itproxy.toml")?;
+            runtime()?.block_on(async {
+                let engine = itproxy_orchestrator::Engine::connect().await?;
+                if engine.remove_network(&env).await? {
+                    println!("removed the network {}", env.network_name());
+                } else {
+                    println!("environment {env} has no network; nothing to remove");
+                }
+                Ok(())
+            })
+        }
         Command::Dns(cmd) => {
             let c = Config::load(
                 config_path(config).as_deref(),
@@ -173,6 +192,7 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
         dns: args.dns,
         no_dns: args.no_dns,
         dns_upstreams: args.dns_upstream,
+        env: args.env,
         domains: args.domain,
     };
     let path = config_path(config);

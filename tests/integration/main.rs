@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod dns;
+mod docker;
 mod errors;
 mod headers;
 mod persistence;

@@ -1,0 +1,162 @@
+//! Containers on the environment's network reach routes through itproxy, by name, including a
+//! route to a dev server on the host. Real Docker engine; the test image is built locally
+//! (`FROM scratch` + Debian's busybox-static), nothing is pulled. With CI=true a missing engine
+//! fails the test; elsewhere it is skipped with the reason.
+
+use std::process::Command;
+
+use crate::util::*;
+
+const IMAGE: &str = "itproxy-test/busybox:latest";
+
+fn docker_ready() -> bool {
+    let problem = if !std::path::Path::new("/bin/busybox").exists() {
+        Some("/bin/busybox is missing (apt-get install busybox-static)".to_string())
+    } else {
+        match Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+        {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(format!("no docker CLI: {e}")),
+        }
+    };
+    match problem {
+        None => true,
+        Some(p) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs Docker: {p}"),
+        Some(p) => {
+            eprintln!("skipped: {p}");
+            false
+        }
+    }
+}
+
+/// Builds the test image from the host's static busybox (cached by Docker after the first time).
+fn build_image() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the test's network however the test ends.
+struct NetworkGuard(String);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .output();
+    }
+}
+
+async fn in_container(network: &str, script: &str) -> String {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--entrypoint",
+            "/bin/busybox",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .await
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reaches_a_host_dev_server_by_name_through_itproxy() {
+    if !docker_ready() {
+        return;
+    }
+    build_image();
+    let env = format!("t{}-{}", std::process::id(), free_port());
+    let network = format!("itproxy-{env}");
+    let _guard = NetworkGuard(network.clone());
+    let dev = Backend::start("dev-server").await;
+    let mut p = Itproxy::start_with(&["--env", &env]);
+    p.ok(&["route", "api", &dev.target()]);
+
+    let status: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    let gateway_dns = status["listeners"]["dns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .find(|a| !a.starts_with("127."))
+        .expect("a DNS listener on the network's gateway");
+    let gateway = gateway_dns.trim_end_matches(":53").to_string();
+    assert!(
+        status["listeners"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with(&gateway)),
+        "{status}"
+    );
+
+    // DNS from the container: the route's name is the gateway, where itproxy listens.
+    let answer = in_container(&network, &format!("nslookup api.test {gateway}")).await;
+    assert!(answer.contains(&format!("Address: {gateway}")), "{answer}");
+    let nx = in_container(&network, &format!("nslookup nope.test {gateway}")).await;
+    assert!(nx.contains("NXDOMAIN") || nx.contains("can't find"), "{nx}");
+
+    // HTTP from the container, by that address and the Host name: itproxy forwards to the dev
+    // server listening on the host's loopback.
+    let port = p.http.port();
+    let reply = in_container(
+        &network,
+        &format!("(printf 'GET /from-container HTTP/1.0\\r\\nHost: api.test\\r\\n\\r\\n'; sleep 2) | nc -w 5 {gateway} {port}"),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("dev-server") && reply.contains("/from-container"),
+        "{reply}"
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(seen["headers"]["x-forwarded-for"]
+        .as_str()
+        .unwrap()
+        .starts_with(&gateway[..gateway.rfind('.').unwrap()]));
+
+    // `itproxy down` removes the environment's network (and only it).
+    p.stop();
+    let out = p.ok(&["down", "--env", &env]);
+    assert!(
+        out.contains(&format!("removed the network {network}")),
+        "{out}"
+    );
+    let inspect = Command::new("docker")
+        .args(["network", "inspect", &network])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the network is gone");
+    let out = p.ok(&["down", "--env", &env]);
+    assert!(out.contains("nothing to remove"), "{out}");
+}
