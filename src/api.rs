@@ -14,6 +14,8 @@ pub enum RouteSource {
     Config,
     /// Set through the API or CLI (persisted in the state directory).
     Override,
+    /// A running container with `itproxy.host`/`itproxy.port` labels.
+    Discovered,
 }
 
 /// One route as the API shows it.

@@ -58,25 +58,38 @@ enum Active {
 
 struct Routes {
     declared: BTreeMap<HostName, Routed>,
+    /// Containers running with `itproxy.host` labels, with their ids.
+    discovered: BTreeMap<HostName, (String, Routed)>,
     overrides: BTreeMap<HostName, Active>,
     /// Bumped for every upstream created, so pooled connections never cross routes' lives.
     generation: u64,
 }
 
 impl Routes {
+    /// The routes in force: declared, then discovered containers over them, then overrides.
     fn effective(&self) -> impl Iterator<Item = (&HostName, &Routed, RouteSource)> {
-        let declared = self
-            .declared
-            .iter()
-            .filter_map(|(h, r)| match self.overrides.get(h) {
-                None => Some((h, r, RouteSource::Config)),
-                Some(_) => None,
-            });
-        let overridden = self.overrides.iter().filter_map(|(h, a)| match a {
-            Active::Target(r) => Some((h, r, RouteSource::Override)),
-            Active::Removed => None,
-        });
-        declared.chain(overridden)
+        let mut all: BTreeMap<&HostName, (&Routed, RouteSource)> = BTreeMap::new();
+        for (h, r) in &self.declared {
+            all.insert(h, (r, RouteSource::Config));
+        }
+        for (h, (_, r)) in &self.discovered {
+            all.insert(h, (r, RouteSource::Discovered));
+        }
+        for (h, a) in &self.overrides {
+            match a {
+                Active::Target(r) => all.insert(h, (r, RouteSource::Override)),
+                Active::Removed => all.remove(h),
+            };
+        }
+        all.into_iter().map(|(h, (r, s))| (h, r, s))
+    }
+
+    /// What a host goes back to without its override: a discovered container, else the config.
+    fn base(&self, host: &HostName) -> Option<&Routed> {
+        self.discovered
+            .get(host)
+            .map(|(_, r)| r)
+            .or_else(|| self.declared.get(host))
     }
 
     fn view(&self, host: &HostName) -> Option<RouteView> {
@@ -87,10 +100,8 @@ impl Routes {
                 target: r.spec.target.to_string(),
                 source,
                 declared: match source {
-                    RouteSource::Override => {
-                        self.declared.get(h).map(|d| d.spec.target.to_string())
-                    }
-                    RouteSource::Config => None,
+                    RouteSource::Override => self.base(h).map(|d| d.spec.target.to_string()),
+                    _ => None,
                 },
                 redirect_https: r.spec.redirect_https,
                 insecure_upstream: r.spec.insecure_upstream,
@@ -174,6 +185,7 @@ impl Daemon {
         let timeout = config.connect_timeout;
         let mut routes = Routes {
             declared: BTreeMap::new(),
+            discovered: BTreeMap::new(),
             overrides: BTreeMap::new(),
             generation: 0,
         };
@@ -235,10 +247,64 @@ impl Daemon {
                 format!("the change was not applied: {e}"),
             ));
         }
-        // Proxy first, then DNS: a name never resolves before its route works.
+        self.publish(routes);
+        Ok(())
+    }
+
+    /// Makes `routes` live. Proxy first, then DNS: a name never resolves before its route works.
+    fn publish(&self, routes: &Routes) {
         self.table.store(Arc::new(routes.table()));
         self.zone.store(Arc::new(routes.zone(&self.config)));
-        Ok(())
+    }
+
+    /// A labelled container runs: its host routes to it (an override still wins). Not persisted:
+    /// the container's presence is the state.
+    pub async fn discover(&self, c: itproxy_orchestrator::Labelled) {
+        let host = match self.config.domains.qualify(&c.host) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(container = %c.id, "ignoring the {} label: {e}", itproxy_orchestrator::HOST_LABEL);
+                return;
+            }
+        };
+        let addr = std::net::SocketAddr::new(c.ip, c.port);
+        let target = match itproxy_router::UpstreamSpec::parse(&addr.to_string()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(container = %c.id, "ignoring a labelled container: {e}");
+                return;
+            }
+        };
+        let mut routes = self.routes.lock().await;
+        let routed = routes.build(
+            RouteSpec::to(target),
+            vec![addr],
+            self.config.connect_timeout,
+        );
+        routes
+            .discovered
+            .insert(host.clone(), (c.id.clone(), routed));
+        self.publish(&routes);
+        tracing::info!(%host, target = %addr, container = %&c.id[..c.id.len().min(12)], "container discovered");
+    }
+
+    /// A container stopped: its discovered route goes away.
+    pub async fn forget(&self, id: &str) {
+        let mut routes = self.routes.lock().await;
+        let gone: Vec<HostName> = routes
+            .discovered
+            .iter()
+            .filter(|(_, (cid, _))| cid == id)
+            .map(|(h, _)| h.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for h in &gone {
+            routes.discovered.remove(h);
+            tracing::info!(host = %h, container = %&id[..id.len().min(12)], "container stopped; route removed");
+        }
+        self.publish(&routes);
     }
 
     /// All active routes, sorted by host.
@@ -291,7 +357,7 @@ impl Daemon {
         let mut routes = self.routes.lock().await;
         let view = routes.view(&host).ok_or_else(|| no_route(&host))?;
         let mut next = routes.overrides.clone();
-        if routes.declared.contains_key(&host) {
+        if routes.base(&host).is_some() {
             next.insert(host.clone(), Active::Removed);
         } else {
             next.remove(&host);
@@ -308,7 +374,7 @@ impl Daemon {
     pub async fn restore(&self, name: &str) -> Result<api::Restored, ApiError> {
         let host = self.qualify(name)?;
         let mut routes = self.routes.lock().await;
-        let declared = routes.declared.contains_key(&host);
+        let declared = routes.base(&host).is_some();
         match (routes.overrides.contains_key(&host), declared) {
             (false, true) => Ok(api::Restored {
                 changed: false,
@@ -319,8 +385,8 @@ impl Daemon {
                 StatusCode::CONFLICT,
                 "nothing_to_restore",
                 format!(
-                    "{host} has no declared target to go back to (it is not in the config file); \
-                     remove it with `itproxy unroute {host}`"
+                    "{host} has no declared target to go back to (it is neither in the config file \
+                     nor a running labelled container); remove it with `itproxy unroute {host}`"
                 ),
             )),
             (true, true) => {
@@ -515,9 +581,11 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     // The environment's network comes first: Pingora's listeners are fixed at start, and the
     // gateway is where containers reach the proxy and the DNS.
     let (mut http, mut https) = (config.http.clone(), config.https.clone());
+    let mut engine = None;
     if let Some(env) = &config.env {
-        let engine = itproxy_orchestrator::Engine::connect().await?;
-        let net = engine.ensure_network(env).await?;
+        let docker = itproxy_orchestrator::Engine::connect().await?;
+        let net = docker.ensure_network(env).await?;
+        engine = Some(docker);
         let gateway = net.gateway.with_context(|| {
             format!(
                 "the Docker network {} has no IPv4 gateway to listen on",
@@ -611,7 +679,13 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     }
     let _ = daemon.listeners.set(listening);
 
+    // Containers started by hand with itproxy.host/itproxy.port labels: reconcile, then follow.
+    let discovery = engine.map(|engine| tokio::spawn(discover(engine, daemon.clone())));
+
     let served = serve_control(daemon.clone(), &sock).await;
+    if let Some(task) = discovery {
+        task.abort();
+    }
     if let Some(dns) = dns {
         dns.stop().await;
     }
@@ -622,6 +696,33 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Routes labelled containers: those already running, then each start and stop as it happens.
+async fn discover(engine: itproxy_orchestrator::Engine, daemon: Arc<Daemon>) {
+    use futures_util::StreamExt;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().saturating_sub(1));
+    match engine.labelled_containers().await {
+        Ok(list) => {
+            for c in list {
+                daemon.discover(c).await;
+            }
+        }
+        Err(e) => tracing::warn!("cannot list labelled containers: {e}"),
+    }
+    let mut events = std::pin::pin!(engine.watch_labelled(since));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(itproxy_orchestrator::Discovery::Up(c)) => daemon.discover(c).await,
+            Ok(itproxy_orchestrator::Discovery::Down { id }) => daemon.forget(&id).await,
+            Err(e) => tracing::warn!("container discovery: {e}"),
+        }
+    }
+    tracing::warn!(
+        "the Docker events stream ended; containers started from now on are not discovered"
+    );
 }
 
 async fn serve_control(daemon: Arc<Daemon>, sock: &Path) -> anyhow::Result<()> {

@@ -7,8 +7,12 @@
 //! The network's gateway is where the proxy and DNS will listen for containers, and it must be
 //! known before the proxy starts (Pingora fixes its listeners at start).
 //!
-//! Still to come (the orchestrator issue): declared apps and their containers, readiness,
-//! discovery by labels from the events stream, and logs.
+//! Containers started by hand with `itproxy.host`/`itproxy.port` labels are found at start-up
+//! ([`Engine::labelled_containers`]) and followed on the events stream
+//! ([`Engine::watch_labelled`]).
+//!
+//! Still to come (the orchestrator issue): declared apps and their containers, readiness, and
+//! logs.
 #![warn(missing_docs, clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -17,6 +21,9 @@ use std::net::IpAddr;
 
 use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
+
+mod discovery;
+pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
 
 /// Label carried by every object itproxy creates, with the environment's name.
 pub const ENV_LABEL: &str = "itproxy.env";
@@ -112,7 +119,9 @@ pub struct Engine {
     docker: Docker,
 }
 
-fn engine_err(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
+pub(crate) fn engine_err(
+    action: impl Into<String>,
+) -> impl FnOnce(bollard::errors::Error) -> Error {
     let action = action.into();
     move |e| Error::Engine {
         action,

@@ -160,3 +160,130 @@ async fn a_container_reaches_a_host_dev_server_by_name_through_itproxy() {
     let out = p.ok(&["down", "--env", &env]);
     assert!(out.contains("nothing to remove"), "{out}");
 }
+
+/// Removes the test's containers however the test ends.
+struct ContainerGuard(Vec<String>);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
+    }
+}
+
+/// Starts a labelled busybox httpd answering `hello-from-NAME` on port 8080.
+fn run_labelled(name: &str, host: &str, network: &str) {
+    let script = format!(
+        "mkdir -p /www && echo hello-from-{host} > /www/index.html && httpd -f -p 8080 -h /www"
+    );
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", name, "--network", network])
+        .args([
+            "--label",
+            &format!("itproxy.host={host}"),
+            "--label",
+            "itproxy.port=8080",
+        ])
+        .args(["--entrypoint", "/bin/busybox", IMAGE, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits (bounded) until `host` is routed (or, with `present = false`, no longer is).
+async fn wait_route(p: &Itproxy, host: &str, present: bool) {
+    for _ in 0..200 {
+        if p.routes().contains_key(host) == present {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{host} {} within 10 s:\n{}",
+        if present {
+            "never got a route"
+        } else {
+            "kept its route"
+        },
+        p.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_containers_get_a_route_while_they_run() {
+    if !docker_ready() {
+        return;
+    }
+    build_image();
+    let env = format!("t{}-{}", std::process::id(), free_port());
+    let network = format!("itproxy-{env}");
+    let out = Command::new("docker")
+        .args([
+            "network",
+            "create",
+            "--label",
+            &format!("itproxy.env={env}"),
+            &network,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _net = NetworkGuard(network.clone());
+    let (before, after) = (format!("{env}-before"), format!("{env}-after"));
+    let _containers = ContainerGuard(vec![before.clone(), after.clone()]);
+
+    // Running before itproxy starts: found when it reconciles.
+    run_labelled(&before, "before", &network);
+    let p = Itproxy::start_with(&["--env", &env]);
+    wait_route(&p, "before.test", true).await;
+    assert_eq!(
+        get(p.http, "before.test", "/").await.text().trim(),
+        "hello-from-before"
+    );
+    let listed = p.ok(&["routes"]);
+    assert!(
+        listed.contains("before.test") && listed.contains("container"),
+        "{listed}"
+    );
+
+    // Started while itproxy runs: found from the events stream, and resolvable at once.
+    run_labelled(&after, "after", &network);
+    wait_route(&p, "after.test", true).await;
+    assert_eq!(
+        get(p.http, "after.test", "/").await.text().trim(),
+        "hello-from-after"
+    );
+    assert!(p.ok(&["resolve", "after.test"]).contains("127.0.0.1"));
+
+    // An override still wins, and --restore goes back to the container.
+    let dev = Backend::start("dev").await;
+    p.ok(&["route", "after", &dev.target()]);
+    assert_eq!(get(p.http, "after.test", "/").await.backend(), Some("dev"));
+    p.ok(&["route", "after", "--restore"]);
+    assert_eq!(
+        get(p.http, "after.test", "/").await.text().trim(),
+        "hello-from-after"
+    );
+
+    // Stopped: the route goes away.
+    let out = Command::new("docker")
+        .args(["rm", "-f", &after])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_route(&p, "after.test", false).await;
+    assert_eq!(get(p.http, "after.test", "/").await.status, 404);
+    assert!(
+        p.routes().contains_key("before.test"),
+        "other containers keep theirs"
+    );
+}

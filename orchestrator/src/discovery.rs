@@ -1,0 +1,150 @@
+//! Discovery of containers started by hand: `--label itproxy.host=NAME --label itproxy.port=PORT`
+//! gets a route while the container runs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use futures_util::{Stream, StreamExt};
+
+use crate::{engine_err, Engine, Error};
+
+/// The label naming the route (an app name or a host name).
+pub const HOST_LABEL: &str = "itproxy.host";
+/// The label naming the container's HTTP port.
+pub const PORT_LABEL: &str = "itproxy.port";
+
+/// A running container that asks for a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labelled {
+    /// The container's id.
+    pub id: String,
+    /// The `itproxy.host` label.
+    pub host: String,
+    /// The `itproxy.port` label.
+    pub port: u16,
+    /// The container's address on its first network.
+    pub ip: IpAddr,
+}
+
+/// A change seen on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A labelled container is running.
+    Up(Labelled),
+    /// A container stopped.
+    Down {
+        /// The container's id.
+        id: String,
+    },
+}
+
+impl Engine {
+    /// The running containers with an `itproxy.host` label (for reconciling at start-up).
+    pub async fn labelled_containers(&self) -> Result<Vec<Labelled>, Error> {
+        let filters = HashMap::from([("label", vec![HOST_LABEL])]);
+        let options = ListContainersOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_err("list containers"))?;
+        let mut out = Vec::new();
+        for c in list {
+            if let Some(id) = c.id {
+                if let Some(l) = self.labelled(&id).await? {
+                    out.push(l);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A container's route request, if it runs and its labels are usable (bad labels are
+    /// logged and ignored).
+    pub async fn labelled(&self, id: &str) -> Result<Option<Labelled>, Error> {
+        let c = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(engine_err(format!("inspect the container {id}"))(e)),
+        };
+        if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return Ok(None);
+        }
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let Some(host) = labels.get(HOST_LABEL).cloned() else {
+            return Ok(None);
+        };
+        let port = match labels.get(PORT_LABEL).map(|p| p.parse::<u16>()) {
+            Some(Ok(p)) if p > 0 => p,
+            other => {
+                tracing::warn!(
+                    container = id,
+                    ?other,
+                    "ignoring a container whose {PORT_LABEL} label is missing or not a port"
+                );
+                return Ok(None);
+            }
+        };
+        let ip = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                let mut nets: Vec<_> = nets.into_iter().collect();
+                nets.sort_by(|a, b| a.0.cmp(&b.0));
+                nets.into_iter()
+                    .find_map(|(_, e)| e.ip_address.filter(|ip| !ip.is_empty()))
+            })
+            .and_then(|ip| ip.parse().ok());
+        let Some(ip) = ip else {
+            tracing::warn!(
+                container = id,
+                "ignoring a labelled container without a network address"
+            );
+            return Ok(None);
+        };
+        Ok(Some(Labelled {
+            id: c.id.unwrap_or_else(|| id.to_string()),
+            host,
+            port,
+            ip,
+        }))
+    }
+
+    /// Starts and stops of labelled containers from `since` (Unix seconds; the engine replays
+    /// what happened after it, so nothing is missed between a listing and the watch). The
+    /// stream ends if the engine goes away.
+    pub fn watch_labelled(&self, since: u64) -> impl Stream<Item = Result<Discovery, Error>> + '_ {
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("label", vec![HOST_LABEL]),
+            ("event", vec!["start", "die"]),
+        ]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        self.docker
+            .events(Some(options))
+            .filter_map(move |event| async move {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => return Some(Err(engine_err("watch container events")(e))),
+                };
+                let id = event.actor.and_then(|a| a.id)?;
+                match event.action.as_deref() {
+                    Some("start") => match self.labelled(&id).await {
+                        Ok(Some(l)) => Some(Ok(Discovery::Up(l))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(e)),
+                    },
+                    Some("die") => Some(Ok(Discovery::Down { id })),
+                    _ => None,
+                }
+            })
+    }
+}
