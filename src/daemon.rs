@@ -288,6 +288,26 @@ impl Daemon {
         tracing::info!(%host, target = %addr, container = %&c.id[..c.id.len().min(12)], "container discovered");
     }
 
+    /// Makes the discovered routes exactly `running`: routes of containers that stopped while
+    /// nobody watched go away.
+    pub async fn reconcile(&self, running: Vec<itproxy_orchestrator::Labelled>) {
+        let stale: Vec<String> = {
+            let routes = self.routes.lock().await;
+            routes
+                .discovered
+                .values()
+                .map(|(id, _)| id.clone())
+                .filter(|id| !running.iter().any(|c| &c.id == id))
+                .collect()
+        };
+        for id in stale {
+            self.forget(&id).await;
+        }
+        for c in running {
+            self.discover(c).await;
+        }
+    }
+
     /// A container stopped: its discovered route goes away.
     pub async fn forget(&self, id: &str) {
         let mut routes = self.routes.lock().await;
@@ -699,30 +719,31 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Routes labelled containers: those already running, then each start and stop as it happens.
+/// If the events stream ends (the engine restarted), it reconciles again and resumes.
 async fn discover(engine: itproxy_orchestrator::Engine, daemon: Arc<Daemon>) {
     use futures_util::StreamExt;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs().saturating_sub(1));
-    match engine.labelled_containers().await {
-        Ok(list) => {
-            for c in list {
-                daemon.discover(c).await;
+    loop {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs().saturating_sub(1));
+        match engine.labelled_containers().await {
+            Ok(list) => daemon.reconcile(list).await,
+            Err(e) => tracing::warn!("cannot list labelled containers: {e}"),
+        }
+        let mut events = std::pin::pin!(engine.watch_labelled(since));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(itproxy_orchestrator::Discovery::Up(c)) => daemon.discover(c).await,
+                Ok(itproxy_orchestrator::Discovery::Down { id }) => daemon.forget(&id).await,
+                Err(e) => {
+                    tracing::warn!("container discovery: {e}");
+                    break;
+                }
             }
         }
-        Err(e) => tracing::warn!("cannot list labelled containers: {e}"),
+        tracing::warn!("lost the Docker events stream; reconnecting in 2 s");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
-    let mut events = std::pin::pin!(engine.watch_labelled(since));
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(itproxy_orchestrator::Discovery::Up(c)) => daemon.discover(c).await,
-            Ok(itproxy_orchestrator::Discovery::Down { id }) => daemon.forget(&id).await,
-            Err(e) => tracing::warn!("container discovery: {e}"),
-        }
-    }
-    tracing::warn!(
-        "the Docker events stream ended; containers started from now on are not discovered"
-    );
 }
 
 async fn serve_control(daemon: Arc<Daemon>, sock: &Path) -> anyhow::Result<()> {
