@@ -87,6 +87,9 @@ pub struct Status {
     pub config_file: Option<String>,
     /// Domains served, primary first.
     pub domains: Vec<String>,
+    /// The Docker environment, if one is configured (its network is `itproxy-<env>`).
+    #[serde(default)]
+    pub env: Option<String>,
     /// Listening addresses.
     pub listeners: Listeners,
     /// Number of active routes.

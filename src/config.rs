@@ -60,6 +60,21 @@ pub enum ConfigError {
     },
 }
 
+/// A value parsed from a string by its own `FromStr` while the file is read, so a bad value's
+/// error carries the file's line and key (host names, targets, environment names).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Parsed<T>(T);
+
+impl<'de, T: std::str::FromStr> Deserialize<'de> for Parsed<T>
+where
+    T::Err: std::fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One value or a list of them (`http = "127.0.0.1:80"` or `http = ["127.0.0.1:80", "[::1]:80"]`).
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
@@ -93,26 +108,13 @@ struct FileConfig {
     #[serde(default)]
     dns: DnsSection,
     #[serde(default)]
-    routes: BTreeMap<RouteKey, FileRoute>,
+    routes: BTreeMap<Parsed<HostName>, FileRoute>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct EnvSection {
-    name: Option<EnvName>,
-}
-
-/// An environment name, validated while the file is read.
-#[derive(Debug, Clone)]
-struct EnvName(itproxy_orchestrator::EnvName);
-
-impl<'de> Deserialize<'de> for EnvName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        itproxy_orchestrator::EnvName::parse(&s)
-            .map(EnvName)
-            .map_err(serde::de::Error::custom)
-    }
+    name: Option<Parsed<itproxy_orchestrator::EnvName>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -187,7 +189,7 @@ struct TlsSection {
 /// `api = { target = "localhost:8000", redirect_https = true, insecure_upstream = false }`.
 #[derive(Debug)]
 enum FileRoute {
-    Target(Target),
+    Target(UpstreamSpec),
     Table(RouteTable),
 }
 
@@ -202,7 +204,7 @@ impl<'de> Deserialize<'de> for FileRoute {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileRoute, E> {
                 UpstreamSpec::parse(v)
-                    .map(|t| FileRoute::Target(Target(t)))
+                    .map(FileRoute::Target)
                     .map_err(E::custom)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -220,7 +222,7 @@ impl<'de> Deserialize<'de> for FileRoute {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RouteTable {
-    target: Target,
+    target: Parsed<UpstreamSpec>,
     #[serde(default)]
     redirect_https: bool,
     #[serde(default)]
@@ -270,32 +272,6 @@ impl<'de> Deserialize<'de> for Domain {
         let s = s.strip_prefix('.').unwrap_or(&s);
         HostName::parse(s)
             .map(Domain)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A route key (app name or host name), validated as a host name while the file is read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct RouteKey(HostName);
-
-impl<'de> Deserialize<'de> for RouteKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        HostName::parse(&s)
-            .map(RouteKey)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A route target, parsed while the file is read.
-#[derive(Debug, Clone)]
-struct Target(UpstreamSpec);
-
-impl<'de> Deserialize<'de> for Target {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        UpstreamSpec::parse(&s)
-            .map(Target)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -539,7 +515,7 @@ impl Config {
         let mut routes = BTreeMap::new();
         for (key, route) in file.routes {
             let spec = match route {
-                FileRoute::Target(t) => RouteSpec::to(t.0),
+                FileRoute::Target(t) => RouteSpec::to(t),
                 FileRoute::Table(t) => RouteSpec {
                     target: t.target.0,
                     redirect_https: t.redirect_https,

@@ -434,6 +434,7 @@ impl Daemon {
             state_dir: self.state_dir.display().to_string(),
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             domains: self.config.domains.iter().map(|d| d.to_string()).collect(),
+            env: self.config.env.as_ref().map(|e| e.to_string()),
             listeners: api::Listeners {
                 http: listening.http.clone(),
                 https: listening.https.clone(),

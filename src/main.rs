@@ -351,6 +351,9 @@ fn print_status(s: &api::Status) -> anyhow::Result<()> {
     }
     println!("  control:   {}", s.listeners.control);
     println!("  domains:   {}", s.domains.join(", "));
+    if let Some(env) = &s.env {
+        println!("  env:       {env} (Docker network itproxy-{env})");
+    }
     println!("  routes:    {} ({} overrides)", s.routes, s.overrides);
     println!("  state dir: {}", s.state_dir);
     println!(

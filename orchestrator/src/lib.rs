@@ -93,6 +93,13 @@ impl EnvName {
     }
 }
 
+impl std::str::FromStr for EnvName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        EnvName::parse(s)
+    }
+}
+
 impl fmt::Display for EnvName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -77,12 +77,7 @@ fn client_commands_without_a_daemon_say_how_to_start_one() {
         &["routes"],
         &["route", "api", "localhost:1"],
     ] {
-        let out = Command::new(BIN)
-            .arg("--state-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = run_in(dir.path(), args);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -110,12 +105,7 @@ fn a_busy_port_or_a_second_daemon_is_refused_clearly() {
     let p = Itproxy::start();
 
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(other.path())
-        .args(["up", "--http", &p.http.to_string()])
-        .output()
-        .unwrap();
+    let out = run_in(other.path(), &["up", "--http", &p.http.to_string()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -123,12 +113,10 @@ fn a_busy_port_or_a_second_daemon_is_refused_clearly() {
         "{err}"
     );
 
-    let out = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(p.state_dir())
-        .args(["up", "--http", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
+    let out = run_in(
+        p.state_dir(),
+        &["up", "--http", &format!("127.0.0.1:{}", free_port())],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
@@ -140,12 +128,7 @@ fn a_busy_port_or_a_second_daemon_is_refused_clearly() {
 fn bad_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[routes]\napi = \"localhost:notaport\"\n");
-    let out = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["up", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &["up", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(cfg.to_str().unwrap()), "{err}");
@@ -178,12 +161,10 @@ fn damaged_state_is_reported_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.json");
     std::fs::write(&file, "{ not json").unwrap();
-    let out = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["up", "--http", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
+    let out = run_in(
+        dir.path(),
+        &["up", "--http", &format!("127.0.0.1:{}", free_port())],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("routes.json is damaged"), "{err}");

@@ -296,12 +296,7 @@ async fn malformed_packets_never_break_the_server() {
 #[test]
 fn dns_setup_prints_a_plan_for_the_domains() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["dns", "setup"])
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &["dns", "setup"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

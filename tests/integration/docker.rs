@@ -102,6 +102,7 @@ async fn a_container_reaches_a_host_dev_server_by_name_through_itproxy() {
     p.ok(&["route", "api", &dev.target()]);
 
     let status: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["env"], env.as_str());
     let gateway_dns = status["listeners"]["dns"]
         .as_array()
         .unwrap()

@@ -235,40 +235,25 @@ async fn the_root_is_name_constrained_and_reused_across_restarts() {
 
     // A certificate forged with the CA's own key for a real site does not verify.
     let issuer = ca_issuer(&ca);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let forged = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let forged_path = p.state_dir().join("forged.pem");
-    std::fs::write(&forged_path, forged.pem()).unwrap();
-    let (ok, text) = openssl(
-        &[
-            "verify",
-            "-CAfile",
-            &root(&p),
-            forged_path.to_str().unwrap(),
-        ],
-        "",
-    );
+    // Signs a leaf for `name` with the CA's key and asks `openssl verify` about it.
+    let forge_and_verify = |name: &str| {
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let path = p.state_dir().join("forged.pem");
+        std::fs::write(&path, leaf.pem()).unwrap();
+        openssl(
+            &["verify", "-CAfile", &root(&p), path.to_str().unwrap()],
+            "",
+        )
+    };
+    let (ok, text) = forge_and_verify("www.example.com");
     assert!(!ok, "a forged certificate verified:\n{text}");
     assert!(text.contains("permitted subtree violation"), "{text}");
-
-    // The same key signing an allowed name verifies, so the failure above is the constraint.
-    let allowed = rcgen::CertificateParams::new(vec!["ok.test".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    std::fs::write(&forged_path, allowed.pem()).unwrap();
-    let (ok, text) = openssl(
-        &[
-            "verify",
-            "-CAfile",
-            &root(&p),
-            forged_path.to_str().unwrap(),
-        ],
-        "",
-    );
+    // The same CA signing an allowed name verifies, so the failure above is the constraint.
+    let (ok, text) = forge_and_verify("ok.test");
     assert!(ok, "{text}");
 }
 
@@ -419,12 +404,7 @@ fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let itproxy = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("--state-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = run_in(dir.path(), args);
         assert!(
             out.status.success(),
             "{}",

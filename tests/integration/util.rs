@@ -182,13 +182,7 @@ impl Itproxy {
 
     /// Runs an `itproxy` client command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--state-dir")
-            .arg(self.dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        run_in(self.dir.path(), args)
     }
 
     /// Runs a client command that must succeed; returns its stdout.
@@ -270,6 +264,18 @@ impl Drop for Itproxy {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `itproxy --state-dir DIR ARGS` to completion: client commands, and daemons expected to
+/// refuse to start.
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A loopback HTTP backend that answers every request with JSON naming itself and echoing
