@@ -24,7 +24,10 @@ async fn routes_survive_a_restart() {
 fn every_acknowledged_route_survives_kill_9() {
     let mut p = Itproxy::start();
     let mut total = 0;
-    for (round, delay_ms) in [40u64, 130, 260].into_iter().enumerate() {
+    // Each round waits for some acknowledgements (so a slow machine still tests something), then
+    // kills at an arbitrary moment of the writes that follow.
+    for (round, (min_acks, delay_ms)) in [(1usize, 0u64), (5, 7), (15, 23)].into_iter().enumerate()
+    {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let writer = {
             let acked = acked.clone();
@@ -32,12 +35,7 @@ fn every_acknowledged_route_survives_kill_9() {
             std::thread::spawn(move || {
                 for i in 0..10_000 {
                     let name = format!("r{round}-{i}");
-                    let out = std::process::Command::new(BIN)
-                        .arg("--state-dir")
-                        .arg(&dir)
-                        .args(["route", &name, &format!("127.0.0.1:{}", 1000 + i)])
-                        .output()
-                        .unwrap();
+                    let out = run_in(&dir, &["route", &name, &format!("127.0.0.1:{}", 1000 + i)]);
                     if !out.status.success() {
                         return; // the daemon is gone
                     }
@@ -45,6 +43,10 @@ fn every_acknowledged_route_survives_kill_9() {
                 }
             })
         };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().len() < min_acks && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         p.kill9();
         writer.join().unwrap();
@@ -64,7 +66,7 @@ fn every_acknowledged_route_survives_kill_9() {
         }
         total += acked.len();
         println!(
-            "round {round}: kill -9 after {delay_ms} ms, {} acknowledged routes all back",
+            "round {round}: kill -9 {delay_ms} ms after ack #{min_acks}, {} acknowledged routes all back",
             acked.len()
         );
     }
