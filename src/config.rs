@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use itproxy_orchestrator::{AppName, AppSpec, Check, Endpoint, EndpointKind, Plan, Readiness};
 use itproxy_router::{HostName, UpstreamSpec};
+use regex::Regex;
 use serde::Deserialize;
 
 /// The default domain: `api` means `api.test`.
@@ -109,12 +111,103 @@ struct FileConfig {
     dns: DnsSection,
     #[serde(default)]
     routes: BTreeMap<Parsed<HostName>, FileRoute>,
+    #[serde(default)]
+    app: Vec<FileApp>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct EnvSection {
     name: Option<Parsed<itproxy_orchestrator::EnvName>>,
+    /// Shorthand for a single `domains` entry.
+    domain: Option<Domain>,
+    /// The order of the apps' steps (else the order in which the file first names them).
+    steps: Option<Vec<String>>,
+}
+
+/// `[[app]]` as written.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileApp {
+    name: Parsed<AppName>,
+    image: String,
+    step: Option<String>,
+    #[serde(default)]
+    depends_on: Vec<Parsed<AppName>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    command: Option<Command>,
+    /// Shorthand for one endpoint named after the app.
+    port: Option<Port>,
+    kind: Option<Kind>,
+    endpoints: Option<Vec<FileEndpoint>>,
+    ready: Option<FileReady>,
+    log_errors: Option<Vec<Parsed<Regex>>>,
+    #[serde(default)]
+    log_ignore: Vec<Parsed<Regex>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    name: Parsed<AppName>,
+    command: Option<Command>,
+    port: Option<Port>,
+    kind: Option<Kind>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Http,
+    Tcp,
+}
+
+/// A command: `["start", "-b", "0.0.0.0:9000"]`, or a string run by `/bin/sh -c`.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Command {
+    fn into_argv(self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+            Command::Argv(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u16::deserialize(d)? {
+            0 => Err(serde::de::Error::custom(
+                "port 0 is not a port; use 1 to 65535",
+            )),
+            n => Ok(Port(n)),
+        }
+    }
+}
+
+/// `ready = { tcp = 8000 }`, `{ http = "/health", status = 200 }`, `{ log = "regex" }` or
+/// `{ docker_health = true }`, each with an optional `timeout` and `endpoint`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileReady {
+    tcp: Option<Port>,
+    http: Option<String>,
+    status: Option<u16>,
+    port: Option<Port>,
+    log: Option<Parsed<Regex>>,
+    docker_health: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    endpoint: Option<Parsed<AppName>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -383,6 +476,8 @@ pub struct Config {
     pub work_stealing: bool,
     /// Routes declared in the file.
     pub routes: BTreeMap<HostName, RouteSpec>,
+    /// Apps declared in the file, in steps.
+    pub apps: Plan,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -457,9 +552,17 @@ impl Config {
             }
             list
         } else {
-            match file.domains {
-                Some(d) => d.into_vec().into_iter().map(|d| d.0).collect(),
-                None => vec![HostName::parse(DEFAULT_DOMAIN).expect("valid default domain")],
+            match (file.domains, file.env.domain) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "both `domains` and `env.domain` are set; keep one".into(),
+                    ))
+                }
+                (Some(d), None) => d.into_vec().into_iter().map(|d| d.0).collect(),
+                (None, Some(d)) => vec![d.0],
+                (None, None) => {
+                    vec![HostName::parse(DEFAULT_DOMAIN).expect("valid default domain")]
+                }
             }
         };
         let domains = Domains::new(domains).map_err(|_| invalid("`domains` is empty".into()))?;
@@ -541,7 +644,29 @@ impl Config {
             })?),
             None => file.env.name.map(|n| n.0),
         };
+        let apps = build_plan(file.app, file.env.steps).map_err(invalid)?;
+        if !apps.is_empty() && env.is_none() {
+            return Err(invalid(
+                "apps are declared but there is no environment to run them in; set `[env] name` \
+                 (or pass --env NAME)"
+                    .into(),
+            ));
+        }
+        for app in apps.apps() {
+            for e in &app.endpoints {
+                let host = domains
+                    .qualify(e.name.as_str())
+                    .map_err(|m| invalid(format!("app {:?}: {m}", app.name.as_str())))?;
+                if routes.contains_key(&host) {
+                    return Err(invalid(format!(
+                        "{host} is both in [routes] and an endpoint of app {:?}; keep one",
+                        app.name.as_str()
+                    )));
+                }
+            }
+        }
         Ok(Config {
+            apps,
             env,
             domains,
             http,
@@ -560,6 +685,200 @@ impl Config {
             source,
         })
     }
+}
+
+/// Turns the `[[app]]` tables into a [`Plan`], checking what serde could not: keys that go
+/// together, and the plan as a whole (duplicates, cycles, steps).
+fn build_plan(apps: Vec<FileApp>, steps: Option<Vec<String>>) -> Result<Plan, String> {
+    let mut out = Vec::with_capacity(apps.len());
+    for a in apps {
+        let name = a.name.0;
+        let err = |key: &str, m: &str| format!("app {:?}, `{key}`: {m}", name.as_str());
+        if a.image.trim().is_empty() {
+            return Err(err(
+                "image",
+                "is empty; name an image on the engine, e.g. \"itproxy-test/web:latest\"",
+            ));
+        }
+        let endpoint_of = |ename: AppName,
+                           command: Option<Command>,
+                           port: Option<Port>,
+                           kind: Option<Kind>|
+         -> Result<Endpoint, String> {
+            let port = match (port, kind) {
+                (Some(p), Some(Kind::Tcp)) => Some((p.0, EndpointKind::Tcp)),
+                (Some(p), _) => Some((p.0, EndpointKind::Http)),
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "app {:?}, endpoint {:?}: `kind` needs a `port`",
+                        name.as_str(),
+                        ename.as_str()
+                    ))
+                }
+                (None, None) => None,
+            };
+            Ok(Endpoint {
+                name: ename,
+                command: command.map(Command::into_argv),
+                port,
+            })
+        };
+        let app_command = a.command.map(Command::into_argv);
+        let endpoints = match a.endpoints {
+            None => vec![endpoint_of(name.clone(), None, a.port, a.kind)?],
+            Some(list) => {
+                if a.port.is_some() || a.kind.is_some() {
+                    return Err(err(
+                        "port",
+                        "give ports in `endpoints` when the app has endpoints",
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(err(
+                        "endpoints",
+                        "is empty; remove it, or list at least one",
+                    ));
+                }
+                let mut v = Vec::new();
+                for e in list {
+                    v.push(endpoint_of(e.name.0, e.command, e.port, e.kind)?);
+                }
+                v
+            }
+        };
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .map(|mut e| {
+                e.command = e.command.or_else(|| app_command.clone());
+                e
+            })
+            .collect();
+        for (k, _) in &a.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(err("env", &format!("{k:?} is not a variable name")));
+            }
+        }
+        let ready = match a.ready {
+            None => Readiness {
+                check: Check::Running,
+                endpoint: 0,
+                timeout: itproxy_orchestrator::DEFAULT_READY_TIMEOUT,
+            },
+            Some(r) => {
+                let endpoint = match &r.endpoint {
+                    Some(e) => endpoints
+                        .iter()
+                        .position(|x| x.name == e.0)
+                        .ok_or_else(|| {
+                            err(
+                                "ready.endpoint",
+                                &format!("the app has no endpoint {:?}", e.0.as_str()),
+                            )
+                        })?,
+                    None => match r.tcp.or(r.port) {
+                        // The endpoint serving that port, else the first with a port.
+                        Some(p) => endpoints
+                            .iter()
+                            .position(|x| x.port.map(|(q, _)| q) == Some(p.0))
+                            .unwrap_or(0),
+                        None => endpoints.iter().position(|x| x.port.is_some()).unwrap_or(0),
+                    },
+                };
+                let given = [
+                    r.tcp.is_some(),
+                    r.http.is_some(),
+                    r.log.is_some(),
+                    r.docker_health == Some(true),
+                ];
+                if given.iter().filter(|g| **g).count() != 1 {
+                    return Err(err(
+                        "ready",
+                        "give exactly one of `tcp = PORT`, `http = \"/path\"`, `log = \"regex\"` or `docker_health = true`",
+                    ));
+                }
+                if r.status.is_some() && r.http.is_none() {
+                    return Err(err("ready.status", "only goes with `http`"));
+                }
+                if r.port.is_some() && r.http.is_none() {
+                    return Err(err(
+                        "ready.port",
+                        "only goes with `http` (`tcp` names its port)",
+                    ));
+                }
+                let check = if let Some(p) = r.tcp {
+                    Check::Tcp { port: p.0 }
+                } else if let Some(path) = r.http {
+                    if !path.starts_with('/') {
+                        return Err(err(
+                            "ready.http",
+                            &format!("{path:?} is not a path; it starts with '/'"),
+                        ));
+                    }
+                    let port = match r
+                        .port
+                        .map(|p| p.0)
+                        .or(endpoints[endpoint].port.map(|(p, _)| p))
+                    {
+                        Some(p) => p,
+                        None => {
+                            return Err(err(
+                                "ready.http",
+                                &format!(
+                                    "endpoint {:?} has no port to ask; give `port`",
+                                    endpoints[endpoint].name.as_str()
+                                ),
+                            ))
+                        }
+                    };
+                    let status = r.status.unwrap_or(200);
+                    if !(100..=599).contains(&status) {
+                        return Err(err(
+                            "ready.status",
+                            &format!("{status} is not an HTTP status"),
+                        ));
+                    }
+                    Check::Http { port, path, status }
+                } else if let Some(re) = r.log {
+                    Check::Log(re.0)
+                } else {
+                    Check::DockerHealth
+                };
+                let timeout = r
+                    .timeout
+                    .unwrap_or(itproxy_orchestrator::DEFAULT_READY_TIMEOUT);
+                if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+                    return Err(err("ready.timeout", "must be from 1ms to 1h"));
+                }
+                Readiness {
+                    check,
+                    endpoint,
+                    timeout,
+                }
+            }
+        };
+        let mut errors = itproxy_orchestrator::ErrorScan::default();
+        if let Some(p) = a.log_errors {
+            errors.patterns = p.into_iter().map(|r| r.0).collect();
+        }
+        errors.ignore = a.log_ignore.into_iter().map(|r| r.0).collect();
+        let step = a
+            .step
+            .unwrap_or_else(|| itproxy_orchestrator::DEFAULT_STEP.into());
+        if step.trim().is_empty() {
+            return Err(err("step", "is empty"));
+        }
+        out.push(AppSpec {
+            name,
+            image: a.image,
+            step,
+            depends_on: a.depends_on.into_iter().map(|d| d.0).collect(),
+            env: a.env,
+            endpoints,
+            ready,
+            errors,
+        });
+    }
+    Plan::new(out, steps).map_err(|e| e.to_string())
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, String> {
@@ -746,6 +1065,120 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--domain"));
+    }
+
+    const APPS: &str = r#"
+        [env]
+        name = "demo"
+        domain = "test"
+        steps = ["infra", "apps"]
+
+        [[app]]
+        name  = "s3"
+        image = "itproxy-test/s3:latest"
+        step  = "infra"
+        env   = { HOST_NAME = "s3.test" }
+        endpoints = [{ name = "s3", port = 8000, kind = "tcp" }]
+        ready = { tcp = 8000, timeout = "30s" }
+
+        [[app]]
+        name  = "sentry"
+        image = "itproxy-test/web:latest"
+        depends_on = ["s3"]
+        endpoints = [
+          { name = "www", command = ["start", "-b", "0.0.0.0:9000"], port = 9000 },
+          { name = "wrk", command = ["worker"] },
+        ]
+        ready = { http = "/health", status = 200 }
+        log_ignore = ["expected error"]
+
+        [[app]]
+        name = "api"
+        image = "itproxy-test/web:latest"
+        command = "httpd -f -p 8080"
+        port = 8080
+        ready = { log = "listening" }
+    "#;
+
+    #[test]
+    fn apps_in_steps() {
+        let c = load(APPS).unwrap();
+        let steps: Vec<(&str, Vec<&str>)> = c
+            .apps
+            .steps()
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.apps.iter().map(|a| a.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [("infra", vec!["s3"]), ("apps", vec!["sentry", "api"])]
+        );
+        let s3 = c.apps.app("s3").unwrap();
+        assert_eq!(s3.endpoints[0].port, Some((8000, EndpointKind::Tcp)));
+        assert_eq!(s3.ready.check, Check::Tcp { port: 8000 });
+        assert_eq!(s3.ready.timeout, Duration::from_secs(30));
+        let sentry = c.apps.app("sentry").unwrap();
+        assert_eq!(sentry.endpoints[1].port, None);
+        assert_eq!(
+            sentry.endpoints[1].command.as_deref(),
+            Some(&["worker".to_string()][..])
+        );
+        assert_eq!(
+            sentry.ready.check,
+            Check::Http {
+                port: 9000,
+                path: "/health".into(),
+                status: 200
+            }
+        );
+        assert!(!sentry.errors.is_error("an expected error, fine"));
+        assert!(sentry.errors.is_error("ERROR: boom"));
+        // One endpoint named after the app; a string command runs in a shell.
+        let api = c.apps.app("api").unwrap();
+        assert_eq!(api.endpoints[0].name.as_str(), "api");
+        assert_eq!(api.endpoints[0].port, Some((8080, EndpointKind::Http)));
+        assert_eq!(
+            api.endpoints[0].command.as_ref().unwrap()[..2],
+            ["/bin/sh", "-c"]
+        );
+        assert_eq!(c.domains.to_string_list(), "test");
+    }
+
+    #[test]
+    fn bad_apps_name_the_app_and_key() {
+        let base = "[env]\nname = \"demo\"\n";
+        let cases: &[(&str, &[&str])] = &[
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\ncolour = 1\n", &["line 6", "colour"]),
+            ("[[app]]\nname = \"A b\"\nimage = \"i\"\n", &["line 4", "A b"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, timeout = \"soon\" }\n", &["line 6", "timeout"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, http = \"/\" }\n", &["app \"a\"", "`ready`", "exactly one"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { http = \"/\" }\n", &["app \"a\"", "no port"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { log = \"(\" }\n", &["line 6", "regex"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nkind = \"tcp\"\n", &["kind", "port"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nkind = \"udp\"\n", &["line 6", "udp"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nport = 0\n", &["line 6", "port 0"]),
+            (
+                "[[app]]\nname = \"a\"\nimage = \"i\"\ndepends_on = [\"b\"]\n[[app]]\nname = \"b\"\nimage = \"i\"\ndepends_on = [\"a\"]\n",
+                &["cycle", "a -> b -> a"],
+            ),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\n[[app]]\nname = \"a\"\nimage = \"j\"\n", &["app \"a\"", "two apps"]),
+            ("[[app]]\nname = \"a\"\nimage = \"\"\n", &["app \"a\"", "`image`"]),
+            ("[[app]]\nname = \"api\"\nimage = \"i\"\nport = 1\n[routes]\napi = \"localhost:1\"\n", &["api.test", "both"]),
+        ];
+        for (text, needles) in cases {
+            let text = format!("{base}{text}");
+            let e = load(&text).unwrap_err();
+            for n in *needles {
+                assert!(e.contains(n), "{text:?}: missing {n:?} in {e}");
+            }
+        }
+        let e = load("[[app]]\nname = \"a\"\nimage = \"i\"\n").unwrap_err();
+        assert!(e.contains("[env] name"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! ([`Engine::labelled_containers`]) and followed on the events stream
 //! ([`Engine::watch_labelled`]).
 //!
-//! Still to come (the orchestrator issue): declared apps and their containers, readiness, and
-//! logs.
+//! Declared apps ([`Plan`], checked as a whole) run as one container per endpoint on the
+//! environment's network ([`Engine::ensure_container`]: reused when nothing changed), with
+//! itproxy's DNS as their resolver and the CA mounted; [`Engine::wait_ready`] runs their
+//! readiness checks, and [`Engine::logs`] reads what they wrote.
 #![warn(missing_docs, clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -22,8 +24,20 @@ use std::net::IpAddr;
 use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
 
+mod apps;
+mod containers;
 mod discovery;
+mod ready;
+pub use apps::{
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness, Step,
+    DEFAULT_ERROR_PATTERN, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+};
+pub use containers::{
+    container_name, Container, Environment, APP_LABEL, CA_BUNDLE_IN_CONTAINER,
+    CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
+};
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
+pub use ready::{unix_seconds, LogLine, LOG_LINES_ON_FAILURE};
 
 /// Label carried by every object itproxy creates, with the environment's name.
 pub const ENV_LABEL: &str = "itproxy.env";
@@ -54,6 +68,35 @@ pub enum Error {
         /// The network name.
         name: String,
     },
+    /// A container with our name exists but belongs to no environment of ours.
+    #[error("a container named {name} exists but is not this environment's (its {ENV_LABEL} label differs); remove or rename it")]
+    ContainerNotOurs {
+        /// The container's name.
+        name: String,
+    },
+    /// The app's image is not on the engine.
+    #[error("app {app}: the image {image} is not on this Docker engine; build or load it first (e.g. `docker build -t {image} .`; itproxy does not pull)")]
+    NoImage {
+        /// The app.
+        app: String,
+        /// The image.
+        image: String,
+    },
+    /// An app did not become ready.
+    #[error(
+        "app {app} is not ready: {reason}\n  last lines of {container}:{}",
+        format_lines(last_logs)
+    )]
+    NotReady {
+        /// The app.
+        app: String,
+        /// The container checked.
+        container: String,
+        /// Why.
+        reason: String,
+        /// What it wrote last.
+        last_logs: Vec<LogLine>,
+    },
     /// The engine refused a request.
     #[error("Docker refused to {action}: {error}")]
     Engine {
@@ -62,6 +105,16 @@ pub enum Error {
         /// The engine's answer.
         error: String,
     },
+}
+
+fn format_lines(lines: &[LogLine]) -> String {
+    if lines.is_empty() {
+        return " (none)".into();
+    }
+    lines
+        .iter()
+        .map(|l| format!("\n    | {}", l.text))
+        .collect()
 }
 
 /// An environment's name: namespaces its network, containers and labels, so that parallel CI

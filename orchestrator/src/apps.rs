@@ -1,0 +1,500 @@
+//! Declared apps: what an environment runs, checked as a whole ([`Plan::new`]) so that
+//! cycles, duplicate names and dependencies on later steps are caught before anything starts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use regex::Regex;
+
+/// Default time an app has to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The step of apps that name none.
+pub const DEFAULT_STEP: &str = "apps";
+/// What `logs --errors` looks for when an app sets no patterns of its own.
+pub const DEFAULT_ERROR_PATTERN: &str = r"(?i)\b(error|fatal|panic|panicked|traceback)\b";
+
+/// A mistake in the declared apps, naming the app and the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("app {app:?}, `{key}`: {message}")]
+pub struct PlanError {
+    /// The app.
+    pub app: String,
+    /// The key at fault.
+    pub key: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A name usable as a DNS label and in Docker object names: 1 to 40 of `a-z0-9-`, starting
+/// with a letter or digit. App and endpoint names are such names (an endpoint `www` is routed
+/// as `www.<domain>`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AppName(String);
+
+impl std::str::FromStr for AppName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 40
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && !s.ends_with('-');
+        if ok {
+            Ok(AppName(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not a valid name: use 1 to 40 of a-z, 0-9 and '-', starting and ending \
+                 with a letter or digit (it becomes a host name and part of container names)"
+            ))
+        }
+    }
+}
+
+impl AppName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How an endpoint is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// HTTP: routed through the proxy as `<name>.<domain>`.
+    Http,
+    /// Anything else on TCP: `<name>.<domain>` resolves to the container itself.
+    Tcp,
+}
+
+/// One container of an app: its own command, and optionally a port it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its name: the host name's first label, and part of the container's name.
+    pub name: AppName,
+    /// The command (else the app's, else the image's).
+    pub command: Option<Vec<String>>,
+    /// The port it serves, with its kind; None for a worker.
+    pub port: Option<(u16, EndpointKind)>,
+}
+
+/// What "ready" means for an app.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Running is enough.
+    Running,
+    /// A TCP connection to the port is accepted.
+    Tcp {
+        /// The port.
+        port: u16,
+    },
+    /// `GET path` on the port answers `status`.
+    Http {
+        /// The port.
+        port: u16,
+        /// The path, e.g. `/health`.
+        path: String,
+        /// The expected status.
+        status: u16,
+    },
+    /// A log line matches.
+    Log(Regex),
+    /// Docker reports the container healthy (the image's HEALTHCHECK).
+    DockerHealth,
+}
+
+impl PartialEq for Check {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Running => f.write_str("running"),
+            Check::Tcp { port } => write!(f, "tcp port {port}"),
+            Check::Http { port, path, status } => {
+                write!(f, "http {path} on port {port} = {status}")
+            }
+            Check::Log(re) => write!(f, "log line /{}/", re.as_str()),
+            Check::DockerHealth => f.write_str("docker health"),
+        }
+    }
+}
+
+/// An app's readiness check, on one of its endpoints, with a deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    /// The check.
+    pub check: Check,
+    /// The index of the endpoint checked.
+    pub endpoint: usize,
+    /// How long the app has.
+    pub timeout: Duration,
+}
+
+/// Which log lines `logs --errors` reports for an app.
+#[derive(Debug, Clone)]
+pub struct ErrorScan {
+    /// A line matching one of these is an error...
+    pub patterns: Vec<Regex>,
+    /// ...unless it matches one of these.
+    pub ignore: Vec<Regex>,
+}
+
+impl Default for ErrorScan {
+    fn default() -> Self {
+        ErrorScan {
+            patterns: vec![Regex::new(DEFAULT_ERROR_PATTERN).expect("valid default pattern")],
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl ErrorScan {
+    /// Whether `line` is an error line.
+    pub fn is_error(&self, line: &str) -> bool {
+        self.patterns.iter().any(|p| p.is_match(line))
+            && !self.ignore.iter().any(|p| p.is_match(line))
+    }
+}
+
+/// A declared app.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    /// Its name.
+    pub name: AppName,
+    /// The image, which must be on the engine (itproxy does not pull).
+    pub image: String,
+    /// The step it starts in.
+    pub step: String,
+    /// Apps that must be ready before it starts.
+    pub depends_on: Vec<AppName>,
+    /// Environment variables (over the CA variables itproxy sets).
+    pub env: BTreeMap<String, String>,
+    /// Its containers (at least one).
+    pub endpoints: Vec<Endpoint>,
+    /// When it is ready.
+    pub ready: Readiness,
+    /// What `logs --errors` reports.
+    pub errors: ErrorScan,
+}
+
+/// One step: apps started together, each once its dependencies are ready.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The step's name.
+    pub name: String,
+    /// Its apps, in declaration order.
+    pub apps: Vec<AppSpec>,
+}
+
+/// Every declared app, in steps, checked as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    steps: Vec<Step>,
+}
+
+impl Plan {
+    /// Groups `apps` into steps (in `order` if given, else in order of first use) and checks
+    /// names, dependencies and steps.
+    pub fn new(apps: Vec<AppSpec>, order: Option<Vec<String>>) -> Result<Plan, PlanError> {
+        let err = |app: &AppName, key, message: String| PlanError {
+            app: app.to_string(),
+            key,
+            message,
+        };
+        let mut order_given = order.is_some();
+        let mut order = order.unwrap_or_default();
+        if order_given && order.is_empty() {
+            order_given = false;
+        }
+        let mut seen_apps: BTreeSet<&AppName> = BTreeSet::new();
+        let mut endpoint_owner: HashMap<&AppName, &AppName> = HashMap::new();
+        for app in &apps {
+            if !seen_apps.insert(&app.name) {
+                return Err(err(&app.name, "name", "two apps have this name".into()));
+            }
+            if !order.contains(&app.step) {
+                if order_given {
+                    return Err(err(
+                        &app.name,
+                        "step",
+                        format!(
+                            "step {:?} is not in env.steps ({}); add it there",
+                            app.step,
+                            order.join(", ")
+                        ),
+                    ));
+                }
+                order.push(app.step.clone());
+            }
+            for e in &app.endpoints {
+                if let Some(other) = endpoint_owner.insert(&e.name, &app.name) {
+                    return Err(err(
+                        &app.name,
+                        "endpoints",
+                        format!(
+                            "endpoint {:?} is also declared by app {other:?}; endpoint names are \
+                             host names and must be unique",
+                            e.name.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        let step_of: HashMap<&AppName, usize> = apps
+            .iter()
+            .map(|a| {
+                (
+                    &a.name,
+                    order.iter().position(|s| *s == a.step).unwrap_or(0),
+                )
+            })
+            .collect();
+        for app in &apps {
+            for dep in &app.depends_on {
+                let Some(&dep_step) = step_of.get(dep) else {
+                    return Err(err(
+                        &app.name,
+                        "depends_on",
+                        format!("there is no app {:?}", dep.as_str()),
+                    ));
+                };
+                if dep == &app.name {
+                    return Err(err(
+                        &app.name,
+                        "depends_on",
+                        "an app cannot depend on itself".into(),
+                    ));
+                }
+                if dep_step > step_of[&app.name] {
+                    return Err(err(
+                        &app.name,
+                        "depends_on",
+                        format!(
+                            "{dep} is in step {:?}, which runs after this app's step {:?}",
+                            order[dep_step], app.step
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&apps) {
+            let names: Vec<&str> = cycle.iter().map(|n| n.as_str()).collect();
+            return Err(err(
+                cycle[0],
+                "depends_on",
+                format!("dependency cycle: {}", names.join(" -> ")),
+            ));
+        }
+        let mut steps: Vec<Step> = order
+            .into_iter()
+            .map(|name| Step {
+                name,
+                apps: Vec::new(),
+            })
+            .collect();
+        for app in apps {
+            let i = steps
+                .iter()
+                .position(|s| s.name == app.step)
+                .expect("step collected");
+            steps[i].apps.push(app);
+        }
+        Ok(Plan { steps })
+    }
+
+    /// The steps in order (steps without apps included, so `--step` can name them).
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Every app, in step order.
+    pub fn apps(&self) -> impl Iterator<Item = &AppSpec> {
+        self.steps.iter().flat_map(|s| s.apps.iter())
+    }
+
+    /// One app by name.
+    pub fn app(&self, name: &str) -> Option<&AppSpec> {
+        self.apps().find(|a| a.name.as_str() == name)
+    }
+
+    /// Whether no app is declared.
+    pub fn is_empty(&self) -> bool {
+        self.apps().next().is_none()
+    }
+}
+
+/// A dependency cycle, as the path that closes it (first name repeated at the end).
+fn find_cycle(apps: &[AppSpec]) -> Option<Vec<&AppName>> {
+    let deps: HashMap<&AppName, &[AppName]> = apps
+        .iter()
+        .map(|a| (&a.name, a.depends_on.as_slice()))
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut mark: HashMap<&AppName, u8> = HashMap::new();
+    fn visit<'a>(
+        n: &'a AppName,
+        deps: &HashMap<&'a AppName, &'a [AppName]>,
+        mark: &mut HashMap<&'a AppName, u8>,
+        path: &mut Vec<&'a AppName>,
+    ) -> Option<Vec<&'a AppName>> {
+        match mark.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let start = path.iter().position(|p| *p == n).expect("on path");
+                let mut cycle = path[start..].to_vec();
+                cycle.push(n);
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        mark.insert(n, 1);
+        path.push(n);
+        for d in deps.get(n).copied().unwrap_or_default() {
+            if let Some(c) = visit(d, deps, mark, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        mark.insert(n, 2);
+        None
+    }
+    for a in apps {
+        if let Some(c) = visit(&a.name, &deps, &mut mark, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, step: &str, deps: &[&str]) -> AppSpec {
+        AppSpec {
+            name: name.parse().unwrap(),
+            image: "img".into(),
+            step: step.into(),
+            depends_on: deps.iter().map(|d| d.parse().unwrap()).collect(),
+            env: BTreeMap::new(),
+            endpoints: vec![Endpoint {
+                name: name.parse().unwrap(),
+                command: None,
+                port: None,
+            }],
+            ready: Readiness {
+                check: Check::Running,
+                endpoint: 0,
+                timeout: DEFAULT_READY_TIMEOUT,
+            },
+            errors: ErrorScan::default(),
+        }
+    }
+
+    #[test]
+    fn steps_in_order_of_first_use_or_as_given() {
+        let plan = Plan::new(
+            vec![
+                app("web", "apps", &["db"]),
+                app("db", "infra", &[]),
+                app("w", "apps", &[]),
+            ],
+            Some(vec!["infra".into(), "apps".into()]),
+        )
+        .unwrap();
+        let steps: Vec<(&str, Vec<&str>)> = plan
+            .steps()
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.apps.iter().map(|a| a.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![("infra", vec!["db"]), ("apps", vec!["web", "w"])]
+        );
+
+        let plan = Plan::new(vec![app("a", "x", &[]), app("b", "y", &[])], None).unwrap();
+        assert_eq!(plan.steps()[0].name, "x");
+    }
+
+    #[test]
+    fn bad_plans_name_the_app_and_key() {
+        let e = Plan::new(
+            vec![
+                app("a", "s", &["b"]),
+                app("b", "s", &["c"]),
+                app("c", "s", &["a"]),
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "depends_on");
+        assert!(e.message.contains("a -> b -> c -> a"), "{e}");
+
+        let e = Plan::new(vec![app("a", "s", &["a"])], None).unwrap_err();
+        assert!(e.message.contains("itself"), "{e}");
+
+        let e = Plan::new(vec![app("a", "s", &["nope"])], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("app \"a\", `depends_on`: there is no app \"nope\""),
+            "{e}"
+        );
+
+        let e = Plan::new(vec![app("a", "s", &[]), app("a", "s", &[])], None).unwrap_err();
+        assert_eq!(e.key, "name");
+
+        // Depending on an app of a later step could never be satisfied.
+        let e = Plan::new(
+            vec![app("db", "late", &[]), app("web", "early", &["db"])],
+            Some(vec!["early".into(), "late".into()]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("runs after"), "{e}");
+
+        let e = Plan::new(vec![app("a", "other", &[])], Some(vec!["s".into()])).unwrap_err();
+        assert_eq!(e.key, "step");
+
+        let mut b = app("b", "s", &[]);
+        b.endpoints[0].name = "a".parse().unwrap();
+        let e = Plan::new(vec![app("a", "s", &[]), b], None).unwrap_err();
+        assert_eq!(e.key, "endpoints");
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!("api".parse::<AppName>().is_ok());
+        assert!("s3-eu-1".parse::<AppName>().is_ok());
+        for bad in ["", "Api", "-a", "a-", "a.b", "a_b", &"x".repeat(41)] {
+            assert!(bad.parse::<AppName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn error_scan() {
+        let scan = ErrorScan::default();
+        assert!(scan.is_error("2026 ERROR: disk full"));
+        assert!(scan.is_error("thread 'main' panicked at src/main.rs"));
+        assert!(!scan.is_error("errors=0 all good"));
+        let scan = ErrorScan {
+            ignore: vec![Regex::new("expected error").unwrap()],
+            ..ErrorScan::default()
+        };
+        assert!(!scan.is_error("an expected error: retrying"));
+    }
+}

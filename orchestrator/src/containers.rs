@@ -1,0 +1,346 @@
+//! The environment's containers: one per app endpoint, created (or reused when nothing
+//! changed), started on the environment's network, stopped and removed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+
+use crate::apps::AppSpec;
+use crate::{engine_err, Engine, EnvName, Error, NetworkInfo, ENV_LABEL};
+
+/// The label naming a container's app.
+pub const APP_LABEL: &str = "itproxy.app";
+/// The label naming a container's endpoint.
+pub const ENDPOINT_LABEL: &str = "itproxy.endpoint";
+/// The label holding a digest of what the container was created from: a container is reused
+/// only when it matches.
+pub const SPEC_LABEL: &str = "itproxy.spec";
+
+/// Where the CA's files are mounted in every container.
+pub const CA_BUNDLE_IN_CONTAINER: &str = "/etc/itproxy/ca-bundle.pem";
+/// The root alone, for runtimes that add it to their own roots (Node).
+pub const CA_ROOT_IN_CONTAINER: &str = "/etc/itproxy/ca.pem";
+
+/// What every container of the environment gets from itproxy.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The environment.
+    pub env: EnvName,
+    /// Its network.
+    pub network: NetworkInfo,
+    /// The resolver containers use: itproxy's DNS on the network's gateway.
+    pub dns: Option<IpAddr>,
+    /// The CA bundle (system roots + ours) and the root alone, to mount read-only.
+    pub ca: Option<(PathBuf, PathBuf)>,
+}
+
+/// A container of the environment as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Docker's id.
+    pub id: String,
+    /// Its name (`itproxy-<env>-<app>[-<endpoint>]`).
+    pub name: String,
+    /// The app.
+    pub app: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// Docker's state: `running`, `exited`, `created`...
+    pub state: String,
+    /// Its address on the environment's network, when running.
+    pub ip: Option<IpAddr>,
+    /// When it was last started (RFC 3339), if ever.
+    pub started_at: Option<String>,
+    /// Whether this call reused an existing container (as opposed to creating it).
+    pub reused: bool,
+}
+
+impl Container {
+    /// Whether it runs.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// The container name of an app's endpoint.
+pub fn container_name(env: &EnvName, app: &str, endpoint: &str) -> String {
+    if app == endpoint {
+        format!("itproxy-{env}-{app}")
+    } else {
+        format!("itproxy-{env}-{app}-{endpoint}")
+    }
+}
+
+/// FNV-1a: a digest that stays the same across builds (std's hasher does not promise that), so
+/// an unchanged declaration reuses its container after an upgrade too.
+fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Engine {
+    /// Makes the container of `app`'s endpoint `index` run as declared: reused if it exists
+    /// with the same declaration and image, else (re)created; then started if it is not running.
+    pub async fn ensure_container(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> Result<Container, Error> {
+        let endpoint = &app.endpoints[index];
+        let env = &environment.env;
+        let name = container_name(env, app.name.as_str(), endpoint.name.as_str());
+        let image_id = match self.docker.inspect_image(&app.image).await {
+            Ok(i) => i.id.unwrap_or_default(),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(Error::NoImage {
+                    app: app.name.to_string(),
+                    image: app.image.clone(),
+                })
+            }
+            Err(e) => return Err(engine_err(format!("inspect the image {}", app.image))(e)),
+        };
+        let mut body = self.create_body(environment, app, index);
+        let spec = digest(
+            format!(
+                "{image_id}\n{}",
+                serde_json::to_string(&body).expect("serializable body")
+            )
+            .as_bytes(),
+        );
+        body.labels
+            .get_or_insert_with(HashMap::new)
+            .insert(SPEC_LABEL.into(), spec.clone());
+
+        let mut reused = false;
+        match self.docker.inspect_container(&name, None).await {
+            Ok(c) => {
+                let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+                if labels.get(ENV_LABEL) != Some(&env.to_string()) {
+                    return Err(Error::ContainerNotOurs { name });
+                }
+                if labels.get(SPEC_LABEL) == Some(&spec) {
+                    reused = true;
+                } else {
+                    tracing::info!(container = %name, "declaration or image changed; recreating");
+                    self.remove_container(&name).await?;
+                }
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(engine_err(format!("inspect the container {name}"))(e)),
+        }
+        if !reused {
+            let options = CreateContainerOptionsBuilder::new().name(&name).build();
+            self.docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(engine_err(format!("create the container {name}")))?;
+        }
+        let current = self.container(&name).await?.ok_or_else(|| Error::Engine {
+            action: format!("inspect the container {name}"),
+            error: "it disappeared right after being created".into(),
+        })?;
+        let mut c = if current.running() {
+            current
+        } else {
+            self.start(&name).await?
+        };
+        c.reused = reused;
+        Ok(c)
+    }
+
+    fn create_body(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> ContainerCreateBody {
+        let endpoint = &app.endpoints[index];
+        let network = environment.network.name.clone();
+        let mut env: Vec<String> = Vec::new();
+        let mut binds = Vec::new();
+        if let Some((bundle, root)) = &environment.ca {
+            binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
+            binds.push(format!("{}:{CA_ROOT_IN_CONTAINER}:ro", root.display()));
+            for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+                if !app.env.contains_key(var) {
+                    env.push(format!("{var}={CA_BUNDLE_IN_CONTAINER}"));
+                }
+            }
+            if !app.env.contains_key("NODE_EXTRA_CA_CERTS") {
+                env.push(format!("NODE_EXTRA_CA_CERTS={CA_ROOT_IN_CONTAINER}"));
+            }
+        }
+        env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let labels = HashMap::from([
+            (ENV_LABEL.to_string(), environment.env.to_string()),
+            (APP_LABEL.to_string(), app.name.to_string()),
+            (ENDPOINT_LABEL.to_string(), endpoint.name.to_string()),
+        ]);
+        ContainerCreateBody {
+            image: Some(app.image.clone()),
+            cmd: endpoint.command.clone(),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some(endpoint.name.to_string()),
+            host_config: Some(HostConfig {
+                network_mode: Some(network),
+                // No published ports: everything goes through itproxy on the gateway.
+                dns: environment.dns.map(|ip| vec![ip.to_string()]),
+                binds: (!binds.is_empty()).then_some(binds),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Starts a created or stopped container and reports it running.
+    pub async fn start(&self, name: &str) -> Result<Container, Error> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(engine_err(format!("start the container {name}")))?;
+        self.container(name).await?.ok_or_else(|| Error::Engine {
+            action: format!("inspect the container {name}"),
+            error: "it disappeared right after starting".into(),
+        })
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); a missing or stopped
+    /// one is fine.
+    pub async fn stop(&self, name: &str, grace_seconds: i32) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::new().t(grace_seconds).build();
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(engine_err(format!("stop the container {name}"))(e)),
+        }
+    }
+
+    /// Removes a container, running or not; a missing one is fine.
+    pub async fn remove_container(&self, name: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine_err(format!("remove the container {name}"))(e)),
+        }
+    }
+
+    /// One container of an environment by name or id, if it exists.
+    pub async fn container(&self, name: &str) -> Result<Option<Container>, Error> {
+        let c = match self.docker.inspect_container(name, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(engine_err(format!("inspect the container {name}"))(e)),
+        };
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let env = labels.get(ENV_LABEL).cloned().unwrap_or_default();
+        let state = c.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let ip = if running {
+            c.network_settings
+                .and_then(|n| n.networks)
+                .and_then(|nets| nets.get(&format!("itproxy-{env}")).cloned())
+                .and_then(|e| e.ip_address)
+                .and_then(|ip| ip.parse().ok())
+        } else {
+            None
+        };
+        Ok(Some(Container {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| name.to_string()),
+            app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
+            endpoint: labels.get(ENDPOINT_LABEL).cloned().unwrap_or_default(),
+            state: state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            ip,
+            started_at: state.started_at.filter(|s| !s.starts_with("0001-")),
+            reused: false,
+        }))
+    }
+
+    /// Every container of the environment (declared apps'), running or not, by name.
+    pub async fn env_containers(&self, env: &EnvName) -> Result<Vec<Container>, Error> {
+        let label = format!("{ENV_LABEL}={env}");
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_err("list the environment's containers"))?;
+        let mut out = Vec::new();
+        for c in list {
+            if let Some(c) = self.container(c.id.as_deref().unwrap_or_default()).await? {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Removes every container of the environment; returns their names.
+    pub async fn remove_env_containers(&self, env: &EnvName) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        for c in self.env_containers(env).await? {
+            self.remove_container(&c.id).await?;
+            removed.push(c.name);
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names() {
+        let env: EnvName = "ci".parse().unwrap();
+        assert_eq!(container_name(&env, "api", "api"), "itproxy-ci-api");
+        assert_eq!(
+            container_name(&env, "sentry", "www"),
+            "itproxy-ci-sentry-www"
+        );
+    }
+
+    #[test]
+    fn digest_is_stable() {
+        // A fixed value: changing the digest would recreate every user's containers.
+        assert_eq!(digest(b"itproxy"), "51592608505892e0");
+        assert_ne!(digest(b"a"), digest(b"b"));
+    }
+}
