@@ -16,6 +16,8 @@ pub enum RouteSource {
     Override,
     /// A running container with `itproxy.host`/`itproxy.port` labels.
     Discovered,
+    /// An HTTP endpoint of a declared app.
+    App,
 }
 
 /// One route as the API shows it.
@@ -142,4 +144,106 @@ pub struct ErrorDetail {
     pub code: String,
     /// What failed, on which input, and what to do.
     pub message: String,
+}
+
+/// Where the environment's apps are, as a whole.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvPhase {
+    /// No apps declared.
+    Idle,
+    /// Steps are running.
+    Starting,
+    /// Every app of the selected steps is ready.
+    Ready,
+    /// An app did not become ready; later steps were not started.
+    Failed,
+}
+
+/// An app's state.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    /// Waiting for its step or its dependencies.
+    Pending,
+    /// Its containers are starting or being checked.
+    Starting,
+    /// Its readiness check passed.
+    Ready,
+    /// It did not become ready.
+    Failed,
+    /// Stopped (or its step was not selected and it was not running).
+    Stopped,
+}
+
+/// Answer of `GET /v1/apps`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct AppsView {
+    /// The environment.
+    pub env: Option<String>,
+    /// The environment's phase.
+    pub phase: EnvPhase,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds from the daemon's start to every selected app ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_after_ms: Option<u64>,
+    /// The apps, in step order.
+    pub apps: Vec<AppView>,
+}
+
+/// One app.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AppView {
+    /// Its name.
+    pub name: String,
+    /// Its step.
+    pub step: String,
+    /// Its image.
+    pub image: String,
+    /// Its state.
+    pub state: AppState,
+    /// Why it failed (with the container's last lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The readiness check, e.g. `http /health on port 9000 = 200`.
+    pub ready_check: String,
+    /// Milliseconds its last start took to pass the readiness check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_in_ms: Option<u64>,
+    /// Apps it waits for.
+    pub depends_on: Vec<String>,
+    /// Its containers, as the engine reports them now.
+    pub containers: Vec<ContainerView>,
+}
+
+/// One container of an app.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ContainerView {
+    /// The endpoint it runs.
+    pub endpoint: String,
+    /// The container's name.
+    pub name: String,
+    /// Docker's state (`running`, `exited`, `missing`...).
+    pub state: String,
+    /// Its address on the environment's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// What it serves: `http://www.test` (routed by the proxy), `tcp://s3.test:8000` (resolves
+    /// to the container), or nothing for a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{name}/{start,stop,restart}` (all optional).
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AppAction {
+    /// Answer only once the app is ready (or failed).
+    #[serde(default)]
+    pub wait: bool,
+    /// Readiness timeout for this start, e.g. `30s` (default: the app's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }

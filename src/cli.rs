@@ -39,7 +39,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the daemon in the foreground (proxy + control API) until SIGINT/SIGTERM.
+    /// Run the daemon (proxy, DNS, control API) and bring up the environment's apps; in the
+    /// foreground until SIGINT/SIGTERM, or with --detach until the apps are ready.
     Up(UpArgs),
     /// Route NAME (an app name like `api`, or a host like `api.test`) to TARGET, or restore it.
     #[command(arg_required_else_help = true)]
@@ -64,12 +65,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove the Docker environment's network (stop `itproxy up` first).
+    /// Stop the daemon if it runs, then remove the environment's containers and network
+    /// (nothing else on the engine is touched).
     Down {
         /// The environment [default: the config's `env.name`].
         #[arg(long, value_name = "NAME")]
         env: Option<String>,
     },
+    /// List the environment's apps: state, readiness, containers and what they serve.
+    Apps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, stop or restart one app.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Print an app's logs, or with --errors scan every container of the environment and
+    /// exit 1 if a line looks like an error.
+    #[command(arg_required_else_help = true)]
+    Logs(LogsArgs),
     /// Show what the daemon's DNS server answers for NAME.
     Resolve {
         /// The name, e.g. api.test.
@@ -95,6 +110,77 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Start the app's containers (its dependencies must be ready).
+    Start(AppActionArgs),
+    /// Stop the app's containers; its routes go away first.
+    Stop {
+        /// The app.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop, then start the app.
+    Restart(AppActionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AppActionArgs {
+    /// The app.
+    pub name: String,
+    /// Return only once the app is ready (exit 1 if it does not become ready).
+    #[arg(long)]
+    pub wait: bool,
+    /// Readiness timeout for this start [default: the app's `ready.timeout`].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<std::time::Duration>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// App, endpoint or container name.
+    #[arg(required_unless_present = "errors", conflicts_with = "errors")]
+    pub name: Option<String>,
+    /// Keep printing new lines.
+    #[arg(long, short = 'f', conflicts_with = "errors")]
+    pub follow: bool,
+    /// Only the last N lines of each container.
+    #[arg(long, value_name = "N", conflicts_with = "errors")]
+    pub tail: Option<usize>,
+    /// Scan every container of the environment for error lines; exit 1 listing them.
+    #[arg(long)]
+    pub errors: bool,
+    /// Only lines since this time: a duration ago (`10m`) or a time (`2026-11-25T18:00:00Z`).
+    #[arg(long, value_parser = parse_since, value_name = "WHEN")]
+    pub since: Option<i64>,
+    /// With --errors: a regex that marks error lines, replacing the apps' patterns (repeatable).
+    #[arg(long, value_name = "REGEX", requires = "errors")]
+    pub pattern: Vec<regex::Regex>,
+    /// The environment [default: the config's `env.name`].
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+}
+
+/// `--since`: a duration ago or an RFC 3339 time, as Unix seconds.
+fn parse_since(s: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(s) {
+        Ok(ago) => now.checked_sub(ago).ok_or("that is before 1970")?,
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("{s:?} is neither a duration like 10m nor a time like 2026-11-25T18:00:00Z")
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "that is before 1970")?
+        .as_secs() as i64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +251,14 @@ pub struct UpArgs {
     /// Domain to serve (repeatable; the first qualifies app names) [default: test].
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Vec<String>,
+    /// Run only these steps of the apps (repeatable); apps of other steps are used if they
+    /// already run [default: all steps].
+    #[arg(long, value_name = "NAME")]
+    pub step: Vec<String>,
+    /// Run the daemon in the background and return once every app is ready (exit 1 with the
+    /// reason if one is not); its log goes to `itproxy.log` in the state directory.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +347,24 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn logs_takes_a_name_or_errors() {
+        assert!(Cli::try_parse_from(["itproxy", "logs"]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "logs", "api", "--errors"]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "logs", "--errors", "--pattern", "("]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "logs", "--errors", "--since", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["itproxy", "logs", "--errors", "--since", "10m"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "itproxy",
+            "logs",
+            "api",
+            "-f",
+            "--since",
+            "2026-11-25T18:00:00Z"
+        ])
+        .is_ok());
     }
 
     #[test]

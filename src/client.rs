@@ -73,9 +73,20 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ClientError> {
-        match tokio::time::timeout(TIMEOUT, self.exchange(method, path, body)).await {
+        self.call_within(TIMEOUT, method, path, body).await
+    }
+
+    /// Like [`Client::call`], for requests that take longer (an app start with `--wait`).
+    pub async fn call_within<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(timeout, self.exchange(method, path, body)).await {
             Ok(r) => r,
-            Err(_) => Err(self.protocol(format!("no answer within {}s", TIMEOUT.as_secs()))),
+            Err(_) => Err(self.protocol(format!("no answer within {}s", timeout.as_secs()))),
         }
     }
 

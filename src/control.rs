@@ -37,6 +37,10 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
             get(get_route).put(put_route).delete(delete_route),
         )
         .route("/v1/routes/{name}/restore", post(restore_route))
+        .route("/v1/apps", get(apps))
+        .route("/v1/apps/{name}", get(get_app))
+        .route("/v1/apps/{name}/{action}", post(app_action))
+        .route("/v1/shutdown", post(shutdown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
@@ -63,13 +67,7 @@ async fn put_route(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<api::RouteView>, ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "bad_body",
-            format!("cannot read the request body: {}", e.body_text()),
-        )
-    })?;
+    let body = read_body(body)?;
     let put: PutRoute = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -92,6 +90,56 @@ async fn restore_route(
     Path(name): Path<String>,
 ) -> Result<Json<api::Restored>, ApiError> {
     d.restore(&name).await.map(Json)
+}
+
+async fn apps(State(d): Shared) -> Json<api::AppsView> {
+    Json(d.apps_view().await)
+}
+
+async fn get_app(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::AppView>, ApiError> {
+    d.app(&name).await.map(Json)
+}
+
+async fn app_action(
+    State(d): Shared,
+    Path((name, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<api::AppView>), ApiError> {
+    let body = read_body(body)?;
+    let action_body: api::AppAction = if body.iter().all(u8::is_ascii_whitespace) {
+        api::AppAction::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body must be empty or JSON like {{\"wait\": true, \"timeout\": \"30s\"}}: {e}"),
+            )
+        })?
+    };
+    let (status, view) = d.app_action(&name, &action, action_body).await?;
+    Ok((status, Json(view)))
+}
+
+async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
+    d.stop();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "stopping": true, "pid": std::process::id() })),
+    )
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "bad_body",
+            format!("cannot read the request body: {}", e.body_text()),
+        )
+    })
 }
 
 async fn not_found() -> ApiError {

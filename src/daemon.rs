@@ -18,6 +18,9 @@ use crate::api::{self, RouteSource, RouteView};
 use crate::config::{Config, RouteSpec};
 use crate::state::{self, Override, Overrides};
 
+mod apps;
+pub use apps::Apps;
+
 /// The control socket's file name in the state directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 
@@ -60,17 +63,25 @@ struct Routes {
     declared: BTreeMap<HostName, Routed>,
     /// Containers running with `itproxy.host` labels, with their ids.
     discovered: BTreeMap<HostName, (String, Routed)>,
+    /// Declared apps' HTTP endpoints, with their app.
+    apps: BTreeMap<HostName, (itproxy_orchestrator::AppName, Routed)>,
+    /// Declared apps' TCP endpoints: names that resolve to the container itself.
+    direct: BTreeMap<HostName, (itproxy_orchestrator::AppName, std::net::IpAddr)>,
     overrides: BTreeMap<HostName, Active>,
     /// Bumped for every upstream created, so pooled connections never cross routes' lives.
     generation: u64,
 }
 
 impl Routes {
-    /// The routes in force: declared, then discovered containers over them, then overrides.
+    /// The routes in force: declared, then apps', then discovered containers over them, then
+    /// overrides.
     fn effective(&self) -> impl Iterator<Item = (&HostName, &Routed, RouteSource)> {
         let mut all: BTreeMap<&HostName, (&Routed, RouteSource)> = BTreeMap::new();
         for (h, r) in &self.declared {
             all.insert(h, (r, RouteSource::Config));
+        }
+        for (h, (_, r)) in &self.apps {
+            all.insert(h, (r, RouteSource::App));
         }
         for (h, (_, r)) in &self.discovered {
             all.insert(h, (r, RouteSource::Discovered));
@@ -84,11 +95,13 @@ impl Routes {
         all.into_iter().map(|(h, (r, s))| (h, r, s))
     }
 
-    /// What a host goes back to without its override: a discovered container, else the config.
+    /// What a host goes back to without its override: a discovered container, else an app's
+    /// container, else the config.
     fn base(&self, host: &HostName) -> Option<&Routed> {
         self.discovered
             .get(host)
             .map(|(_, r)| r)
+            .or_else(|| self.apps.get(host).map(|(_, r)| r))
             .or_else(|| self.declared.get(host))
     }
 
@@ -126,10 +139,16 @@ impl Routes {
     fn zone(&self, config: &Config) -> itproxy_dns::Zone {
         let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
         let hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
+        // A TCP endpoint's name resolves to its container, unless an override routes it.
+        let direct = self
+            .direct
+            .iter()
+            .filter(|(h, _)| !self.overrides.contains_key(*h))
+            .map(|(h, (_, ip))| (h.as_str(), vec![*ip]));
         itproxy_dns::Zone::new(
             domains.iter().map(String::as_str),
             hosts,
-            [],
+            direct,
             self.generation as u32,
             config.dns_ttl,
         )
@@ -175,17 +194,29 @@ pub struct Daemon {
     /// What the daemon listens on, known once everything runs.
     listeners: std::sync::OnceLock<Listening>,
     zone: Arc<ArcSwap<itproxy_dns::Zone>>,
+    /// The environment's declared apps, when there is an environment.
+    apps: Option<Apps>,
+    /// Asked to stop through the API (`itproxy down`).
+    shutdown: tokio::sync::Notify,
 }
 
 impl Daemon {
     /// Resolves every declared and persisted target and builds the first route table.
     /// A target that does not resolve stays routed (it answers 502 explaining why), so a
     /// persisted route is never dropped.
-    async fn new(config: Config, state_dir: PathBuf, overrides: Overrides, tls: TlsInfo) -> Self {
+    async fn new(
+        config: Config,
+        state_dir: PathBuf,
+        overrides: Overrides,
+        tls: TlsInfo,
+        apps: Option<Apps>,
+    ) -> Self {
         let timeout = config.connect_timeout;
         let mut routes = Routes {
             declared: BTreeMap::new(),
             discovered: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            direct: BTreeMap::new(),
             overrides: BTreeMap::new(),
             generation: 0,
         };
@@ -222,6 +253,8 @@ impl Daemon {
             table,
             routes: Mutex::new(routes),
             listeners: Default::default(),
+            apps,
+            shutdown: tokio::sync::Notify::new(),
         }
     }
 
@@ -405,8 +438,9 @@ impl Daemon {
                 StatusCode::CONFLICT,
                 "nothing_to_restore",
                 format!(
-                    "{host} has no declared target to go back to (it is neither in the config file \
-                     nor a running labelled container); remove it with `itproxy unroute {host}`"
+                    "{host} has no declared target to go back to (it is not in the config file, \
+                     not a running app's endpoint, nor a running labelled container); remove it \
+                     with `itproxy unroute {host}`"
                 ),
             )),
             (true, true) => {
@@ -575,8 +609,35 @@ fn setup_tls(config: &Config, state_dir: &Path) -> anyhow::Result<TlsInfo> {
     })
 }
 
-/// Runs the daemon in the foreground until SIGINT or SIGTERM.
-pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
+impl Daemon {
+    /// Asks the daemon to stop, as SIGTERM does.
+    pub fn stop(&self) {
+        self.shutdown.notify_one();
+    }
+}
+
+/// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
+/// environment, brings up its apps (of the `steps` given, else all).
+pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyhow::Result<()> {
+    if let Some(unknown) = steps
+        .iter()
+        .find(|s| !config.apps.steps().iter().any(|p| &p.name == *s))
+    {
+        let known: Vec<&str> = config
+            .apps
+            .steps()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "--step {unknown}: there is no such step (steps: {})",
+            if known.is_empty() {
+                "none; no apps are declared".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
     state::ensure_dir(&state_dir)?;
     let sock = state_dir.join(CONTROL_SOCKET);
     claim_socket(&sock).await?;
@@ -603,10 +664,12 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     // gateway is where containers reach the proxy and the DNS.
     let (mut http, mut https) = (config.http.clone(), config.https.clone());
     let mut engine = None;
+    let mut environment = None;
     if let Some(env) = &config.env {
         let docker = itproxy_orchestrator::Engine::connect().await?;
         let net = docker.ensure_network(env).await?;
         engine = Some(docker);
+        environment = Some(net.clone());
         let gateway = net.gateway.with_context(|| {
             format!(
                 "the Docker network {} has no IPv4 gateway to listen on",
@@ -657,7 +720,24 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         work_stealing: config.work_stealing,
         ..RouterConfig::default()
     };
-    let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls).await);
+    // Declared apps get their own engine connection: discovery holds the other one.
+    let apps = match (&config.env, environment) {
+        (Some(env), Some(network)) => {
+            let gateway = network.gateway;
+            Some(Apps::new(
+                itproxy_orchestrator::Engine::connect().await?,
+                itproxy_orchestrator::Environment {
+                    env: env.clone(),
+                    network,
+                    dns: gateway.filter(|_| !config.dns.is_empty()),
+                    ca: Some((tls.files.bundle.clone(), tls.files.root.clone())),
+                },
+                config.apps.clone(),
+            ))
+        }
+        _ => None,
+    };
+    let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls, apps).await);
     let table = daemon.table.clone();
     let mut router =
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
@@ -702,11 +782,15 @@ pub async fn run(config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
 
     // Containers started by hand with itproxy.host/itproxy.port labels: reconcile, then follow.
     let discovery = engine.map(|engine| tokio::spawn(discover(engine, daemon.clone())));
+    // Then the declared apps, step by step; the control API answers meanwhile.
+    let bring_up = tokio::spawn(daemon.clone().bring_up(steps));
 
     let served = serve_control(daemon.clone(), &sock).await;
     if let Some(task) = discovery {
         task.abort();
     }
+    // Containers keep running: the next `up` reuses them; `itproxy down` removes them.
+    bring_up.abort();
     if let Some(dns) = dns {
         dns.stop().await;
     }
@@ -759,8 +843,14 @@ async fn serve_control(daemon: Arc<Daemon>, sock: &Path) -> anyhow::Result<()> {
         routes,
         "itproxy is ready"
     );
+    let stop = daemon.clone();
     axum::serve(listener, crate::control::app(daemon))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop.shutdown.notified() => tracing::info!("asked to stop through the control API"),
+            }
+        })
         .await
         .context("the control API failed")
 }

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod control;
 mod daemon;
+mod envcmd;
 mod hostdns;
 mod resolve;
 mod state;
@@ -52,6 +53,7 @@ fn init_logging(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -91,23 +93,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config(file.or(config)),
         Command::Ca(cmd) => ca_command(cmd, config, &state_dir),
         Command::Down { env } => {
-            let overrides = config::Overrides {
-                env,
-                ..Default::default()
-            };
-            let c = Config::load(config_path(config).as_deref(), &overrides)?;
-            let env = c
-                .env
-                .context("no environment: pass --env NAME or set env.name in itproxy.toml")?;
-            runtime()?.block_on(async {
-                let engine = itproxy_orchestrator::Engine::connect().await?;
-                if engine.remove_network(&env).await? {
-                    println!("removed the network {}", env.network_name());
-                } else {
-                    println!("environment {env} has no network; nothing to remove");
-                }
-                Ok(())
-            })
+            // The file's apps need not be valid to tear down what they left.
+            let c =
+                Config::load(config_path(config).as_deref(), &Default::default()).or_else(|e| {
+                    if env.is_some() {
+                        Config::load(None, &Default::default())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            runtime()?.block_on(envcmd::down(&c, env, &state_dir))
+        }
+        Command::Apps { json } => runtime()?.block_on(envcmd::apps(&state_dir, json)),
+        Command::App(cmd) => runtime()?.block_on(envcmd::app(&state_dir, cmd)),
+        Command::Logs(args) => {
+            let c = Config::load(config_path(config).as_deref(), &Default::default())?;
+            runtime()?.block_on(envcmd::logs(&c, args))
         }
         Command::Dns(cmd) => {
             let c = Config::load(
@@ -197,12 +198,15 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
     };
     let path = config_path(config);
     let config = Config::load(path.as_deref(), &overrides)?;
+    if args.detach && !envcmd::is_detached_child() {
+        return runtime()?.block_on(envcmd::up_detached(&state_dir));
+    }
     if let Some(p) = &config.source {
         tracing::info!("using config file {}", p.display());
     }
     // One thread for the DNS server and the control API (the proxy has its own): measured
     // faster for DNS than two workers on a 2-core machine (fewer cross-thread wake-ups).
-    runtime()?.block_on(daemon::run(config, state_dir))
+    runtime()?.block_on(daemon::run(config, state_dir, args.step))
 }
 
 fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
@@ -241,6 +245,27 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     println!("  routes:  {}", c.routes.len());
     for (host, r) in &c.routes {
         println!("    {host} -> {}", r.target);
+    }
+    if let Some(env) = &c.env {
+        println!("  env:     {env}");
+    }
+    for step in c.apps.steps() {
+        println!("  step {}:", step.name);
+        for a in &step.apps {
+            let deps: Vec<&str> = a.depends_on.iter().map(|d| d.as_str()).collect();
+            println!(
+                "    {} ({}){}; ready: {} within {}",
+                a.name,
+                a.image,
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {}", deps.join(", "))
+                },
+                a.ready.check,
+                humantime::format_duration(a.ready.timeout)
+            );
+        }
     }
     Ok(())
 }
@@ -298,7 +323,7 @@ async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -327,6 +352,7 @@ fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
         let source = match (&r.source, &r.declared) {
             (api::RouteSource::Config, _) => "config".to_string(),
             (api::RouteSource::Discovered, _) => "container".to_string(),
+            (api::RouteSource::App, _) => "app".to_string(),
             (api::RouteSource::Override, None) => "override".to_string(),
             (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),
         };

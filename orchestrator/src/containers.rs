@@ -113,13 +113,9 @@ impl Engine {
             Err(e) => return Err(engine_err(format!("inspect the image {}", app.image))(e)),
         };
         let mut body = self.create_body(environment, app, index);
-        let spec = digest(
-            format!(
-                "{image_id}\n{}",
-                serde_json::to_string(&body).expect("serializable body")
-            )
-            .as_bytes(),
-        );
+        // Through a JSON value, whose maps are sorted: the labels' HashMap order is not stable.
+        let canonical = serde_json::to_value(&body).expect("serializable body");
+        let spec = digest(format!("{image_id}\n{canonical}").as_bytes());
         body.labels
             .get_or_insert_with(HashMap::new)
             .insert(SPEC_LABEL.into(), spec.clone());
@@ -202,6 +198,9 @@ impl Engine {
                 // No published ports: everything goes through itproxy on the gateway.
                 dns: environment.dns.map(|ip| vec![ip.to_string()]),
                 binds: (!binds.is_empty()).then_some(binds),
+                // An init as PID 1 passes SIGTERM on, so servers that do not handle it as
+                // PID 1 (most) stop at once rather than after the kill timeout.
+                init: Some(true),
                 ..Default::default()
             }),
             ..Default::default()

@@ -284,7 +284,9 @@ pub fn unix_seconds(rfc3339: &str) -> Option<i64> {
 }
 
 fn humantime_short(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())

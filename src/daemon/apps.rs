@@ -1,0 +1,499 @@
+//! The environment's declared apps inside the daemon: steps, dependencies, readiness, and
+//! their endpoints published as routes (HTTP) and DNS records (TCP).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use itproxy_orchestrator::{AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan};
+
+use super::{ApiError, Daemon, RouteSpec};
+use crate::api::{self, AppState, EnvPhase};
+
+/// Grace period for an app's containers to stop before they are killed.
+const STOP_GRACE_SECONDS: i32 = 10;
+
+#[derive(Clone)]
+struct AppStatus {
+    state: AppState,
+    error: Option<String>,
+    ready_in: Option<Duration>,
+}
+
+struct Phase {
+    phase: EnvPhase,
+    error: Option<String>,
+    ready_after: Option<Duration>,
+}
+
+/// The apps of the environment and what is known of them.
+pub struct Apps {
+    engine: Engine,
+    environment: Environment,
+    plan: Plan,
+    status: std::sync::Mutex<BTreeMap<AppName, AppStatus>>,
+    /// Bumped on every state change, so dependents waiting for an app wake up.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// One operation at a time per app (start, stop, restart).
+    locks: HashMap<AppName, tokio::sync::Mutex<()>>,
+    phase: std::sync::Mutex<Phase>,
+}
+
+impl Apps {
+    pub fn new(engine: Engine, environment: Environment, plan: Plan) -> Self {
+        let status = plan
+            .apps()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AppStatus {
+                        state: AppState::Pending,
+                        error: None,
+                        ready_in: None,
+                    },
+                )
+            })
+            .collect();
+        let locks = plan
+            .apps()
+            .map(|a| (a.name.clone(), tokio::sync::Mutex::new(())))
+            .collect();
+        let phase = if plan.is_empty() {
+            EnvPhase::Idle
+        } else {
+            EnvPhase::Starting
+        };
+        Apps {
+            engine,
+            environment,
+            plan,
+            status: std::sync::Mutex::new(status),
+            changed: tokio::sync::watch::channel(0).0,
+            locks,
+            phase: std::sync::Mutex::new(Phase {
+                phase,
+                error: None,
+                ready_after: None,
+            }),
+        }
+    }
+
+    fn set(
+        &self,
+        app: &AppName,
+        state: AppState,
+        error: Option<String>,
+        ready_in: Option<Duration>,
+    ) {
+        self.status.lock().expect("status lock").insert(
+            app.clone(),
+            AppStatus {
+                state,
+                error,
+                ready_in,
+            },
+        );
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn state(&self, app: &AppName) -> AppState {
+        self.status
+            .lock()
+            .expect("status lock")
+            .get(app)
+            .map_or(AppState::Pending, |s| s.state)
+    }
+}
+
+impl Daemon {
+    fn apps(&self) -> Result<&Apps, ApiError> {
+        self.apps.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_environment",
+                "this daemon runs no environment; declare [env] name and [[app]]s in itproxy.toml",
+            )
+        })
+    }
+
+    /// Runs the steps in order (only `selected` ones if any are given; the apps of the others
+    /// are adopted if they already run). A step's apps start together, each once its
+    /// dependencies are ready; a failed app stops the steps after its own.
+    pub async fn bring_up(self: Arc<Self>, selected: Vec<String>) {
+        let Some(apps) = self.apps.as_ref() else {
+            return;
+        };
+        let mut failed: Vec<String> = Vec::new();
+        for step in apps.plan.steps() {
+            if !selected.is_empty() && !selected.contains(&step.name) {
+                for app in &step.apps {
+                    self.adopt(app).await;
+                }
+                continue;
+            }
+            let began = Instant::now();
+            tracing::info!(step = %step.name, apps = step.apps.len(), "starting step");
+            let results = futures_util::future::join_all(
+                step.apps.iter().map(|app| self.start_app(app, None)),
+            )
+            .await;
+            for (app, r) in step.apps.iter().zip(results) {
+                if let Err(e) = r {
+                    failed.push(format!("{}: {}", app.name, e.message));
+                }
+            }
+            if !failed.is_empty() {
+                tracing::error!(step = %step.name, "step failed; later steps are not started");
+                break;
+            }
+            tracing::info!(step = %step.name, took_ms = began.elapsed().as_millis() as u64, "step ready");
+        }
+        let mut phase = apps.phase.lock().expect("phase lock");
+        if failed.is_empty() {
+            let took = self.started.elapsed();
+            phase.phase = EnvPhase::Ready;
+            phase.ready_after = Some(took);
+            tracing::info!(took_ms = took.as_millis() as u64, "environment ready");
+        } else {
+            phase.phase = EnvPhase::Failed;
+            phase.error = Some(failed.join("\n"));
+        }
+        apps.changed.send_modify(|n| *n += 1);
+    }
+
+    /// An app of a step that was not selected: routed if its containers already run.
+    async fn adopt(&self, app: &AppSpec) {
+        let apps = self.apps.as_ref().expect("apps");
+        let mut containers = Vec::new();
+        for e in &app.endpoints {
+            let name = itproxy_orchestrator::container_name(
+                &apps.environment.env,
+                app.name.as_str(),
+                e.name.as_str(),
+            );
+            match apps.engine.container(&name).await {
+                Ok(Some(c)) if c.running() => containers.push(c),
+                _ => {
+                    apps.set(&app.name, AppState::Stopped, None, None);
+                    return;
+                }
+            }
+        }
+        self.publish_app(app, &containers).await;
+        apps.set(&app.name, AppState::Ready, None, None);
+        tracing::info!(app = %app.name, "step not selected; adopted the running app");
+    }
+
+    /// Starts `app`'s containers once its dependencies are ready, waits for its readiness
+    /// check, then routes its endpoints.
+    async fn start_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), ApiError> {
+        let apps = self.apps()?;
+        let _one_at_a_time = apps.locks[&app.name].lock().await;
+        let fail = |message: String| {
+            apps.set(&app.name, AppState::Failed, Some(message.clone()), None);
+            tracing::error!(app = %app.name, "{message}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("app {}: {message}", app.name),
+            )
+        };
+        apps.set(&app.name, AppState::Pending, None, None);
+        if let Err(m) = self.wait_for_dependencies(app).await {
+            return Err(fail(m));
+        }
+        apps.set(&app.name, AppState::Starting, None, None);
+        let began = Instant::now();
+        // The endpoints' containers start together.
+        let started = futures_util::future::join_all(
+            (0..app.endpoints.len())
+                .map(|i| apps.engine.ensure_container(&apps.environment, app, i)),
+        )
+        .await;
+        let mut containers = Vec::new();
+        for c in started {
+            match c {
+                Ok(c) => {
+                    tracing::info!(app = %app.name, container = %c.name, address = ?c.ip, "{}", if c.reused { "container reused" } else { "container started" });
+                    containers.push(c)
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        let mut check = app.clone();
+        if let Some(t) = timeout {
+            check.ready.timeout = t;
+        }
+        let checked = &containers[app.ready.endpoint];
+        if let Err(e) = apps.engine.wait_ready(&check, checked).await {
+            let message = match e {
+                itproxy_orchestrator::Error::NotReady { .. } => {
+                    e.to_string()
+                        .replacen(&format!("app {} is not ready: ", app.name), "", 1)
+                }
+                other => other.to_string(),
+            };
+            return Err(fail(message));
+        }
+        let took = began.elapsed();
+        self.publish_app(app, &containers).await;
+        apps.set(&app.name, AppState::Ready, None, Some(took));
+        tracing::info!(app = %app.name, took_ms = took.as_millis() as u64, check = %app.ready.check, "app ready");
+        Ok(())
+    }
+
+    async fn wait_for_dependencies(&self, app: &AppSpec) -> Result<(), String> {
+        let apps = self.apps.as_ref().expect("apps");
+        let mut changes = apps.changed.subscribe();
+        loop {
+            let mut waiting = false;
+            for dep in &app.depends_on {
+                match apps.state(dep) {
+                    AppState::Ready => {}
+                    AppState::Failed => return Err(format!("its dependency {dep} failed")),
+                    AppState::Stopped => return Err(format!(
+                        "its dependency {dep} is stopped; start it with `itproxy app start {dep}`"
+                    )),
+                    AppState::Pending | AppState::Starting => waiting = true,
+                }
+            }
+            if !waiting {
+                return Ok(());
+            }
+            if changes.changed().await.is_err() {
+                return Err("the daemon is stopping".into());
+            }
+        }
+    }
+
+    /// Routes the app's HTTP endpoints to its containers and points its TCP endpoints' names
+    /// at them.
+    async fn publish_app(&self, app: &AppSpec, containers: &[Container]) {
+        let mut routes = self.routes.lock().await;
+        routes.apps.retain(|_, (a, _)| a != &app.name);
+        routes.direct.retain(|_, (a, _)| a != &app.name);
+        for (e, c) in app.endpoints.iter().zip(containers) {
+            let (Some((port, kind)), Some(ip)) = (e.port, c.ip) else {
+                continue;
+            };
+            let host = match self.config.domains.qualify(e.name.as_str()) {
+                Ok(h) => h,
+                Err(m) => {
+                    tracing::warn!(app = %app.name, "endpoint not routed: {m}");
+                    continue;
+                }
+            };
+            match kind {
+                EndpointKind::Http => {
+                    let addr = std::net::SocketAddr::new(ip, port);
+                    let target = itproxy_router::UpstreamSpec::parse(&addr.to_string())
+                        .expect("a socket address is a valid target");
+                    let routed = routes.build(
+                        RouteSpec::to(target),
+                        vec![addr],
+                        self.config.connect_timeout,
+                    );
+                    routes.apps.insert(host, (app.name.clone(), routed));
+                }
+                EndpointKind::Tcp => {
+                    routes.direct.insert(host, (app.name.clone(), ip));
+                }
+            }
+        }
+        self.publish(&routes);
+    }
+
+    async fn unpublish_app(&self, app: &AppSpec) {
+        let mut routes = self.routes.lock().await;
+        routes.apps.retain(|_, (a, _)| a != &app.name);
+        routes.direct.retain(|_, (a, _)| a != &app.name);
+        self.publish(&routes);
+    }
+
+    /// Stops an app: its routes and records go first, then its containers.
+    async fn stop_app(&self, app: &AppSpec) -> Result<(), ApiError> {
+        let apps = self.apps()?;
+        let _one_at_a_time = apps.locks[&app.name].lock().await;
+        self.unpublish_app(app).await;
+        for e in &app.endpoints {
+            let name = itproxy_orchestrator::container_name(
+                &apps.environment.env,
+                app.name.as_str(),
+                e.name.as_str(),
+            );
+            apps.engine
+                .stop(&name, STOP_GRACE_SECONDS)
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "engine_error", e.to_string())
+                })?;
+        }
+        apps.set(&app.name, AppState::Stopped, None, None);
+        tracing::info!(app = %app.name, "app stopped");
+        Ok(())
+    }
+
+    /// `POST /v1/apps/{name}/{action}`.
+    pub async fn app_action(
+        self: &Arc<Self>,
+        name: &str,
+        action: &str,
+        body: api::AppAction,
+    ) -> Result<(StatusCode, api::AppView), ApiError> {
+        let apps = self.apps()?;
+        let app = apps
+            .plan
+            .app(name)
+            .cloned()
+            .ok_or_else(|| no_app(apps, name))?;
+        let timeout = match &body.timeout {
+            None => None,
+            Some(t) => Some(humantime::parse_duration(t).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_timeout",
+                    format!("timeout {t:?}: {e}; use e.g. 30s"),
+                )
+            })?),
+        };
+        match action {
+            "stop" => {
+                self.stop_app(&app).await?;
+                return Ok((StatusCode::OK, self.app_view(&app).await));
+            }
+            "start" | "restart" => {}
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("unknown app action {action:?}; use start, stop or restart"),
+                ))
+            }
+        }
+        // Dependencies must already be ready: a start by hand does not cascade.
+        for dep in &app.depends_on {
+            if apps.state(dep) != AppState::Ready {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "dependency_not_ready",
+                    format!("app {name} depends on {dep}, which is not ready; start it first with `itproxy app start {dep} --wait`"),
+                ));
+            }
+        }
+        if action == "restart" {
+            self.stop_app(&app).await?;
+        }
+        if body.wait {
+            self.start_app(&app, timeout).await?;
+            Ok((StatusCode::OK, self.app_view(&app).await))
+        } else {
+            apps.set(&app.name, AppState::Starting, None, None);
+            let daemon = self.clone();
+            let spec = app.clone();
+            tokio::spawn(async move {
+                let _ = daemon.start_app(&spec, timeout).await;
+            });
+            Ok((StatusCode::ACCEPTED, self.app_view(&app).await))
+        }
+    }
+
+    /// `GET /v1/apps`: states, with the containers as the engine reports them now.
+    pub async fn apps_view(&self) -> api::AppsView {
+        let Some(apps) = self.apps.as_ref() else {
+            return api::AppsView {
+                env: self.config.env.as_ref().map(|e| e.to_string()),
+                phase: EnvPhase::Idle,
+                error: None,
+                ready_after_ms: None,
+                apps: Vec::new(),
+            };
+        };
+        let mut views = Vec::new();
+        for app in apps.plan.apps() {
+            views.push(self.app_view(app).await);
+        }
+        let phase = apps.phase.lock().expect("phase lock");
+        api::AppsView {
+            env: Some(apps.environment.env.to_string()),
+            phase: phase.phase,
+            error: phase.error.clone(),
+            ready_after_ms: phase.ready_after.map(|d| d.as_millis() as u64),
+            apps: views,
+        }
+    }
+
+    /// `GET /v1/apps/{name}`.
+    pub async fn app(&self, name: &str) -> Result<api::AppView, ApiError> {
+        let apps = self.apps()?;
+        let app = apps.plan.app(name).ok_or_else(|| no_app(apps, name))?;
+        Ok(self.app_view(app).await)
+    }
+
+    async fn app_view(&self, app: &AppSpec) -> api::AppView {
+        let apps = self.apps.as_ref().expect("apps");
+        let status = apps
+            .status
+            .lock()
+            .expect("status lock")
+            .get(&app.name)
+            .cloned();
+        let mut containers = Vec::new();
+        for e in &app.endpoints {
+            let name = itproxy_orchestrator::container_name(
+                &apps.environment.env,
+                app.name.as_str(),
+                e.name.as_str(),
+            );
+            let c = apps.engine.container(&name).await.ok().flatten();
+            let host = self
+                .config
+                .domains
+                .qualify(e.name.as_str())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            containers.push(api::ContainerView {
+                endpoint: e.name.to_string(),
+                name,
+                state: c.as_ref().map_or("missing".into(), |c| c.state.clone()),
+                address: c.as_ref().and_then(|c| c.ip).map(|ip| ip.to_string()),
+                serves: e.port.map(|(port, kind)| match kind {
+                    EndpointKind::Http => format!("http://{host} -> :{port}"),
+                    EndpointKind::Tcp => format!("tcp://{host}:{port}"),
+                }),
+            });
+        }
+        let status = status.unwrap_or(AppStatus {
+            state: AppState::Pending,
+            error: None,
+            ready_in: None,
+        });
+        api::AppView {
+            name: app.name.to_string(),
+            step: app.step.clone(),
+            image: app.image.clone(),
+            state: status.state,
+            error: status.error,
+            ready_check: app.ready.check.to_string(),
+            ready_in_ms: status.ready_in.map(|d| d.as_millis() as u64),
+            depends_on: app.depends_on.iter().map(|d| d.to_string()).collect(),
+            containers,
+        }
+    }
+}
+
+fn no_app(apps: &Apps, name: &str) -> ApiError {
+    let names: Vec<&str> = apps.plan.apps().map(|a| a.name.as_str()).collect();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_app",
+        format!(
+            "there is no app {name:?} in this environment (apps: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ),
+    )
+}
