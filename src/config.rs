@@ -753,7 +753,7 @@ fn build_plan(apps: Vec<FileApp>, steps: Option<Vec<String>>) -> Result<Plan, St
                 e
             })
             .collect();
-        for (k, _) in &a.env {
+        for k in a.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(err("env", &format!("{k:?} is not a variable name")));
             }
