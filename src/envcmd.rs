@@ -381,7 +381,7 @@ pub async fn down(config: &Config, env: Option<String>, state_dir: &Path) -> any
     if engine.remove_network(&env).await? {
         println!("removed the network {}", env.network_name());
     } else {
-        println!("environment {env} has no network");
+        println!("environment {env} has no network; nothing to remove");
     }
     Ok(())
 }

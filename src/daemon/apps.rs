@@ -138,9 +138,9 @@ impl Daemon {
                 step.apps.iter().map(|app| self.start_app(app, None)),
             )
             .await;
-            for (app, r) in step.apps.iter().zip(results) {
+            for r in results {
                 if let Err(e) = r {
-                    failed.push(format!("{}: {}", app.name, e.message));
+                    failed.push(e.message);
                 }
             }
             if !failed.is_empty() {
@@ -252,9 +252,11 @@ impl Daemon {
                 match apps.state(dep) {
                     AppState::Ready => {}
                     AppState::Failed => return Err(format!("its dependency {dep} failed")),
-                    AppState::Stopped => return Err(format!(
+                    AppState::Stopped => {
+                        return Err(format!(
                         "its dependency {dep} is stopped; start it with `itproxy app start {dep}`"
-                    )),
+                    ))
+                    }
                     AppState::Pending | AppState::Starting => waiting = true,
                 }
             }

@@ -9,7 +9,7 @@ use crate::util::*;
 
 const IMAGE: &str = "itproxy-test/busybox:latest";
 
-fn docker_ready() -> bool {
+pub fn docker_ready() -> bool {
     let problem = if !std::path::Path::new("/bin/busybox").exists() {
         Some("/bin/busybox is missing (apt-get install busybox-static)".to_string())
     } else {
@@ -53,8 +53,34 @@ fn build_image() {
     );
 }
 
+/// The image declared apps run in tests: busybox's applets installed in /bin, so commands
+/// are plain shell (`sh -c` works, as in a real image).
+pub const APPS_IMAGE: &str = "itproxy-test/apps:latest";
+
+/// Builds [`APPS_IMAGE`] (cached by Docker after the first time).
+pub fn build_apps_image() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", APPS_IMAGE])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Removes the test's network however the test ends.
-struct NetworkGuard(String);
+pub struct NetworkGuard(pub String);
 
 impl Drop for NetworkGuard {
     fn drop(&mut self) {

@@ -1,5 +1,6 @@
 //! Integration tests: the real `itproxy` binary, real backends and real clients, on loopback.
 
+mod apps;
 mod bench;
 mod cli;
 mod dns;

@@ -1,0 +1,484 @@
+//! Declared apps: `itproxy up` brings an environment up in steps on its own Docker network,
+//! serves every app by name from the host and from containers, swaps one for a host dev
+//! server and back, checks the logs, and `down` leaves nothing behind. Real Docker engine; the
+//! image is built locally from Debian's busybox-static.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::docker::{build_apps_image, docker_ready, APPS_IMAGE};
+use crate::util::*;
+
+/// Removes everything labelled with the test's environment however the test ends, with the
+/// docker CLI (not with the code under test).
+struct EnvGuard(String);
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=itproxy.env={}", self.0),
+            ])
+            .output()
+            .unwrap();
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("itproxy-{}", self.0)])
+            .output();
+    }
+}
+
+fn unique_env(tag: &str) -> String {
+    format!("{tag}{}-{}", std::process::id(), free_port())
+}
+
+/// `itproxy apps --json`, once the environment is no longer starting (bounded).
+async fn wait_apps(p: &Itproxy) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = serde_json::from_str(&p.ok(&["apps", "--json"])).unwrap();
+        if v["phase"] != "starting" {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still starting after 60 s:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn app<'a>(apps: &'a Value, name: &str) -> &'a Value {
+    apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no app {name} in {apps}"))
+}
+
+fn address(apps: &Value, app_name: &str, endpoint: &str) -> String {
+    app(apps, app_name)["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["endpoint"] == endpoint)
+        .and_then(|c| c["address"].as_str())
+        .unwrap_or_else(|| panic!("no address for {app_name}/{endpoint} in {apps}"))
+        .to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a throwaway container on the environment's network with itproxy's DNS, as a test
+/// client inside the environment.
+async fn from_container(env: &str, dns: &str, script: &str) -> String {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            &format!("itproxy-{env}"),
+            "--dns",
+            dns,
+        ])
+        .args(["--label", &format!("itproxy.env={env}-client")])
+        .args([APPS_IMAGE, "sh", "-c", script])
+        .output()
+        .await
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const STORY: &str = r#"
+[env]
+name = "ENV"
+steps = ["infra", "apps"]
+
+[[app]]
+name = "db"
+image = "IMAGE"
+step = "infra"
+command = "echo db booting; exec nc -ll -p 5432 -e /bin/echo pong"
+port = 5432
+kind = "tcp"
+ready = { tcp = 5432, timeout = "20s" }
+
+[[app]]
+name = "web"
+image = "IMAGE"
+step = "apps"
+depends_on = ["db"]
+env = { GREETING = "hello-www" }
+endpoints = [
+  { name = "www", port = 9000, command = "mkdir -p /www && echo ok > /www/health && echo $GREETING > /www/index.html && exec httpd -f -p 9000 -h /www" },
+  { name = "worker", command = "while true; do echo working; sleep 1; done" },
+]
+ready = { http = "/health", status = 200, timeout = "20s" }
+
+[[app]]
+name = "api"
+image = "IMAGE"
+step = "apps"
+command = "sleep 0.2; mkdir -p /a && echo hello-api > /a/index.html && echo api listening; exec httpd -f -p 8080 -h /a"
+port = 8080
+ready = { log = "listening", timeout = "20s" }
+log_ignore = ["expected error"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("s");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &STORY.replace("ENV", &env).replace("IMAGE", APPS_IMAGE),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    let apps = wait_apps(&p).await;
+    assert_eq!(apps["phase"], "ready", "{apps}\n{}", p.log());
+    for name in ["db", "web", "api"] {
+        assert_eq!(app(&apps, name)["state"], "ready", "{apps}");
+    }
+    // Steps in order: db was ready before web's containers were created.
+    let log = p.log();
+    let db_ready = log.find("app ready app=db").expect("db ready logged");
+    let web_started = log.find("container started app=web").expect("web started");
+    assert!(db_ready < web_started, "{log}");
+
+    // From the host: HTTP endpoints by name through the proxy, TCP endpoints straight to the
+    // container by DNS.
+    let (code, body) = curl(p.http, "www.test", "/", &[]).await;
+    assert_eq!((code, body.trim()), (200, "hello-www"));
+    let (code, body) = curl(p.http, "api.test", "/", &[]).await;
+    assert_eq!((code, body.trim()), (200, "hello-api"));
+    let db_ip = address(&apps, "db", "db");
+    let dig = Command::new("dig")
+        .args([
+            "+short",
+            "@127.0.0.1",
+            "-p",
+            &p.dns.port().to_string(),
+            "db.test",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), db_ip);
+    let listed = p.ok(&["routes"]);
+    assert!(
+        listed.contains("www.test") && listed.contains("app"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("worker"),
+        "a worker has no route: {listed}"
+    );
+
+    // Containers: labelled, no published port, the CA mounted and named in the environment.
+    let www = format!("itproxy-{env}-web-www");
+    let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &www]);
+    let labels: Value = serde_json::from_str(labels.trim()).unwrap();
+    assert_eq!(labels["itproxy.env"], env.as_str());
+    assert_eq!(labels["itproxy.app"], "web");
+    assert_eq!(labels["itproxy.endpoint"], "www");
+    assert_eq!(docker(&["port", &www]).trim(), "", "no published ports");
+    let root = std::fs::read_to_string(p.state_dir().join("ca/root.pem")).unwrap();
+    assert_eq!(docker(&["exec", &www, "cat", "/etc/itproxy/ca.pem"]), root);
+    let vars = docker(&["exec", &www, "env"]);
+    assert!(
+        vars.contains("SSL_CERT_FILE=/etc/itproxy/ca-bundle.pem"),
+        "{vars}"
+    );
+    assert!(
+        vars.contains("NODE_EXTRA_CA_CERTS=/etc/itproxy/ca.pem"),
+        "{vars}"
+    );
+    assert!(vars.contains("GREETING=hello-www"), "{vars}");
+
+    // From another container: names resolve through itproxy's DNS on the gateway.
+    let status: Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    let gateway = status["listeners"]["dns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| !a.starts_with("127."))
+        .unwrap()
+        .trim_end_matches(":53")
+        .to_string();
+    let port = p.http.port();
+    let script = format!(
+        "echo | nc db.test 5432; \
+         (printf 'GET / HTTP/1.0\\r\\nHost: www.test\\r\\n\\r\\n'; sleep 1) | nc www.test {port}"
+    );
+    let seen = from_container(&env, &gateway, &script).await;
+    assert!(seen.starts_with("pong"), "{seen}");
+    assert!(
+        seen.contains("HTTP/1.1 200") && seen.contains("hello-www"),
+        "{seen}"
+    );
+
+    // Swap www for a dev server on the host: the host and the containers see it; restore.
+    let dev = Backend::start("dev-server").await;
+    p.ok(&["route", "www", &dev.target()]);
+    let (_, body) = curl(p.http, "www.test", "/", &[]).await;
+    assert!(body.contains("dev-server"), "{body}");
+    let seen = from_container(
+        &env,
+        &gateway,
+        &format!("(printf 'GET /in HTTP/1.0\\r\\nHost: www.test\\r\\n\\r\\n'; sleep 1) | nc www.test {port}"),
+    )
+    .await;
+    assert!(seen.contains("dev-server"), "{seen}");
+    let out = p.ok(&["route", "www", "--restore"]);
+    assert!(out.contains("restored"), "{out}");
+    let (_, body) = curl(p.http, "www.test", "/", &[]).await;
+    assert_eq!(body.trim(), "hello-www");
+
+    // Logs: clean, then an injected error line fails the check and is listed.
+    let out = p.ok(&["-c", config.to_str().unwrap(), "logs", "--errors"]);
+    assert!(out.contains("no error lines in the 4 containers"), "{out}");
+    docker(&[
+        "exec",
+        &www,
+        "sh",
+        "-c",
+        "echo 'ERROR: disk on fire' > /proc/1/fd/1",
+    ]);
+    let api = format!("itproxy-{env}-api");
+    docker(&[
+        "exec",
+        &api,
+        "sh",
+        "-c",
+        "echo 'an expected error, ignored' > /proc/1/fd/1",
+    ]);
+    let out = p.cli(&["-c", config.to_str().unwrap(), "logs", "--errors"]);
+    assert_eq!(out.status.code(), Some(1));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.trim(), format!("{www}: ERROR: disk on fire"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 error line(s) in 1 of 4 containers"));
+    let out = p.ok(&[
+        "-c",
+        config.to_str().unwrap(),
+        "logs",
+        "--errors",
+        "--pattern",
+        "nothing-like-this",
+    ]);
+    assert!(out.contains("no error lines"), "{out}");
+    let out = p.ok(&["-c", config.to_str().unwrap(), "logs", "db"]);
+    assert_eq!(out.trim(), "db booting");
+
+    // Stop an app: its route goes; start it again, waiting for readiness.
+    p.ok(&["app", "stop", "web"]);
+    assert!(!p.routes().contains_key("www.test"));
+    assert_eq!(curl(p.http, "www.test", "/", &[]).await.0, 404);
+    let out = p.ok(&["app", "start", "web", "--wait"]);
+    assert!(out.starts_with("web: ready"), "{out}");
+    assert_eq!(
+        curl(p.http, "www.test", "/", &[]).await.1.trim(),
+        "hello-www"
+    );
+    let err = p.fails(&["app", "start", "nope"]);
+    assert!(
+        err.contains("no app \"nope\"") && err.contains("db, web, api"),
+        "{err}"
+    );
+
+    // down: the daemon stops, and nothing of the environment is left on the engine.
+    let out = p.ok(&["-c", config.to_str().unwrap(), "down"]);
+    assert!(out.contains("stopped the daemon"), "{out}");
+    assert!(
+        out.contains(&format!("removed the network itproxy-{env}")),
+        "{out}"
+    );
+    let left = docker(&["ps", "-aq", "--filter", &format!("label=itproxy.env={env}")]);
+    assert_eq!(left.trim(), "", "containers left behind");
+    assert!(!Command::new("docker")
+        .args(["network", "inspect", &format!("itproxy-{env}")])
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_does_not_become_ready_fails_up_with_its_last_lines() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("f");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &r#"
+[env]
+name = "ENV"
+
+[[app]]
+name = "slow"
+image = "IMAGE"
+step = "one"
+command = "echo booting slowly; echo still booting; sleep 600"
+port = 7000
+kind = "tcp"
+ready = { tcp = 7000, timeout = "1500ms" }
+
+[[app]]
+name = "crash"
+image = "IMAGE"
+step = "one"
+command = "echo 'cannot open config' >&2; exit 3"
+ready = { http = "/", port = 80 }
+
+[[app]]
+name = "later"
+image = "IMAGE"
+step = "two"
+command = "sleep 600"
+"#
+        .replace("ENV", &env)
+        .replace("IMAGE", APPS_IMAGE),
+    );
+    let http = format!("127.0.0.1:{}", free_port());
+    let state = tempfile::tempdir().unwrap();
+    let begun = Instant::now();
+    let out = run_in(
+        state.path(),
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "up",
+            "--detach",
+            "--http",
+            &http,
+            "--no-https",
+            "--no-dns",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let client = |args: &[&str]| run_in(state.path(), args);
+    let stop_daemon = || client(&["-c", config.to_str().unwrap(), "down"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(begun.elapsed() < Duration::from_secs(30));
+    // The timeout names the check and shows what the app wrote.
+    assert!(
+        stderr.contains("slow: not ready after 1.5s (tcp port 7000)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("| booting slowly") && stderr.contains("| still booting"),
+        "{stderr}"
+    );
+    // A crash is reported at once, with its exit code and output.
+    assert!(
+        stderr.contains("crash: the container stopped (exit code 3)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("| cannot open config"), "{stderr}");
+
+    // The daemon keeps running for inspection; the later step never started.
+    let apps: Value = serde_json::from_slice(&client(&["apps", "--json"]).stdout).unwrap();
+    assert_eq!(apps["phase"], "failed");
+    assert_eq!(app(&apps, "later")["state"], "pending");
+    assert_eq!(app(&apps, "later")["containers"][0]["state"], "missing");
+    assert_eq!(app(&apps, "crash")["state"], "failed");
+    let out = stop_daemon();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_environments_side_by_side_and_a_warm_restart() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let config_for = |env: &str, dir: &std::path::Path| {
+        write_config(
+            dir,
+            &r#"
+[env]
+name = "ENV"
+
+[[app]]
+name = "web"
+image = "IMAGE"
+command = "mkdir -p /w && echo hello-from-ENV > /w/index.html && exec httpd -f -p 80 -h /w"
+port = 80
+ready = { http = "/" }
+"#
+            .replace("ENV", env)
+            .replace("IMAGE", APPS_IMAGE),
+        )
+    };
+    let (a, b) = (unique_env("a"), unique_env("b"));
+    let (_ga, _gb) = (EnvGuard(a.clone()), EnvGuard(b.clone()));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ca, cb) = (config_for(&a, da.path()), config_for(&b, db.path()));
+    let mut pa = Itproxy::start_with(&["--config", ca.to_str().unwrap()]);
+    let pb = Itproxy::start_with(&["--config", cb.to_str().unwrap()]);
+    assert_eq!(wait_apps(&pa).await["phase"], "ready", "{}", pa.log());
+    assert_eq!(wait_apps(&pb).await["phase"], "ready", "{}", pb.log());
+    // Same app name, each environment its own container and answer.
+    assert_eq!(
+        curl(pa.http, "web.test", "/", &[]).await.1.trim(),
+        format!("hello-from-{a}")
+    );
+    assert_eq!(
+        curl(pb.http, "web.test", "/", &[]).await.1.trim(),
+        format!("hello-from-{b}")
+    );
+
+    // Restarting the daemon reuses the running containers (a warm start).
+    pa.restart();
+    assert_eq!(wait_apps(&pa).await["phase"], "ready", "{}", pa.log());
+    assert!(pa.log().contains("container reused"), "{}", pa.log());
+    assert_eq!(
+        curl(pa.http, "web.test", "/", &[]).await.1.trim(),
+        format!("hello-from-{a}")
+    );
+
+    // Tearing one down leaves the other serving.
+    let out = pa.ok(&["-c", ca.to_str().unwrap(), "down"]);
+    assert!(
+        out.contains(&format!("removed the container itproxy-{a}-web")),
+        "{out}"
+    );
+    assert_eq!(
+        curl(pb.http, "web.test", "/", &[]).await.1.trim(),
+        format!("hello-from-{b}")
+    );
+    let left = docker(&["ps", "-q", "--filter", &format!("label=itproxy.env={b}")]);
+    assert_eq!(left.trim().lines().count(), 1, "{left}");
+}
