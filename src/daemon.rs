@@ -784,6 +784,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
     let discovery = engine.map(|engine| tokio::spawn(discover(engine, daemon.clone())));
     // Then the declared apps, step by step; the control API answers meanwhile.
     let bring_up = tokio::spawn(daemon.clone().bring_up(steps));
+    let exits = tokio::spawn(daemon.clone().watch_exits());
 
     let served = serve_control(daemon.clone(), &sock).await;
     if let Some(task) = discovery {
@@ -791,6 +792,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
     }
     // Containers keep running: the next `up` reuses them; `itproxy down` removes them.
     bring_up.abort();
+    exits.abort();
     if let Some(dns) = dns {
         dns.stop().await;
     }

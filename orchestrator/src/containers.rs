@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
+use futures_util::{Stream, StreamExt};
 
 use crate::apps::AppSpec;
 use crate::{engine_err, Engine, EnvName, Error, NetworkInfo, ENV_LABEL};
@@ -319,6 +320,52 @@ impl Engine {
             removed.push(c.name);
         }
         Ok(removed)
+    }
+}
+
+/// A container of the environment that stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    /// Its name.
+    pub name: String,
+    /// Its app.
+    pub app: String,
+    /// Its exit code, when the engine says.
+    pub exit_code: Option<i64>,
+}
+
+impl Engine {
+    /// The environment's containers as they stop (from `since`, Unix seconds). The stream ends
+    /// if the engine goes away.
+    pub fn watch_exits(
+        &self,
+        env: &EnvName,
+        since: u64,
+    ) -> impl Stream<Item = Result<Exited, Error>> + use<> {
+        let label = format!("{ENV_LABEL}={env}");
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("label", vec![label.as_str()]),
+            ("event", vec!["die"]),
+        ]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => return Some(Err(engine_err("watch container events")(e))),
+                };
+                let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                Some(Ok(Exited {
+                    name: attributes.get("name").cloned().unwrap_or_default(),
+                    app: attributes.get(APP_LABEL).cloned()?,
+                    exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                }))
+            })
     }
 }
 

@@ -33,7 +33,7 @@ pub use apps::{
     DEFAULT_ERROR_PATTERN, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 pub use containers::{
-    container_name, Container, Environment, APP_LABEL, CA_BUNDLE_IN_CONTAINER,
+    container_name, Container, Environment, Exited, APP_LABEL, CA_BUNDLE_IN_CONTAINER,
     CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
 };
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};

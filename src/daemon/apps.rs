@@ -336,6 +336,56 @@ impl Daemon {
         Ok(())
     }
 
+    /// Marks a ready app failed when one of its containers stops on its own (its routes stay:
+    /// requests get a 502 naming the target, which says more than a 404). If the events
+    /// stream ends, it is watched again.
+    pub async fn watch_exits(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let Some(apps) = self.apps.as_ref() else {
+            return;
+        };
+        loop {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut exits = std::pin::pin!(apps.engine.watch_exits(&apps.environment.env, since));
+            while let Some(exit) = exits.next().await {
+                let exit = match exit {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!("watching the apps' containers: {e}");
+                        break;
+                    }
+                };
+                let Ok(app) = exit.app.parse::<AppName>() else {
+                    continue;
+                };
+                // A start, stop or restart in progress owns the app's state.
+                let Some(Ok(_idle)) = apps.locks.get(&app).map(|l| l.try_lock()) else {
+                    continue;
+                };
+                if apps.state(&app) != AppState::Ready {
+                    continue;
+                }
+                // A late event from an earlier stop: the container runs again.
+                if let Ok(Some(c)) = apps.engine.container(&exit.name).await {
+                    if c.running() {
+                        continue;
+                    }
+                }
+                let code = exit.exit_code.map_or("?".to_string(), |c| c.to_string());
+                let message = format!(
+                    "container {} exited (exit code {code}); `itproxy logs {app}` shows why, \
+                     `itproxy app restart {app}` starts it again",
+                    exit.name
+                );
+                tracing::warn!(%app, "{message}");
+                apps.set(&app, AppState::Failed, Some(message), None);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     /// `POST /v1/apps/{name}/{action}`.
     pub async fn app_action(
         self: &Arc<Self>,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::docker::{build_apps_image, docker_ready, APPS_IMAGE};
+use crate::docker::{build_apps_image, build_health_image, docker_ready, APPS_IMAGE, HEALTH_IMAGE};
 use crate::util::*;
 
 /// Removes everything labelled with the test's environment however the test ends, with the
@@ -124,6 +124,13 @@ kind = "tcp"
 ready = { tcp = 5432, timeout = "20s" }
 
 [[app]]
+name = "cache"
+image = "HEALTHY"
+step = "infra"
+command = "sleep 0.5; touch /ok; exec sleep 600"
+ready = { docker_health = true, timeout = "20s" }
+
+[[app]]
 name = "web"
 image = "IMAGE"
 step = "apps"
@@ -150,18 +157,21 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     if !docker_ready() {
         return;
     }
-    build_apps_image();
+    build_health_image();
     let env = unique_env("s");
     let _guard = EnvGuard(env.clone());
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &STORY.replace("ENV", &env).replace("IMAGE", APPS_IMAGE),
+        &STORY
+            .replace("ENV", &env)
+            .replace("IMAGE", APPS_IMAGE)
+            .replace("HEALTHY", HEALTH_IMAGE),
     );
     let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
     let apps = wait_apps(&p).await;
     assert_eq!(apps["phase"], "ready", "{apps}\n{}", p.log());
-    for name in ["db", "web", "api"] {
+    for name in ["db", "cache", "web", "api"] {
         assert_eq!(app(&apps, name)["state"], "ready", "{apps}");
     }
     // Steps in order: db was ready before web's containers were created.
@@ -261,7 +271,7 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
 
     // Logs: clean, then an injected error line fails the check and is listed.
     let out = p.ok(&["-c", config.to_str().unwrap(), "logs", "--errors"]);
-    assert!(out.contains("no error lines in the 4 containers"), "{out}");
+    assert!(out.contains("no error lines in the 5 containers"), "{out}");
     docker(&[
         "exec",
         &www,
@@ -281,7 +291,7 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     assert_eq!(out.status.code(), Some(1));
     let listed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(listed.trim(), format!("{www}: ERROR: disk on fire"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 error line(s) in 1 of 4 containers"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 error line(s) in 1 of 5 containers"));
     let out = p.ok(&[
         "-c",
         config.to_str().unwrap(),
@@ -306,9 +316,27 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     );
     let err = p.fails(&["app", "start", "nope"]);
     assert!(
-        err.contains("no app \"nope\"") && err.contains("db, web, api"),
+        err.contains("no app \"nope\"") && err.contains("db, cache, web, api"),
         "{err}"
     );
+
+    // An app whose container dies on its own is shown failed, with what to do.
+    docker(&["kill", &api]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let apps: Value = serde_json::from_str(&p.ok(&["apps", "--json"])).unwrap();
+        if app(&apps, "api")["state"] == "failed" {
+            let error = app(&apps, "api")["error"].as_str().unwrap().to_string();
+            assert!(
+                error.contains(&format!("container {api} exited")),
+                "{error}"
+            );
+            assert!(error.contains("itproxy app restart api"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "api not shown failed: {apps}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // down: the daemon stops, and nothing of the environment is left on the engine.
     let out = p.ok(&["-c", config.to_str().unwrap(), "down"]);

@@ -79,6 +79,30 @@ pub fn build_apps_image() {
     );
 }
 
+/// [`APPS_IMAGE`] with a Docker HEALTHCHECK: healthy once `/ok` exists.
+pub const HEALTH_IMAGE: &str = "itproxy-test/apps-health:latest";
+
+/// Builds [`HEALTH_IMAGE`] on top of [`APPS_IMAGE`].
+pub fn build_health_image() {
+    build_apps_image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {APPS_IMAGE}\nHEALTHCHECK --interval=1s --timeout=1s CMD [\"test\", \"-f\", \"/ok\"]\n"),
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", HEALTH_IMAGE])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Removes the test's network however the test ends.
 pub struct NetworkGuard(pub String);
 
