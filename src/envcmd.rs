@@ -31,6 +31,19 @@ pub fn is_detached_child() -> bool {
 pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     crate::state::ensure_dir(state_dir)?;
+    // Checked here too: otherwise the old daemon's answers would pass for the new one's.
+    if let Ok(status) = Client::new(state_dir)
+        .call::<api::Status>(Method::GET, "/v1/status", None)
+        .await
+    {
+        anyhow::bail!(
+            "another itproxy daemon (pid {}) is already running with the state directory {}; \
+             stop it (`itproxy down`, or kill {}), or give this one its own --state-dir",
+            status.pid,
+            state_dir.display(),
+            status.pid
+        );
+    }
     let log_path = state_dir.join(DAEMON_LOG);
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create the daemon's log {}", log_path.display()))?;
@@ -159,10 +172,16 @@ pub async fn apps(state_dir: &Path, json: bool) -> anyhow::Result<()> {
         EnvPhase::Failed => "FAILED".to_string(),
     };
     println!("environment {env}: {phase}");
+    let width = |f: &dyn Fn(&api::AppView) -> Vec<usize>, min: usize| {
+        view.apps.iter().flat_map(f).max().unwrap_or(0).max(min)
+    };
+    let aw = width(&|a| vec![a.name.len()], 3);
+    let sw = width(&|a| vec![a.step.len()], 4);
+    let cw = width(&|a| a.containers.iter().map(|c| c.name.len()).collect(), 9);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:14} {:10} {:9} {:24} {:12} {:16} SERVES",
+        "{:aw$}  {:sw$}  {:8}  {:cw$}  {:10}  {:15}  SERVES",
         "APP", "STEP", "STATE", "CONTAINER", "STATUS", "ADDRESS"
     )?;
     for a in &view.apps {
@@ -174,7 +193,7 @@ pub async fn apps(state_dir: &Path, json: bool) -> anyhow::Result<()> {
             };
             writeln!(
                 out,
-                "{:14} {:10} {:9} {:24} {:12} {:16} {}",
+                "{:aw$}  {:sw$}  {:8}  {:cw$}  {:10}  {:15}  {}",
                 name,
                 step,
                 state,

@@ -35,6 +35,21 @@ impl Drop for EnvGuard {
     }
 }
 
+/// Stops a daemon started with `up --detach` (ours, found by its state directory) however the
+/// test ends.
+struct DetachedGuard(std::path::PathBuf);
+
+impl Drop for DetachedGuard {
+    fn drop(&mut self) {
+        let out = run_in(&self.0, &["status", "--json"]);
+        if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) {
+            if let Some(pid) = status["pid"].as_i64() {
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
 fn unique_env(tag: &str) -> String {
     format!("{tag}{}-{}", std::process::id(), free_port())
 }
@@ -74,6 +89,12 @@ fn address(apps: &Value, app_name: &str, endpoint: &str) -> String {
         .and_then(|c| c["address"].as_str())
         .unwrap_or_else(|| panic!("no address for {app_name}/{endpoint} in {apps}"))
         .to_string()
+}
+
+fn status_pid(state_dir: &std::path::Path) -> u64 {
+    let status: Value =
+        serde_json::from_slice(&run_in(state_dir, &["status", "--json"]).stdout).unwrap();
+    status["pid"].as_u64().unwrap()
 }
 
 fn docker(args: &[&str]) -> String {
@@ -397,6 +418,7 @@ command = "sleep 600"
     );
     let http = format!("127.0.0.1:{}", free_port());
     let state = tempfile::tempdir().unwrap();
+    let _daemon = DetachedGuard(state.path().to_path_buf());
     let begun = Instant::now();
     let out = run_in(
         state.path(),
@@ -438,6 +460,27 @@ command = "sleep 600"
     assert_eq!(app(&apps, "later")["state"], "pending");
     assert_eq!(app(&apps, "later")["containers"][0]["state"], "missing");
     assert_eq!(app(&apps, "crash")["state"], "failed");
+    // A second `up --detach` on the same state directory is refused, naming the first.
+    let again = run_in(
+        state.path(),
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "up",
+            "-d",
+            "--http",
+            &http,
+            "--no-https",
+            "--no-dns",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    let pid = status_pid(state.path());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("(pid {pid}) is already running")),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let out = stop_daemon();
     assert!(
         out.status.success(),
