@@ -27,10 +27,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "itproxy")
 IP = "127.0.0.17"
-PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081}
+PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081, "itproxy-pipeline": 18082}
 DURATION = os.environ.get("BENCH_DURATION", "30s")
 WORK = tempfile.mkdtemp(prefix="itproxy-bench-")
 STATE = os.path.join(WORK, "state")
+# A second itproxy with the fast path off: every request through Pingora's full proxy
+# pipeline, to show what the fast path changes in the same run.
+PIPELINE_STATE = os.path.join(WORK, "state-pipeline")
 procs = []
 
 
@@ -114,12 +117,26 @@ def bench(*extra):
     return json.loads(out)
 
 
-def wrk(port):
+def cpu_seconds(pids):
+    """utime + stime of the processes (and their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port, pids=()):
+    """(requests/s, proxy CPU µs per request) for 5 s of wrk -t2 -c64."""
     if not shutil.which("wrk"):
         return None
+    before = cpu_seconds(pids)
     out = sh("wrk", "-t2", "-c64", "-d5s", "-H", "Host: api.test", f"http://{IP}:{port}/")
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1)) if m else None
+    cpu = cpu_seconds(pids) - before
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, (cpu / total * 1e6 if pids and total else None)
 
 
 def control_put(target):
@@ -149,31 +166,48 @@ def main():
     start(["nginx", "-c", nginx_conf("backend", BACKEND)], f"{WORK}/backend.log")
     proxy_path = nginx_conf("proxy", proxy_conf("a"))
     nginx = start(["nginx", "-c", proxy_path], f"{WORK}/proxy.log")
-    start([BIN, "--state-dir", STATE, "up", "--http", f"{IP}:{PORTS['itproxy']}", "--no-https", "--no-dns"],
-          f"{WORK}/itproxy.log")
+    itp = start([BIN, "--state-dir", STATE, "up", "--http", f"{IP}:{PORTS['itproxy']}", "--no-https", "--no-dns"],
+                f"{WORK}/itproxy.log")
+    pipeline_conf = os.path.join(WORK, "pipeline.toml")
+    with open(pipeline_conf, "w") as f:
+        f.write("[proxy]\nfast_path = false\n")
+    itp_pipeline = start([BIN, "--state-dir", PIPELINE_STATE, "--config", pipeline_conf, "up", "--http",
+                          f"{IP}:{PORTS['itproxy-pipeline']}", "--no-https", "--no-dns"], f"{WORK}/itproxy-pipeline.log")
     for port in PORTS.values():
         wait_port(port)
     for _ in range(100):
         if os.path.exists(os.path.join(STATE, "control.sock")):
             break
         time.sleep(0.05)
+    for _ in range(100):
+        if os.path.exists(os.path.join(PIPELINE_STATE, "control.sock")):
+            break
+        time.sleep(0.05)
     itproxy("route", "api", f"{IP}:{PORTS['a']}")
-    assert get(PORTS["itproxy"]) == "a" and get(PORTS["nginx"]) == "a"
+    sh(BIN, "--state-dir", PIPELINE_STATE, "route", "api", f"{IP}:{PORTS['a']}")
+    assert get(PORTS["itproxy"]) == "a" and get(PORTS["nginx"]) == "a" and get(PORTS["itproxy-pipeline"]) == "a"
     versions = {"itproxy": sh(BIN, "--version").strip(),
                 "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()}
 
     also = f"nginx={IP}:{PORTS['nginx']}"
-    print(f"loading direct / itproxy / nginx alternately for {DURATION} (closed loop, 32 connections)...", flush=True)
-    closed = bench("--duration", DURATION, "--connections", "32", "--direct", "--also", also)
+    also_pipeline = f"itproxy-pipeline={IP}:{PORTS['itproxy-pipeline']}"
+    print(f"loading direct / itproxy / itproxy-pipeline / nginx alternately for {DURATION} (closed loop, 32 connections)...", flush=True)
+    closed = bench("--duration", DURATION, "--connections", "32", "--direct", "--also", also_pipeline, "--also", also)
     print("... and at 1 connection (latency)", flush=True)
-    single = bench("--duration", "10s", "--connections", "1", "--direct", "--also", also)
-    wrk_rps = {}
+    single = bench("--duration", "10s", "--connections", "1", "--direct", "--also", also_pipeline, "--also", also)
+    wrk_rps, wrk_cpu = {}, {}
     if shutil.which("wrk"):
-        for rnd in range(2):
-            for name in ("direct", "itproxy", "nginx"):
+        nginx_pids = [nginx.pid] + [int(p) for p in sh("pgrep", "-P", str(nginx.pid)).split()]
+        pids = {"direct": [], "itproxy": [itp.pid], "itproxy-pipeline": [itp_pipeline.pid], "nginx": nginx_pids}
+        for rnd in range(3):
+            for name in ("direct", "itproxy", "itproxy-pipeline", "nginx"):
                 port = PORTS["a"] if name == "direct" else PORTS[name]
-                wrk_rps.setdefault(name, []).append(wrk(port))
+                rps, cpu = wrk(port, pids[name])
+                wrk_rps.setdefault(name, []).append(rps)
+                if cpu is not None:
+                    wrk_cpu.setdefault(name, []).append(cpu)
         wrk_rps = {k: statistics.median(v) for k, v in wrk_rps.items()}
+        wrk_cpu = {k: statistics.median(v) for k, v in wrk_cpu.items()}
 
     # Route change visible: itproxy API call vs nginx config rewrite + reload.
     print("route change visible time...", flush=True)
@@ -249,6 +283,7 @@ def main():
         "closed_loop_32": closed,
         "closed_loop_1": single,
         "wrk_t2_c64_rps": wrk_rps or None,
+        "wrk_t2_c64_cpu_us_per_request": wrk_cpu or None,
         "route_change_visible_ms": {"itproxy_median": statistics.median(itp_ms),
                                     "nginx_reload_median": statistics.median(ngx_ms),
                                     "itproxy_all": itp_ms, "nginx_all": ngx_ms},
@@ -263,7 +298,7 @@ def main():
           f"{versions['itproxy']}, {versions['nginx']}, {os.cpu_count()} CPUs, loopback, one run, targets alternating in 1 s slices.", "",
           "| path | req/s (c32) | p50 c32 | p99 c32 | p50 c1 | p99 c1 | errors |",
           "|---|---|---|---|---|---|---|"]
-    for name in ("direct", "itproxy", "nginx"):
+    for name in ("direct", "itproxy", "itproxy-pipeline", "nginx"):
         x, y = r[name], r1[name]
         md.append(f"| {name} | {x['requests_per_second']:.0f} | {x['p50_us']} µs | {x['p99_us']} µs | "
                   f"{y['p50_us']} µs | {y['p99_us']} µs | {x['errors'] + y['errors']} |")
@@ -272,9 +307,22 @@ def main():
            f"{ratio(r['itproxy']['p50_us'], r['nginx']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['nginx']['p99_us']):.2f} | "
            f"{r1['itproxy']['p50_us'] - r1['direct']['p50_us']} vs nginx {r1['nginx']['p50_us'] - r1['direct']['p50_us']} |",
            f"| itproxy / direct | {ratio(r['itproxy']['requests_per_second'], r['direct']['requests_per_second']):.2f} | "
-           f"{ratio(r['itproxy']['p50_us'], r['direct']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['direct']['p99_us']):.2f} | |"]
+           f"{ratio(r['itproxy']['p50_us'], r['direct']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['direct']['p99_us']):.2f} | |",
+           f"| itproxy / itproxy-pipeline | {ratio(r['itproxy']['requests_per_second'], r['itproxy-pipeline']['requests_per_second']):.2f} | "
+           f"{ratio(r['itproxy']['p50_us'], r['itproxy-pipeline']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['itproxy-pipeline']['p99_us']):.2f} | "
+           f"{r1['itproxy']['p50_us'] - r1['direct']['p50_us']} vs {r1['itproxy-pipeline']['p50_us'] - r1['direct']['p50_us']} |"]
     if wrk_rps:
-        md += ["", "wrk -t2 -c64 (median of 2 x 5 s): " + ", ".join(f"{k} {v:.0f} req/s" for k, v in wrk_rps.items())]
+        md += ["", "wrk -t2 -c64 (median of 3 x 5 s, rotated; CPU = the proxy's utime+stime per request):", "",
+               "| path | req/s | CPU µs/request |", "|---|---|---|"]
+        for k, v in wrk_rps.items():
+            cpu = wrk_cpu.get(k)
+            md.append(f"| {k} | {v:.0f} | {f'{cpu:.1f}' if cpu is not None else '-'} |")
+        if wrk_rps.get("nginx"):
+            md.append("")
+            md.append(f"itproxy / nginx with wrk: throughput {ratio(wrk_rps['itproxy'], wrk_rps['nginx']):.2f}, "
+                      f"CPU per request {ratio(wrk_cpu['itproxy'], wrk_cpu['nginx']):.2f}; "
+                      f"itproxy-pipeline / nginx: {ratio(wrk_rps['itproxy-pipeline'], wrk_rps['nginx']):.2f}, "
+                      f"{ratio(wrk_cpu['itproxy-pipeline'], wrk_cpu['nginx']):.2f}.")
     c = result["route_change_visible_ms"]
     f = result["failures_during_changes"]
     md += ["", f"Route change visible: itproxy {c['itproxy_median']:.2f} ms (API call incl. fsync) vs nginx reload {c['nginx_reload_median']:.2f} ms (medians of 20).",

@@ -353,6 +353,7 @@ struct ProxySection {
     connect_timeout: Option<Duration>,
     threads: Option<Threads>,
     work_stealing: Option<bool>,
+    fast_path: Option<bool>,
 }
 
 /// A domain, validated as a host name while the file is read.
@@ -474,6 +475,8 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Whether proxy threads steal work from each other.
     pub work_stealing: bool,
+    /// Whether simple requests take the lean forwarding path.
+    pub fast_path: bool,
     /// Routes declared in the file.
     pub routes: BTreeMap<HostName, RouteSpec>,
     /// Apps declared in the file, in steps.
@@ -681,6 +684,7 @@ impl Config {
             connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
             threads: file.proxy.threads.map(|t| t.0),
             work_stealing: file.proxy.work_stealing.unwrap_or(false),
+            fast_path: file.proxy.fast_path.unwrap_or(true),
             routes,
             source,
         })

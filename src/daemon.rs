@@ -718,6 +718,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
             .threads
             .unwrap_or_else(|| RouterConfig::default().threads),
         work_stealing: config.work_stealing,
+        fast_path: config.fast_path,
         ..RouterConfig::default()
     };
     // Declared apps get their own engine connection: discovery holds the other one.

@@ -326,6 +326,8 @@ impl Engine {
 /// A container of the environment that stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exited {
+    /// Its id.
+    pub id: String,
     /// Its name.
     pub name: String,
     /// Its app.
@@ -359,8 +361,11 @@ impl Engine {
                     Ok(e) => e,
                     Err(e) => return Some(Err(engine_err("watch container events")(e))),
                 };
-                let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                let actor = event.actor?;
+                let id = actor.id.unwrap_or_default();
+                let attributes = actor.attributes.unwrap_or_default();
                 Some(Ok(Exited {
+                    id,
                     name: attributes.get("name").cloned().unwrap_or_default(),
                     app: attributes.get(APP_LABEL).cloned()?,
                     exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),

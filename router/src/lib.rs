@@ -13,7 +13,9 @@
 //! ```
 #![warn(missing_docs, clippy::print_stdout)]
 
+mod fast;
 mod host;
+mod listener;
 mod pages;
 mod proxy;
 mod server;

@@ -47,6 +47,7 @@ pub struct HostRouter {
     routes: Arc<ArcSwap<RouteTable>>,
     trusted_proxies: Vec<IpNet>,
     https_port: Option<u16>,
+    fast_path: bool,
 }
 
 impl HostRouter {
@@ -62,7 +63,81 @@ impl HostRouter {
             routes,
             trusted_proxies,
             https_port,
+            fast_path: true,
         }
+    }
+
+    /// Whether simple requests take the lean forwarding path (see the `fast` module); on by
+    /// default, off to compare or to rule it out.
+    pub fn with_fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
+        self
+    }
+
+    /// The request as the upstream gets it: origin-form with a Host header, and
+    /// `X-Forwarded-*` set (extended only for trusted proxies).
+    fn rewrite_for_upstream(&self, session: &Session, req: &mut RequestHeader) -> PResult<()> {
+        // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
+        // HTTP/1.1 upstream expects origin-form and a Host header.
+        if req.uri.authority().is_some() {
+            let authority = req.uri.authority().map(|a| a.as_str().to_string());
+            let path = req
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+            let uri = path
+                .parse()
+                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad request URI"))?;
+            req.set_uri(uri);
+            if let Some(a) = authority {
+                req.insert_header(header::HOST, a)?;
+            }
+        }
+
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = self.is_trusted(client_ip);
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+
+        let client = client_ip.map(|ip| ip.to_string());
+        match (trusted, req.headers.get(X_FORWARDED_FOR), &client) {
+            (true, Some(prev), Some(ip)) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip.as_bytes());
+                let v = HeaderValue::from_bytes(&v).map_err(|_| {
+                    PError::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For")
+                })?;
+                req.insert_header(X_FORWARDED_FOR, v)?;
+            }
+            (_, _, Some(ip)) => req.insert_header(X_FORWARDED_FOR, ip.as_str())?,
+            (_, _, None) => {
+                req.remove_header(X_FORWARDED_FOR);
+            }
+        }
+        if !(trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
+            req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        }
+        if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
+            match session
+                .req_header()
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| {
+                    req.uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }) {
+                Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    req.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
@@ -151,6 +226,14 @@ impl ProxyHttp for HostRouter {
                         return Ok(true);
                     }
                 }
+                if self.fast_path && crate::fast::eligible(session.req_header(), route.upstream()) {
+                    let mut req = Box::new(session.req_header().clone());
+                    crate::fast::strip_hop_by_hop(&mut req);
+                    self.rewrite_for_upstream(session, &mut req)?;
+                    ctx.route = Some(route.clone());
+                    crate::fast::forward(session, route.upstream(), req).await?;
+                    return Ok(true);
+                }
                 ctx.route = Some(route);
                 Ok(false)
             }
@@ -229,67 +312,7 @@ impl ProxyHttp for HostRouter {
         req: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
-        // HTTP/1.1 upstream expects origin-form and a Host header.
-        if req.uri.authority().is_some() {
-            let authority = req.uri.authority().map(|a| a.as_str().to_string());
-            let path = req
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-            let uri = path
-                .parse()
-                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad request URI"))?;
-            req.set_uri(uri);
-            if let Some(a) = authority {
-                req.insert_header(header::HOST, a)?;
-            }
-        }
-
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted = self.is_trusted(client_ip);
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-
-        let client = client_ip.map(|ip| ip.to_string());
-        match (trusted, req.headers.get(X_FORWARDED_FOR), &client) {
-            (true, Some(prev), Some(ip)) => {
-                let mut v = prev.as_bytes().to_vec();
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(ip.as_bytes());
-                let v = HeaderValue::from_bytes(&v).map_err(|_| {
-                    PError::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For")
-                })?;
-                req.insert_header(X_FORWARDED_FOR, v)?;
-            }
-            (_, _, Some(ip)) => req.insert_header(X_FORWARDED_FOR, ip.as_str())?,
-            (_, _, None) => {
-                req.remove_header(X_FORWARDED_FOR);
-            }
-        }
-        if !(trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
-            req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        }
-        if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
-            match session
-                .req_header()
-                .headers
-                .get(header::HOST)
-                .cloned()
-                .or_else(|| {
-                    req.uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                }) {
-                Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
-                None => {
-                    req.remove_header(X_FORWARDED_HOST);
-                }
-            }
-        }
-        Ok(())
+        self.rewrite_for_upstream(session, req)
     }
 
     async fn fail_to_proxy(
@@ -315,6 +338,12 @@ impl ProxyHttp for HostRouter {
             | (ErrorSource::Downstream, ErrorType::ConnectionClosed) => 0,
             (ErrorSource::Downstream, _) => 400,
             _ => 500,
+        };
+        // Once the response has started, the only honest answer is to cut it.
+        let status = if session.response_written().is_some() {
+            0
+        } else {
+            status
         };
         let written = match (&ctx.route, status) {
             (Some(route), 502 | 504) => {

@@ -40,6 +40,9 @@ pub struct RouterConfig {
     pub work_stealing: bool,
     /// How long requests in flight may take to finish when stopping.
     pub shutdown_timeout: Duration,
+    /// Forward simple requests (HTTP/1, no body, no upgrade, plain-HTTP upstream) on the lean
+    /// path rather than Pingora's full pipeline.
+    pub fast_path: bool,
 }
 
 impl Default for RouterConfig {
@@ -53,6 +56,7 @@ impl Default for RouterConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             work_stealing: false,
             shutdown_timeout: Duration::from_secs(1),
+            fast_path: true,
         }
     }
 }
@@ -62,6 +66,7 @@ impl Default for RouterConfig {
 pub struct RunningRouter {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    plain: Option<crate::listener::PlainHttp>,
     http: Vec<SocketAddr>,
     https: Vec<SocketAddr>,
 }
@@ -123,11 +128,36 @@ pub fn start(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = config.https.first().map(|a| a.port());
-    let proxy = HostRouter::new(routes, config.trusted_proxies.clone(), https_port);
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "itproxy http");
-    for addr in &config.http {
-        service.add_tcp(&addr.to_string());
+    let new_proxy = || {
+        HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port)
+            .with_fast_path(config.fast_path)
+    };
+    // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
+    // TLS, and everything with work stealing, stays on Pingora's listeners.
+    let own_http = !config.work_stealing && !config.http.is_empty();
+    let plain = if own_http {
+        let app = Arc::new(pingora::proxy::http_proxy(
+            &server.configuration,
+            new_proxy(),
+        ));
+        Some(crate::listener::PlainHttp::start(
+            &config.http,
+            config.threads.max(1),
+            app,
+            config.shutdown_timeout,
+        )?)
+    } else {
+        None
+    };
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        new_proxy(),
+        "itproxy http",
+    );
+    if !own_http {
+        for addr in &config.http {
+            service.add_tcp(&addr.to_string());
+        }
     }
     if let Some(resolver) = certificates {
         for addr in &config.https {
@@ -154,6 +184,7 @@ pub fn start(
     let mut running = RunningRouter {
         stop: Some(tx),
         thread: Some(thread),
+        plain,
         http: config.http.clone(),
         https: config.https.clone(),
     };
@@ -195,6 +226,9 @@ impl RunningRouter {
     /// Stops accepting, lets requests in flight finish (up to the shutdown timeout) and waits
     /// for the proxy thread to end.
     pub fn stop(&mut self) {
+        if let Some(mut plain) = self.plain.take() {
+            plain.stop();
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }

@@ -221,7 +221,25 @@ pub struct Upstream {
     peers: Vec<HttpPeer>,
     /// Index of the address that last accepted a connection; tried first.
     preferred: AtomicUsize,
+    connect_timeout: Duration,
+    /// Idle keepalive connections of the fast path: this route's only, so they end with it.
+    idle: std::sync::Mutex<Vec<Idle>>,
 }
+
+/// A pooled connection: the index of the address it goes to, the thread whose runtime it
+/// belongs to, and since when it is idle.
+struct Idle {
+    index: usize,
+    thread: u64,
+    stream: pingora::protocols::Stream,
+    since: std::time::Instant,
+}
+
+/// At most this many idle connections per route (as many as concurrent requests need).
+const MAX_IDLE: usize = 256;
+/// Idle connections older than this are closed rather than reused: servers close theirs
+/// after 60-75 s (nginx, Node) or less, and a reused closed one costs a retry.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 impl Upstream {
     /// Prepares the peers for `addrs`. `generation` must differ between two upstreams that may
@@ -251,6 +269,8 @@ impl Upstream {
             spec,
             peers,
             preferred: AtomicUsize::new(0),
+            connect_timeout: options.connect_timeout,
+            idle: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -285,6 +305,62 @@ impl Upstream {
     pub(crate) fn prefer(&self, index: usize) {
         self.preferred.store(index, Ordering::Relaxed);
     }
+
+    /// The address to try at `attempt` (from the preferred one on), with its index.
+    pub(crate) fn addr(&self, attempt: usize) -> Option<(usize, SocketAddr)> {
+        let (i, peer) = self.peer(attempt)?;
+        peer._address.as_inet().map(|a| (i, *a))
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// This thread's most recently used idle connection, if one is fresh enough.
+    ///
+    /// Only this thread's: each proxy thread runs its own runtime (without work stealing), and
+    /// a socket registered with another thread's reactor would have every read wake that
+    /// thread, which then wakes this one (measured: one extra syscall and a cross-thread
+    /// wake-up per request).
+    pub(crate) fn take_idle(&self) -> Option<(usize, pingora::protocols::Stream)> {
+        let thread = this_thread();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let i = idle.iter().rposition(|c| c.thread == thread)?;
+        if idle[i].since.elapsed() >= IDLE_LIMIT {
+            // The most recent one is too old, so are the older ones: close them all.
+            let now = std::time::Instant::now();
+            idle.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
+            return None;
+        }
+        let c = idle.remove(i);
+        Some((c.index, c.stream))
+    }
+
+    /// Keeps a connection for the next request (closed instead when the pool is full).
+    pub(crate) fn put_idle(&self, index: usize, stream: pingora::protocols::Stream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                index,
+                thread: this_thread(),
+                stream,
+                since: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// Closes every idle connection.
+    pub(crate) fn clear_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A small number naming the current thread (cheaper than `std::thread::current().id()`).
+fn this_thread() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    ID.with(|id| *id)
 }
 
 impl fmt::Debug for Upstream {

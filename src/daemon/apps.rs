@@ -367,11 +367,12 @@ impl Daemon {
                 if apps.state(&app) != AppState::Ready {
                     continue;
                 }
-                // A late event from an earlier stop: the container runs again.
-                if let Ok(Some(c)) = apps.engine.container(&exit.name).await {
-                    if c.running() {
-                        continue;
-                    }
+                // Only this very container, stopped for good: not a late event from an earlier
+                // stop (it runs again), nor from a container since recreated (another id).
+                match apps.engine.container(&exit.name).await {
+                    Ok(Some(c)) if c.id == exit.id && !c.running() => {}
+                    Ok(None) if !exit.name.is_empty() => {}
+                    _ => continue,
                 }
                 let code = exit.exit_code.map_or("?".to_string(), |c| c.to_string());
                 let message = format!(

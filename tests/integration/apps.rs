@@ -193,7 +193,7 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     let apps = wait_apps(&p).await;
     assert_eq!(apps["phase"], "ready", "{apps}\n{}", p.log());
     for name in ["db", "cache", "web", "api"] {
-        assert_eq!(app(&apps, name)["state"], "ready", "{apps}");
+        assert_eq!(app(&apps, name)["state"], "ready", "{apps}\n{}", p.log());
     }
     // Steps in order: db was ready before web's containers were created.
     let log = p.log();

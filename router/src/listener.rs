@@ -1,0 +1,289 @@
+//! Plain-HTTP listeners with one accept loop per proxy thread.
+//!
+//! Pingora's per-thread runtimes (no work stealing) accept on one thread and run each
+//! connection on a random one, while the socket stays registered with the accepting thread's
+//! reactor: every read of half the connections then wakes two threads (seen with strace as an
+//! eventfd write per request). Here each thread has its own `SO_REUSEPORT` socket per address
+//! (the kernel spreads connections across them), accepts, and serves the connection on the
+//! same thread, through the same Pingora proxy application.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use tokio::sync::watch;
+
+use crate::Error;
+
+/// The threads serving plain HTTP.
+pub(crate) struct PlainHttp {
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A listening socket that shares its address with the other threads' (`SO_REUSEPORT`).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl PlainHttp {
+    /// Binds every address once per thread, then starts the threads.
+    pub(crate) fn start<A>(
+        addrs: &[SocketAddr],
+        threads: usize,
+        app: Arc<A>,
+        shutdown_timeout: Duration,
+    ) -> Result<PlainHttp, Error>
+    where
+        A: ServerApp + Send + Sync + 'static,
+    {
+        let mut sockets = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let mut mine = Vec::with_capacity(addrs.len());
+            for &addr in addrs {
+                mine.push(reuseport_listener(addr).map_err(|error| Error::Bind {
+                    proto: "HTTP",
+                    addr,
+                    error,
+                })?);
+            }
+            sockets.push(mine);
+        }
+        let (stop, watch) = watch::channel(false);
+        let mut handles = Vec::with_capacity(threads);
+        for (i, mine) in sockets.into_iter().enumerate() {
+            let app = app.clone();
+            let watch = watch.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("itproxy-http-{i}"))
+                .spawn(move || serve_thread(mine, app, watch, shutdown_timeout))
+                .map_err(Error::Thread)?;
+            handles.push(handle);
+        }
+        Ok(PlainHttp {
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the shutdown timeout) and waits
+    /// for the threads.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a proxy thread panicked while stopping");
+            }
+        }
+    }
+}
+
+fn serve_thread<A>(
+    sockets: Vec<std::net::TcpListener>,
+    app: Arc<A>,
+    mut stop: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start a proxy thread's runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut accepting = Vec::new();
+        for socket in sockets {
+            // Registered with this thread's reactor, as is every connection it accepts.
+            let listener = match tokio::net::TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("cannot listen: {e}");
+                    continue;
+                }
+            };
+            let app = app.clone();
+            let stop = stop.clone();
+            accepting.push(tokio::spawn(accept_loop(listener, app, stop)));
+        }
+        let _ = stop.wait_for(|s| *s).await;
+        for a in &accepting {
+            a.abort();
+        }
+        // Wake keepalive connections waiting for a next request, then give requests in
+        // flight the grace period.
+        app.cleanup().await;
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        while tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+async fn accept_loop<A>(listener: tokio::net::TcpListener, app: Arc<A>, stop: watch::Receiver<bool>)
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors: accept fails at once until some are closed.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let fd = tcp.as_raw_fd();
+            let mut stream = L4Stream::from(tcp);
+            // Gives the session the client's address (X-Forwarded-For), read lazily.
+            stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            app.process_new(Box::new(Coalesced::new(stream)), &stop)
+                .await;
+        });
+    }
+}
+
+/// A client connection whose writes are gathered until Pingora flushes, so a response's
+/// header and a small body leave in one `send` (as Pingora's own listeners do with their
+/// 1460-byte write buffer, which streams built outside them lack).
+#[derive(Debug)]
+pub(crate) struct Coalesced {
+    inner: tokio::io::BufWriter<L4Stream>,
+}
+
+/// Big enough for the header and body of most API answers.
+const WRITE_BUFFER: usize = 8 * 1024;
+
+impl Coalesced {
+    pub(crate) fn new(stream: L4Stream) -> Self {
+        Coalesced {
+            inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
+        }
+    }
+}
+
+mod coalesced_io {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use pingora::protocols::raw_connect::ProxyDigest;
+    use pingora::protocols::{
+        GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+        TimingDigest, UniqueID, UniqueIDType,
+    };
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::Coalesced;
+
+    impl AsyncRead for Coalesced {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Coalesced {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Coalesced {
+        async fn shutdown(&mut self) {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
+        }
+    }
+
+    impl UniqueID for Coalesced {
+        fn id(&self) -> UniqueIDType {
+            self.inner.get_ref().id()
+        }
+    }
+
+    impl Ssl for Coalesced {}
+
+    impl GetTimingDigest for Coalesced {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            self.inner.get_ref().get_timing_digest()
+        }
+        fn get_read_pending_time(&self) -> Duration {
+            self.inner.get_ref().get_read_pending_time()
+        }
+        fn get_write_pending_time(&self) -> Duration {
+            self.inner.get_ref().get_write_pending_time()
+        }
+    }
+
+    impl GetProxyDigest for Coalesced {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            self.inner.get_ref().get_proxy_digest()
+        }
+        fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+            self.inner.get_mut().set_proxy_digest(digest)
+        }
+    }
+
+    impl GetSocketDigest for Coalesced {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            self.inner.get_ref().get_socket_digest()
+        }
+        fn set_socket_digest(&mut self, digest: SocketDigest) {
+            self.inner.get_mut().set_socket_digest(digest)
+        }
+    }
+
+    #[async_trait]
+    impl Peek for Coalesced {
+        async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+            self.inner.get_mut().try_peek(buf).await
+        }
+    }
+}
