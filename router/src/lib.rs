@@ -5,6 +5,11 @@
 //! itproxy answers itself (400/404/502/504), and running the proxy inside the daemon
 //! ([`start`], [`RunningRouter`]).
 //!
+//! Simple requests (HTTP/1, no body, no upgrade, `http://` target) are forwarded on a lean
+//! path in their own task with a per-route, per-thread connection pool (`fast`); everything
+//! else goes through Pingora's full proxy pipeline. Plain HTTP is accepted by one
+//! `SO_REUSEPORT` loop per proxy thread (`listener`), TLS by Pingora's listeners.
+//!
 //! It reads no files and no environment: the daemon hands it validated values and publishes
 //! new tables through the shared `ArcSwap<RouteTable>`; one `store` is one route swap.
 //!
