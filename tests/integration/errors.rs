@@ -113,3 +113,55 @@ async fn malformed_http_gets_an_error_and_the_proxy_keeps_serving() {
     }
     assert_eq!(get(p.http, "api.test", "/").await.status, 200);
 }
+
+/// A raw HTTP/1.1 backend that answers each request in chunks (or without a body for HEAD),
+/// keeps the connection open as HTTP/1.1 allows, then closes it 50 ms later, as servers do
+/// with idle keepalive connections.
+async fn closing_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if got.starts_with(b"HEAD") {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropped: closed while the proxy holds it as idle.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_failed_request() {
+    let backend = closing_backend().await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &backend.to_string()]);
+    for round in 0..5 {
+        let (status, body) = curl(p.http, "api.test", "/", &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "hello world"),
+            "round {round}"
+        );
+        let (status, _) = curl(p.http, "api.test", "/", &["-I"]).await;
+        assert_eq!(status, 200, "HEAD, round {round}");
+        // Long enough for the backend to close the connection the proxy keeps idle.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+}
