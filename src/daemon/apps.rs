@@ -97,6 +97,19 @@ impl Apps {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// The app's endpoints with their containers' names.
+    fn containers_of<'a>(
+        &self,
+        app: &'a AppSpec,
+    ) -> impl Iterator<Item = (&'a itproxy_orchestrator::Endpoint, String)> + 'a {
+        let env = self.environment.env.clone();
+        app.endpoints.iter().map(move |e| {
+            let name =
+                itproxy_orchestrator::container_name(&env, app.name.as_str(), e.name.as_str());
+            (e, name)
+        })
+    }
+
     fn state(&self, app: &AppName) -> AppState {
         self.status
             .lock()
@@ -166,12 +179,7 @@ impl Daemon {
     async fn adopt(&self, app: &AppSpec) {
         let apps = self.apps.as_ref().expect("apps");
         let mut containers = Vec::new();
-        for e in &app.endpoints {
-            let name = itproxy_orchestrator::container_name(
-                &apps.environment.env,
-                app.name.as_str(),
-                e.name.as_str(),
-            );
+        for (_, name) in apps.containers_of(app) {
             match apps.engine.container(&name).await {
                 Ok(Some(c)) if c.running() => containers.push(c),
                 _ => {
@@ -318,12 +326,7 @@ impl Daemon {
         let apps = self.apps()?;
         let _one_at_a_time = apps.locks[&app.name].lock().await;
         self.unpublish_app(app).await;
-        for e in &app.endpoints {
-            let name = itproxy_orchestrator::container_name(
-                &apps.environment.env,
-                app.name.as_str(),
-                e.name.as_str(),
-            );
+        for (_, name) in apps.containers_of(app) {
             apps.engine
                 .stop(&name, STOP_GRACE_SECONDS)
                 .await
@@ -492,12 +495,7 @@ impl Daemon {
             .get(&app.name)
             .cloned();
         let mut containers = Vec::new();
-        for e in &app.endpoints {
-            let name = itproxy_orchestrator::container_name(
-                &apps.environment.env,
-                app.name.as_str(),
-                e.name.as_str(),
-            );
+        for (e, name) in apps.containers_of(app) {
             let c = apps.engine.container(&name).await.ok().flatten();
             let host = self
                 .config

@@ -32,24 +32,29 @@ pub fn docker_ready() -> bool {
     }
 }
 
-/// Builds the test image from the host's static busybox (cached by Docker after the first time).
-fn build_image() {
+/// Builds `tag` from `dockerfile`, with the host's static busybox in the context (cached by
+/// Docker after the first time; nothing is pulled).
+fn docker_build(tag: &str, dockerfile: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     let out = Command::new("docker")
-        .args(["build", "-q", "-t", IMAGE])
+        .args(["build", "-q", "-t", tag])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "docker build: {}",
+        "docker build {tag}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds [`IMAGE`]: busybox as the entrypoint.
+fn build_image() {
+    docker_build(
+        IMAGE,
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
     );
 }
 
@@ -57,25 +62,12 @@ fn build_image() {
 /// are plain shell (`sh -c` works, as in a real image).
 pub const APPS_IMAGE: &str = "itproxy-test/apps:latest";
 
-/// Builds [`APPS_IMAGE`] (cached by Docker after the first time).
+/// Builds [`APPS_IMAGE`].
 pub fn build_apps_image() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
+    docker_build(
+        APPS_IMAGE,
         "FROM scratch\nCOPY busybox /bin/busybox\n\
          RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n",
-    )
-    .unwrap();
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", APPS_IMAGE])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -85,21 +77,12 @@ pub const HEALTH_IMAGE: &str = "itproxy-test/apps-health:latest";
 /// Builds [`HEALTH_IMAGE`] on top of [`APPS_IMAGE`].
 pub fn build_health_image() {
     build_apps_image();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("FROM {APPS_IMAGE}\nHEALTHCHECK --interval=1s --timeout=1s CMD [\"test\", \"-f\", \"/ok\"]\n"),
-    )
-    .unwrap();
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", HEALTH_IMAGE])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&out.stderr)
+    docker_build(
+        HEALTH_IMAGE,
+        &format!(
+            "FROM {APPS_IMAGE}\n\
+             HEALTHCHECK --interval=1s --timeout=1s CMD [\"test\", \"-f\", \"/ok\"]\n"
+        ),
     );
 }
 
