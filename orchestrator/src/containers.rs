@@ -292,24 +292,37 @@ impl Engine {
     /// Every container of the environment (declared apps'), running or not, by name.
     pub async fn env_containers(&self, env: &EnvName) -> Result<Vec<Container>, Error> {
         let label = format!("{ENV_LABEL}={env}");
-        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let ids = self
+            .container_ids(&label, true, "list the environment's containers")
+            .await?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(c) = self.container(&id).await? {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The ids of the containers with `label` (`key` or `key=value`), running only unless `all`.
+    pub(crate) async fn container_ids(
+        &self,
+        label: &str,
+        all: bool,
+        action: &str,
+    ) -> Result<Vec<String>, Error> {
+        let filters = HashMap::from([("label", vec![label])]);
         let options = ListContainersOptionsBuilder::new()
-            .all(true)
+            .all(all)
             .filters(&filters)
             .build();
         let list = self
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(engine_err("list the environment's containers"))?;
-        let mut out = Vec::new();
-        for c in list {
-            if let Some(c) = self.container(c.id.as_deref().unwrap_or_default()).await? {
-                out.push(c);
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            .map_err(engine_err(action))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Removes every container of the environment; returns their names.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::EventsOptionsBuilder;
 use futures_util::{Stream, StreamExt};
 
 use crate::{engine_err, Engine, Error};
@@ -42,21 +42,13 @@ pub enum Discovery {
 impl Engine {
     /// The running containers with an `itproxy.host` label (for reconciling at start-up).
     pub async fn labelled_containers(&self) -> Result<Vec<Labelled>, Error> {
-        let filters = HashMap::from([("label", vec![HOST_LABEL])]);
-        let options = ListContainersOptionsBuilder::new()
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine_err("list containers"))?;
+        let ids = self
+            .container_ids(HOST_LABEL, false, "list containers")
+            .await?;
         let mut out = Vec::new();
-        for c in list {
-            if let Some(id) = c.id {
-                if let Some(l) = self.labelled(&id).await? {
-                    out.push(l);
-                }
+        for id in ids {
+            if let Some(l) = self.labelled(&id).await? {
+                out.push(l);
             }
         }
         Ok(out)
