@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 use futures_util::{Stream, StreamExt};
 
 use crate::apps::AppSpec;
-use crate::{engine_err, Engine, EnvName, Error, NetworkInfo, ENV_LABEL};
+use crate::{engine_err, found, Engine, EnvName, Error, NetworkInfo, ENV_LABEL};
 
 /// The label naming a container's app.
 pub const APP_LABEL: &str = "itproxy.app";
@@ -67,6 +67,39 @@ impl Container {
     pub fn running(&self) -> bool {
         self.state == "running"
     }
+
+    /// From the engine's full description of it (`name` as asked, if it has none).
+    fn from_inspect(c: bollard::models::ContainerInspectResponse, name: &str) -> Container {
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let env = labels.get(ENV_LABEL).cloned().unwrap_or_default();
+        let state = c.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let ip = if running {
+            c.network_settings
+                .and_then(|n| n.networks)
+                .and_then(|nets| nets.get(&format!("itproxy-{env}")).cloned())
+                .and_then(|e| e.ip_address)
+                .and_then(|ip| ip.parse().ok())
+        } else {
+            None
+        };
+        Container {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| name.to_string()),
+            app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
+            endpoint: labels.get(ENDPOINT_LABEL).cloned().unwrap_or_default(),
+            state: state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            ip,
+            started_at: state.started_at.filter(|s| !s.starts_with("0001-")),
+            reused: false,
+        }
+    }
 }
 
 /// The container name of an app's endpoint.
@@ -101,18 +134,14 @@ impl Engine {
         let endpoint = &app.endpoints[index];
         let env = &environment.env;
         let name = container_name(env, app.name.as_str(), endpoint.name.as_str());
-        let image_id = match self.docker.inspect_image(&app.image).await {
-            Ok(i) => i.id.unwrap_or_default(),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(Error::NoImage {
-                    app: app.name.to_string(),
-                    image: app.image.clone(),
-                })
-            }
-            Err(e) => return Err(engine_err(format!("inspect the image {}", app.image))(e)),
-        };
+        let image = self.docker.inspect_image(&app.image).await;
+        let image_id = found(image, || format!("inspect the image {}", app.image))?
+            .ok_or_else(|| Error::NoImage {
+                app: app.name.to_string(),
+                image: app.image.clone(),
+            })?
+            .id
+            .unwrap_or_default();
         let mut body = self.create_body(environment, app, index);
         // Through a JSON value, whose maps are sorted: the labels' HashMap order is not stable.
         let canonical = serde_json::to_value(&body).expect("serializable body");
@@ -121,43 +150,30 @@ impl Engine {
             .get_or_insert_with(HashMap::new)
             .insert(SPEC_LABEL.into(), spec.clone());
 
-        let mut reused = false;
-        match self.docker.inspect_container(&name, None).await {
-            Ok(c) => {
-                let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-                if labels.get(ENV_LABEL) != Some(&env.to_string()) {
-                    return Err(Error::ContainerNotOurs { name });
-                }
-                if labels.get(SPEC_LABEL) == Some(&spec) {
-                    reused = true;
-                } else {
-                    tracing::info!(container = %name, "declaration or image changed; recreating");
-                    self.remove_container(&name).await?;
-                }
+        let answer = self.docker.inspect_container(&name, None).await;
+        let existing = found(answer, || format!("inspect the container {name}"))?;
+        if let Some(c) = existing {
+            let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+            if labels.and_then(|l| l.get(ENV_LABEL)) != Some(&env.to_string()) {
+                return Err(Error::ContainerNotOurs { name });
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(engine_err(format!("inspect the container {name}"))(e)),
+            if labels.and_then(|l| l.get(SPEC_LABEL)) == Some(&spec) {
+                let mut c = Container::from_inspect(c, &name);
+                if !c.running() {
+                    c = self.start(&name).await?;
+                }
+                c.reused = true;
+                return Ok(c);
+            }
+            tracing::info!(container = %name, "declaration or image changed; recreating");
+            self.remove_container(&name).await?;
         }
-        if !reused {
-            let options = CreateContainerOptionsBuilder::new().name(&name).build();
-            self.docker
-                .create_container(Some(options), body)
-                .await
-                .map_err(engine_err(format!("create the container {name}")))?;
-        }
-        let current = self.container(&name).await?.ok_or_else(|| Error::Engine {
-            action: format!("inspect the container {name}"),
-            error: "it disappeared right after being created".into(),
-        })?;
-        let mut c = if current.running() {
-            current
-        } else {
-            self.start(&name).await?
-        };
-        c.reused = reused;
-        Ok(c)
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(engine_err(format!("create the container {name}")))?;
+        self.start(&name).await
     }
 
     fn create_body(
@@ -251,78 +267,65 @@ impl Engine {
 
     /// One container of an environment by name or id, if it exists.
     pub async fn container(&self, name: &str) -> Result<Option<Container>, Error> {
-        let c = match self.docker.inspect_container(name, None).await {
-            Ok(c) => c,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
-            Err(e) => return Err(engine_err(format!("inspect the container {name}"))(e)),
-        };
-        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-        let env = labels.get(ENV_LABEL).cloned().unwrap_or_default();
-        let state = c.state.unwrap_or_default();
-        let running = state.running.unwrap_or(false);
-        let ip = if running {
-            c.network_settings
-                .and_then(|n| n.networks)
-                .and_then(|nets| nets.get(&format!("itproxy-{env}")).cloned())
-                .and_then(|e| e.ip_address)
-                .and_then(|ip| ip.parse().ok())
-        } else {
-            None
-        };
-        Ok(Some(Container {
-            id: c.id.unwrap_or_default(),
-            name: c
-                .name
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_else(|| name.to_string()),
-            app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
-            endpoint: labels.get(ENDPOINT_LABEL).cloned().unwrap_or_default(),
-            state: state
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "unknown".into()),
-            ip,
-            started_at: state.started_at.filter(|s| !s.starts_with("0001-")),
-            reused: false,
-        }))
+        let answer = self.docker.inspect_container(name, None).await;
+        Ok(found(answer, || format!("inspect the container {name}"))?
+            .map(|c| Container::from_inspect(c, name)))
     }
 
-    /// Every container of the environment (declared apps'), running or not, by name.
+    /// Every container of the environment (declared apps'), running or not, by name: from one
+    /// listing (no start times).
     pub async fn env_containers(&self, env: &EnvName) -> Result<Vec<Container>, Error> {
         let label = format!("{ENV_LABEL}={env}");
-        let ids = self
-            .container_ids(&label, true, "list the environment's containers")
+        let list = self
+            .listed(&label, true, "list the environment's containers")
             .await?;
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(c) = self.container(&id).await? {
-                out.push(c);
-            }
-        }
+        let network = env.network_name();
+        let mut out: Vec<Container> = list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let state = c.state.map_or_else(|| "unknown".into(), |s| s.to_string());
+                let ip = (state == "running")
+                    .then(|| c.network_settings.and_then(|n| n.networks))
+                    .flatten()
+                    .and_then(|nets| nets.get(&network).and_then(|e| e.ip_address.clone()))
+                    .and_then(|ip| ip.parse().ok());
+                Container {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
+                    endpoint: labels.get(ENDPOINT_LABEL).cloned().unwrap_or_default(),
+                    state,
+                    ip,
+                    started_at: None,
+                    reused: false,
+                }
+            })
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// The ids of the containers with `label` (`key` or `key=value`), running only unless `all`.
-    pub(crate) async fn container_ids(
+    /// The containers with `label` (`key` or `key=value`), running only unless `all`.
+    pub(crate) async fn listed(
         &self,
         label: &str,
         all: bool,
         action: &str,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<bollard::models::ContainerSummary>, Error> {
         let filters = HashMap::from([("label", vec![label])]);
         let options = ListContainersOptionsBuilder::new()
             .all(all)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(engine_err(action))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(engine_err(action))
     }
 
     /// Removes every container of the environment; returns their names.

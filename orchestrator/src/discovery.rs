@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use bollard::query_parameters::EventsOptionsBuilder;
 use futures_util::{Stream, StreamExt};
 
-use crate::{engine_err, Engine, Error};
+use crate::{engine_err, found, Engine, Error};
 
 /// The label naming the route (an app name or a host name).
 pub const HOST_LABEL: &str = "itproxy.host";
@@ -42,11 +42,9 @@ pub enum Discovery {
 impl Engine {
     /// The running containers with an `itproxy.host` label (for reconciling at start-up).
     pub async fn labelled_containers(&self) -> Result<Vec<Labelled>, Error> {
-        let ids = self
-            .container_ids(HOST_LABEL, false, "list containers")
-            .await?;
+        let listed = self.listed(HOST_LABEL, false, "list containers").await?;
         let mut out = Vec::new();
-        for id in ids {
+        for id in listed.into_iter().filter_map(|c| c.id) {
             if let Some(l) = self.labelled(&id).await? {
                 out.push(l);
             }
@@ -57,12 +55,9 @@ impl Engine {
     /// A container's route request, if it runs and its labels are usable (bad labels are
     /// logged and ignored).
     pub async fn labelled(&self, id: &str) -> Result<Option<Labelled>, Error> {
-        let c = match self.docker.inspect_container(id, None).await {
-            Ok(c) => c,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
-            Err(e) => return Err(engine_err(format!("inspect the container {id}"))(e)),
+        let answer = self.docker.inspect_container(id, None).await;
+        let Some(c) = found(answer, || format!("inspect the container {id}"))? else {
+            return Ok(None);
         };
         if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
             return Ok(None);

@@ -189,6 +189,20 @@ pub(crate) fn engine_err(
     }
 }
 
+/// An engine answer where 404 means "there is none": `Ok(None)`, other errors name `action`.
+pub(crate) fn found<T>(
+    answer: Result<T, bollard::errors::Error>,
+    action: impl FnOnce() -> String,
+) -> Result<Option<T>, Error> {
+    match answer {
+        Ok(t) => Ok(Some(t)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(engine_err(action())(e)),
+    }
+}
+
 impl Engine {
     /// Connects to the local engine (`DOCKER_HOST`, else /var/run/docker.sock), agrees on an
     /// API version the engine speaks, and checks that it answers.
@@ -239,12 +253,9 @@ impl Engine {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<NetworkInfo>, Error> {
-        let net = match self.docker.inspect_network(name, None).await {
-            Ok(n) => n,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
-            Err(e) => return Err(engine_err(format!("inspect the network {name}"))(e)),
+        let answer = self.docker.inspect_network(name, None).await;
+        let Some(net) = found(answer, || format!("inspect the network {name}"))? else {
+            return Ok(None);
         };
         if !net
             .labels

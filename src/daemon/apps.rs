@@ -97,6 +97,17 @@ impl Apps {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// The environment's containers as the engine reports them now (none if it cannot say).
+    async fn listed(&self) -> Vec<Container> {
+        self.engine
+            .env_containers(&self.environment.env)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot list the environment's containers: {e}");
+                Vec::new()
+            })
+    }
+
     /// The app's endpoints with their containers' names.
     fn containers_of<'a>(
         &self,
@@ -465,10 +476,13 @@ impl Daemon {
                 apps: Vec::new(),
             };
         };
-        let mut views = Vec::new();
-        for app in apps.plan.apps() {
-            views.push(self.app_view(app).await);
-        }
+        // One listing for all apps, not an inspection per container.
+        let listed = apps.listed().await;
+        let views: Vec<api::AppView> = apps
+            .plan
+            .apps()
+            .map(|app| self.app_view_from(app, &listed))
+            .collect();
         let phase = apps.phase.lock().expect("phase lock");
         api::AppsView {
             env: Some(apps.environment.env.to_string()),
@@ -488,6 +502,13 @@ impl Daemon {
 
     async fn app_view(&self, app: &AppSpec) -> api::AppView {
         let apps = self.apps.as_ref().expect("apps");
+        let listed = apps.listed().await;
+        self.app_view_from(app, &listed)
+    }
+
+    /// The app as `listed` (the environment's containers) shows it.
+    fn app_view_from(&self, app: &AppSpec, listed: &[Container]) -> api::AppView {
+        let apps = self.apps.as_ref().expect("apps");
         let status = apps
             .status
             .lock()
@@ -496,7 +517,7 @@ impl Daemon {
             .cloned();
         let mut containers = Vec::new();
         for (e, name) in apps.containers_of(app) {
-            let c = apps.engine.container(&name).await.ok().flatten();
+            let c = listed.iter().find(|c| c.name == name);
             let host = self
                 .config
                 .domains
@@ -506,8 +527,8 @@ impl Daemon {
             containers.push(api::ContainerView {
                 endpoint: e.name.to_string(),
                 name,
-                state: c.as_ref().map_or("missing".into(), |c| c.state.clone()),
-                address: c.as_ref().and_then(|c| c.ip).map(|ip| ip.to_string()),
+                state: c.map_or("missing".into(), |c| c.state.clone()),
+                address: c.and_then(|c| c.ip).map(|ip| ip.to_string()),
                 serves: e.port.map(|(port, kind)| match kind {
                     EndpointKind::Http => format!("http://{host} -> :{port}"),
                     EndpointKind::Tcp => format!("tcp://{host}:{port}"),

@@ -99,11 +99,7 @@ fn status_pid(state_dir: &std::path::Path) -> u64 {
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&out)
 }
 
 /// Runs a throwaway container on the environment's network with itproxy's DNS, as a test
@@ -123,11 +119,7 @@ async fn from_container(env: &str, dns: &str, script: &str) -> String {
         .output()
         .await
         .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&out)
 }
 
 const STORY: &str = r#"

@@ -297,11 +297,7 @@ async fn malformed_packets_never_break_the_server() {
 fn dns_setup_prints_a_plan_for_the_domains() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_in(dir.path(), &["dns", "setup"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     // Which resolver is configured depends on the machine; the plan or the advice names the
     // domain and the listener either way, and nothing is changed without --apply.
     assert!(

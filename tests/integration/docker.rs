@@ -114,11 +114,7 @@ async fn in_container(network: &str, script: &str) -> String {
         .output()
         .await
         .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

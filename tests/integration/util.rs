@@ -494,6 +494,15 @@ pub async fn curl(proxy: SocketAddr, url_host: &str, path: &str, extra: &[&str])
     (code.parse().unwrap_or(0), body.to_string())
 }
 
+/// What a command printed, stdout then stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Writes a config file into `dir` and returns its path.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("itproxy.toml");
