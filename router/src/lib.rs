@@ -5,9 +5,10 @@
 //! itproxy answers itself (400/404/502/504), and running the proxy inside the daemon
 //! ([`start`], [`RunningRouter`]).
 //!
-//! Simple requests (HTTP/1, no body, no upgrade, `http://` target) are forwarded on a lean
-//! path in their own task with a per-route, per-thread connection pool (`fast`); everything
-//! else goes through Pingora's full proxy pipeline. Plain HTTP is accepted by one
+//! Every HTTP/1.1 connection is read by the `forward` front, which forwards simple requests
+//! (no body, no upgrade, `http://` target) itself with a per-route, per-thread connection
+//! pool, and hands the connection to Pingora's full proxy pipeline ([`HostRouter`]) for
+//! everything else (bodies, WebSocket, HTTP/2, its own pages). Plain HTTP is accepted by one
 //! `SO_REUSEPORT` loop per proxy thread (`listener`), TLS by Pingora's listeners.
 //!
 //! It reads no files and no environment: the daemon hands it validated values and publishes
@@ -18,7 +19,8 @@
 //! ```
 #![warn(missing_docs, clippy::print_stdout)]
 
-mod fast;
+mod chunked;
+mod forward;
 mod host;
 mod listener;
 mod pages;

@@ -5,19 +5,19 @@
 //! reactor: every read of half the connections then wakes two threads (seen with strace as an
 //! eventfd write per request). Here each thread has its own `SO_REUSEPORT` socket per address
 //! (the kernel spreads connections across them), accepts, and serves the connection on the
-//! same thread, through the same Pingora proxy application.
+//! same thread, through the [`Forwarder`].
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use pingora::apps::ServerApp;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::protocols::Stream;
 use tokio::sync::watch;
 
+use crate::forward::Forwarder;
 use crate::Error;
 
 /// The threads serving plain HTTP.
@@ -43,15 +43,12 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 impl PlainHttp {
     /// Binds every address once per thread, then starts the threads.
-    pub(crate) fn start<A>(
+    pub(crate) fn start(
         addrs: &[SocketAddr],
         threads: usize,
-        app: Arc<A>,
+        app: Arc<Forwarder>,
         shutdown_timeout: Duration,
-    ) -> Result<PlainHttp, Error>
-    where
-        A: ServerApp + Send + Sync + 'static,
-    {
+    ) -> Result<PlainHttp, Error> {
         let mut sockets = Vec::with_capacity(threads);
         for _ in 0..threads {
             let mut mine = Vec::with_capacity(addrs.len());
@@ -93,14 +90,12 @@ impl PlainHttp {
     }
 }
 
-fn serve_thread<A>(
+fn serve_thread(
     sockets: Vec<std::net::TcpListener>,
-    app: Arc<A>,
+    app: Arc<Forwarder>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
-) where
-    A: ServerApp + Send + Sync + 'static,
-{
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,13 +140,14 @@ fn serve_thread<A>(
     });
 }
 
-async fn accept_loop<A>(listener: tokio::net::TcpListener, app: Arc<A>, stop: watch::Receiver<bool>)
-where
-    A: ServerApp + Send + Sync + 'static,
-{
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Arc<Forwarder>,
+    stop: watch::Receiver<bool>,
+) {
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors: accept fails at once until some are closed.
                 tracing::warn!("accept failed: {e}");
@@ -161,38 +157,33 @@ where
         };
         let app = app.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let fd = tcp.as_raw_fd();
-            let mut stream = L4Stream::from(tcp);
-            // Gives the session the client's address (X-Forwarded-For), read lazily.
-            stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-            app.process_new(Box::new(Coalesced::new(stream)), &stop)
-                .await;
-        });
+        tokio::spawn(async move { app.serve_plain(tcp, peer, &stop).await });
     }
 }
 
-/// A client connection whose writes are gathered until Pingora flushes, so a response's
-/// header and a small body leave in one `send` (as Pingora's own listeners do with their
-/// 1460-byte write buffer, which streams built outside them lack).
+/// A client connection handed to Pingora's pipeline: the bytes the forwarder already read
+/// come first, and writes are gathered until Pingora flushes, so a response's header and a
+/// small body leave in one `send` (as Pingora's own listeners do with their 1460-byte write
+/// buffer, which streams built outside them lack).
 #[derive(Debug)]
-pub(crate) struct Coalesced {
-    inner: tokio::io::BufWriter<L4Stream>,
+pub(crate) struct ClientStream {
+    read_first: Bytes,
+    inner: tokio::io::BufWriter<Stream>,
 }
 
 /// Big enough for the header and body of most API answers.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-impl Coalesced {
-    pub(crate) fn new(stream: L4Stream) -> Self {
-        Coalesced {
+impl ClientStream {
+    pub(crate) fn new(stream: Stream, read_first: Bytes) -> Self {
+        ClientStream {
+            read_first,
             inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
         }
     }
 }
 
-mod coalesced_io {
+mod client_stream_io {
     use std::io;
     use std::pin::Pin;
     use std::sync::Arc;
@@ -201,25 +192,33 @@ mod coalesced_io {
 
     use async_trait::async_trait;
     use pingora::protocols::raw_connect::ProxyDigest;
+    use pingora::protocols::tls::SslDigest;
+    use pingora::protocols::tls::TlsRef;
     use pingora::protocols::{
         GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-        TimingDigest, UniqueID, UniqueIDType,
+        TimingDigest, UniqueID, UniqueIDType, ALPN,
     };
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    use super::Coalesced;
+    use super::ClientStream;
 
-    impl AsyncRead for Coalesced {
+    impl AsyncRead for ClientStream {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
+            if !self.read_first.is_empty() {
+                let n = self.read_first.len().min(buf.remaining());
+                let first = self.read_first.split_to(n);
+                buf.put_slice(&first);
+                return Poll::Ready(Ok(()));
+            }
             Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
 
-    impl AsyncWrite for Coalesced {
+    impl AsyncWrite for ClientStream {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -236,21 +235,31 @@ mod coalesced_io {
     }
 
     #[async_trait]
-    impl Shutdown for Coalesced {
+    impl Shutdown for ClientStream {
         async fn shutdown(&mut self) {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
         }
     }
 
-    impl UniqueID for Coalesced {
+    impl UniqueID for ClientStream {
         fn id(&self) -> UniqueIDType {
             self.inner.get_ref().id()
         }
     }
 
-    impl Ssl for Coalesced {}
+    impl Ssl for ClientStream {
+        fn get_ssl(&self) -> Option<&TlsRef> {
+            self.inner.get_ref().get_ssl()
+        }
+        fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+            self.inner.get_ref().get_ssl_digest()
+        }
+        fn selected_alpn_proto(&self) -> Option<ALPN> {
+            self.inner.get_ref().selected_alpn_proto()
+        }
+    }
 
-    impl GetTimingDigest for Coalesced {
+    impl GetTimingDigest for ClientStream {
         fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
             self.inner.get_ref().get_timing_digest()
         }
@@ -262,7 +271,7 @@ mod coalesced_io {
         }
     }
 
-    impl GetProxyDigest for Coalesced {
+    impl GetProxyDigest for ClientStream {
         fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
             self.inner.get_ref().get_proxy_digest()
         }
@@ -271,7 +280,7 @@ mod coalesced_io {
         }
     }
 
-    impl GetSocketDigest for Coalesced {
+    impl GetSocketDigest for ClientStream {
         fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
             self.inner.get_ref().get_socket_digest()
         }
@@ -281,9 +290,15 @@ mod coalesced_io {
     }
 
     #[async_trait]
-    impl Peek for Coalesced {
+    impl Peek for ClientStream {
         async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-            self.inner.get_mut().try_peek(buf).await
+            if self.read_first.is_empty() {
+                return self.inner.get_mut().try_peek(buf).await;
+            }
+            // Only what was read already can be shown without consuming anything.
+            let n = self.read_first.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.read_first[..n]);
+            Ok(n == buf.len())
         }
     }
 }

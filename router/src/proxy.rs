@@ -47,7 +47,6 @@ pub struct HostRouter {
     routes: Arc<ArcSwap<RouteTable>>,
     trusted_proxies: Vec<IpNet>,
     https_port: Option<u16>,
-    fast_path: bool,
 }
 
 impl HostRouter {
@@ -63,15 +62,7 @@ impl HostRouter {
             routes,
             trusted_proxies,
             https_port,
-            fast_path: true,
         }
-    }
-
-    /// Whether simple requests take the lean forwarding path (see the `fast` module); on by
-    /// default, off to compare or to rule it out.
-    pub fn with_fast_path(mut self, on: bool) -> Self {
-        self.fast_path = on;
-        self
     }
 
     /// The request as the upstream gets it: origin-form with a Host header, and
@@ -176,7 +167,23 @@ async fn redirect_https(session: &mut Session, host: &str, port: u16) -> PResult
     resp.insert_header(header::LOCATION, location)?;
     resp.insert_header(header::CONTENT_LENGTH, 0)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_error_response(resp, Bytes::new()).await
+    answer(session, resp, Bytes::new()).await
+}
+
+/// Sends a complete answer of our own. Unlike Pingora's `write_error_response`, the client
+/// keeps its connection for the next request (as nginx does after a 404 or a redirect), unless
+/// the request was bad (4xx other than 404) or a proxying error occurred.
+async fn answer(session: &mut Session, resp: ResponseHeader, body: Bytes) -> PResult<()> {
+    let status = resp.status.as_u16();
+    if (400..500).contains(&status) && status != 404 || status >= 500 {
+        return session.write_error_response(resp, body).await;
+    }
+    let empty = body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 fn wants_html(session: &Session) -> bool {
@@ -199,7 +206,7 @@ async fn send_page(session: &mut Session, page: Page) -> PResult<()> {
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_error_response(resp, Bytes::from(body)).await
+    answer(session, resp, Bytes::from(body)).await
 }
 
 #[async_trait]
@@ -225,14 +232,6 @@ impl ProxyHttp for HostRouter {
                         redirect_https(session, route.host().as_str(), port).await?;
                         return Ok(true);
                     }
-                }
-                if self.fast_path && crate::fast::eligible(session.req_header(), route.upstream()) {
-                    let mut req = Box::new(session.req_header().clone());
-                    crate::fast::strip_hop_by_hop(&mut req);
-                    self.rewrite_for_upstream(session, &mut req)?;
-                    ctx.route = Some(route.clone());
-                    crate::fast::forward(session, route.upstream(), req).await?;
-                    return Ok(true);
                 }
                 ctx.route = Some(route);
                 Ok(false)

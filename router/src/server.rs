@@ -12,9 +12,11 @@ use ipnet::IpNet;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
 use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
+use crate::forward::Forwarder;
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
@@ -40,8 +42,8 @@ pub struct RouterConfig {
     pub work_stealing: bool,
     /// How long requests in flight may take to finish when stopping.
     pub shutdown_timeout: Duration,
-    /// Forward simple requests (HTTP/1, no body, no upgrade, plain-HTTP upstream) on the lean
-    /// path rather than Pingora's full pipeline.
+    /// Forward simple requests (HTTP/1.1, no body, no upgrade, plain-HTTP upstream) on our
+    /// own lean path (`forward`) rather than Pingora's full pipeline.
     pub fast_path: bool,
 }
 
@@ -128,32 +130,35 @@ pub fn start(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = config.https.first().map(|a| a.port());
-    let new_proxy = || {
-        HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port)
-            .with_fast_path(config.fast_path)
+    // Each front gets its own pipeline for what it hands over: a pipeline whose service stops
+    // (Pingora's, when it has no listener) refuses keepalive from then on.
+    let forwarder = || {
+        let pipeline = pingora::proxy::http_proxy(
+            &server.configuration,
+            HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port),
+        );
+        Forwarder::new(
+            routes.clone(),
+            config.trusted_proxies.clone(),
+            https_port,
+            config.fast_path,
+            Arc::new(pipeline),
+        )
     };
     // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
     // TLS, and everything with work stealing, stays on Pingora's listeners.
     let own_http = !config.work_stealing && !config.http.is_empty();
     let plain = if own_http {
-        let app = Arc::new(pingora::proxy::http_proxy(
-            &server.configuration,
-            new_proxy(),
-        ));
         Some(crate::listener::PlainHttp::start(
             &config.http,
             config.threads.max(1),
-            app,
+            Arc::new(forwarder()),
             config.shutdown_timeout,
         )?)
     } else {
         None
     };
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        new_proxy(),
-        "itproxy http",
-    );
+    let mut service = Service::new("itproxy http".to_string(), forwarder());
     if !own_http {
         for addr in &config.http {
             service.add_tcp(&addr.to_string());

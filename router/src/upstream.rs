@@ -222,7 +222,7 @@ pub struct Upstream {
     /// Index of the address that last accepted a connection; tried first.
     preferred: AtomicUsize,
     connect_timeout: Duration,
-    /// Idle keepalive connections of the fast path: this route's only, so they end with it.
+    /// Idle keepalive connections of the forwarder: this route's only, so they end with it.
     idle: std::sync::Mutex<Vec<Idle>>,
 }
 
@@ -231,7 +231,7 @@ pub struct Upstream {
 struct Idle {
     index: usize,
     thread: u64,
-    stream: pingora::protocols::Stream,
+    stream: tokio::net::TcpStream,
     since: std::time::Instant,
 }
 
@@ -322,7 +322,7 @@ impl Upstream {
     /// a socket registered with another thread's reactor would have every read wake that
     /// thread, which then wakes this one (measured: one extra syscall and a cross-thread
     /// wake-up per request).
-    pub(crate) fn take_idle(&self) -> Option<(usize, pingora::protocols::Stream)> {
+    pub(crate) fn take_idle(&self) -> Option<(usize, tokio::net::TcpStream)> {
         let thread = this_thread();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let i = idle.iter().rposition(|c| c.thread == thread)?;
@@ -337,7 +337,7 @@ impl Upstream {
     }
 
     /// Keeps a connection for the next request (closed instead when the pool is full).
-    pub(crate) fn put_idle(&self, index: usize, stream: pingora::protocols::Stream) {
+    pub(crate) fn put_idle(&self, index: usize, stream: tokio::net::TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {

@@ -164,3 +164,64 @@ async fn upstream_connections_are_pooled_but_never_cross_a_swap() {
     let fourth = upstream_conn(get(p.http, "api.test", "/").await);
     assert!(!after.contains(&fourth) && fourth != third);
 }
+
+/// A browser or load generator keeps one connection for everything: simple GETs (forwarded
+/// by itproxy's own HTTP/1.1 path), a POST with a body and an unknown host (answered by the
+/// full pipeline) and GETs again, all on that one connection, with the full path alone too.
+#[tokio::test]
+async fn one_keepalive_connection_carries_every_kind_of_request() {
+    let api = Backend::start("api").await;
+    let pipeline_only = tempfile::tempdir().unwrap();
+    let config = write_config(pipeline_only.path(), "[proxy]\nfast_path = false\n");
+    for extra in [vec![], vec!["--config", config.to_str().unwrap()]] {
+        let p = Itproxy::start_with(&extra);
+        p.ok(&["route", "api", &api.target()]);
+        let mut conn = Client::connect(p.http).await;
+        for round in 0..3 {
+            let r = conn.get("api.test", "/first").await.unwrap();
+            assert_eq!(
+                (r.status, r.backend()),
+                (200, Some("api")),
+                "{extra:?} round {round}"
+            );
+            let r = conn
+                .post("api.test", "/form", "name=itproxy")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{extra:?} round {round}");
+            assert_eq!(r.json()["body_len"], 12, "{extra:?}: the body arrives");
+            let r = conn.get("nowhere.test", "/").await.unwrap();
+            assert_eq!(r.status, 404, "{extra:?} round {round}");
+            let r = conn.get("api.test", "/again").await.unwrap();
+            assert_eq!(r.json()["uri"], "/again", "{extra:?} round {round}");
+        }
+    }
+}
+
+/// Two requests written at once (HTTP/1.1 pipelining) get two answers, in order.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    let mut tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    tcp.write_all(
+        b"GET /one HTTP/1.1\r\nHost: api.test\r\n\r\nGET /two HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_string(&mut answer),
+    )
+    .await
+    .expect("the proxy closes the connection after the request marked close")
+    .unwrap();
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    let one = answer.find("\"uri\":\"/one\"").expect("first answer");
+    let two = answer.find("\"uri\":\"/two\"").expect("second answer");
+    assert!(one < two, "{answer}");
+    assert!(answer.contains("Connection: close"), "{answer}");
+}

@@ -446,11 +446,36 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Reply, hyper::Error> {
-        let mut req = Request::builder().uri(path).header("host", host);
+        self.request("GET", host, path, headers, "").await
+    }
+
+    pub async fn post(
+        &mut self,
+        host: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Reply, hyper::Error> {
+        self.request("POST", host, path, &[], body).await
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Reply, hyper::Error> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let req = req
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();

@@ -1,0 +1,938 @@
+//! The HTTP/1.1 front: reads every request head on a client connection itself and forwards the
+//! simple ones as bytes, handing the connection to Pingora's full pipeline for the rest.
+//!
+//! A request is forwarded here when it is HTTP/1.1 in origin form with one Host header, has no
+//! body (no `Transfer-Encoding`, `Content-Length` absent or 0), asks for no upgrade and no
+//! `100-continue`, and its route goes to an `http://` target without an HTTPS redirect to make.
+//! The head is parsed with httparse (Pingora's own parser) in the connection's buffer and
+//! rewritten into the upstream request in one pass (hop-by-hop headers out, `X-Forwarded-*`
+//! in, header case kept); the response head is rewritten the same way and goes out with the
+//! first body bytes in one write; the body is relayed as it comes, with its framing (length,
+//! chunked, until close) followed only to know where it ends.
+//!
+//! Anything else (HTTP/1.0, HTTP/2 by ALPN, bodies, WebSocket, unknown hosts and their 404
+//! page, redirects, `https://` targets, heads httparse refuses) is handed to Pingora with the
+//! bytes read so far put back in front of the stream, and that connection stays there.
+//!
+//! Why not Pingora's session for these requests too: its per-request work (header maps, two
+//! tasks joined by channels on the full path, header clones) cost 1.5-2.8x nginx's CPU per
+//! request here (see the LIFECYCLE notes and issue 6's measurements); this path does what nginx
+//! does per request and nothing more.
+//!
+//! Upstream connections are pooled per route and per thread (`Upstream::take_idle`), so none
+//! outlives or crosses a route change. An idle connection the upstream closed is found when it
+//! is reused: a request that got no response byte on a reused connection is sent once more on
+//! a new one (it has no body, so it can be).
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use ipnet::IpNet;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use pingora::{Error as PError, ErrorType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::chunked::ChunkedEnd;
+use crate::listener::ClientStream;
+use crate::pages::{self, Page};
+use crate::upstream::{Scheme, Upstream};
+use crate::{HostRouter, Route, RouteTable};
+
+/// A request or response head larger than this goes to Pingora (requests) or fails (responses).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers per head that this path parses; more go to Pingora.
+const MAX_HEADERS: usize = 100;
+/// How long an idle client connection is kept open, as Pingora does.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Bytes read from an upstream at a time while relaying a body.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Serves HTTP/1.1 client connections, forwarding simple requests itself (see the module
+/// documentation) and everything else through `pipeline`.
+pub(crate) struct Forwarder {
+    routes: Arc<ArcSwap<RouteTable>>,
+    trusted_proxies: Vec<IpNet>,
+    https_port: Option<u16>,
+    enabled: bool,
+    pipeline: Arc<HttpProxy<HostRouter>>,
+}
+
+/// What became of a client connection.
+enum Outcome {
+    /// Served to its end.
+    Done,
+    /// Needs the full pipeline from the request at the start of the buffer on.
+    HandOver,
+}
+
+/// What to do with the client connection after a response.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// A client connection and the buffers its requests reuse.
+struct Conn<C> {
+    client: C,
+    peer: Option<IpAddr>,
+    tls: bool,
+    /// Bytes read from the client and not yet forwarded.
+    buf: BytesMut,
+    /// Bytes read from the upstream.
+    upbuf: BytesMut,
+    /// The head being written (to the upstream, then to the client).
+    out: Vec<u8>,
+}
+
+/// A request head this path forwards, already written out for the upstream.
+struct Prepared {
+    head_len: usize,
+    route: Arc<Route>,
+    head_request: bool,
+    client_close: bool,
+    wants_html: bool,
+}
+
+enum Parsed {
+    Partial,
+    Forward(Prepared),
+    HandOver,
+}
+
+/// How the end of a response body is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+struct Response {
+    head_len: usize,
+    status: u16,
+    framing: Framing,
+    /// The upstream allows another request on this connection.
+    reusable: bool,
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        routes: Arc<ArcSwap<RouteTable>>,
+        trusted_proxies: Vec<IpNet>,
+        https_port: Option<u16>,
+        enabled: bool,
+        pipeline: Arc<HttpProxy<HostRouter>>,
+    ) -> Self {
+        Forwarder {
+            routes,
+            trusted_proxies,
+            https_port,
+            enabled,
+            pipeline,
+        }
+    }
+
+    /// Serves a connection accepted by our own plain-HTTP listener.
+    pub(crate) async fn serve_plain(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let (tcp, prefix) = if self.enabled {
+            let mut conn = Conn::new(tcp, Some(peer.ip()), false);
+            match self.serve(&mut conn, shutdown).await {
+                Outcome::Done => return,
+                Outcome::HandOver => (conn.client, conn.buf),
+            }
+        } else {
+            (tcp, BytesMut::new())
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+        let mut stream = L4Stream::from(tcp);
+        // Gives the session the client's address (X-Forwarded-For), read lazily.
+        stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        let stream = ClientStream::new(Box::new(stream), prefix.freeze());
+        self.pipeline.process_new(Box::new(stream), shutdown).await;
+    }
+
+    /// Reads and forwards requests until the connection ends or one needs the pipeline.
+    async fn serve<C>(&self, conn: &mut Conn<C>, shutdown: &ShutdownWatch) -> Outcome
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut shutdown = shutdown.clone();
+        loop {
+            let prepared = loop {
+                if !conn.buf.is_empty() {
+                    match self.prepare(&conn.buf, conn.peer, conn.tls, &mut conn.out) {
+                        Parsed::Forward(p) => break p,
+                        Parsed::HandOver => return Outcome::HandOver,
+                        Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Outcome::HandOver,
+                        Parsed::Partial => {}
+                    }
+                }
+                if !conn.read_client(&mut shutdown).await {
+                    return Outcome::Done;
+                }
+            };
+            conn.buf.advance(prepared.head_len);
+            match self.forward(conn, &prepared).await {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = conn.client.shutdown().await;
+                    return Outcome::Done;
+                }
+            }
+        }
+    }
+
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Parses the request head at the start of `buf` and, if this path takes it, writes the
+    /// upstream request into `out`.
+    fn prepare(&self, buf: &[u8], peer: Option<IpAddr>, tls: bool, out: &mut Vec<u8>) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::HandOver,
+        };
+        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::HandOver;
+        };
+        if method == "CONNECT" || !path.starts_with('/') {
+            return Parsed::HandOver;
+        }
+        let mut host = None;
+        let mut connection = false;
+        let mut client_close = false;
+        let mut wants_html = false;
+        let mut forwarded_for = None;
+        let mut forwarded_proto = false;
+        let mut forwarded_host = false;
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return Parsed::HandOver;
+                }
+                host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                if h.value != b"0" {
+                    return Parsed::HandOver;
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+            {
+                return Parsed::HandOver;
+            } else if name.eq_ignore_ascii_case("connection") {
+                connection = true;
+                client_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            } else if name.eq_ignore_ascii_case("accept") {
+                wants_html |= h.value.windows(9).any(|w| w == b"text/html");
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded_for = forwarded_for.or(Some(h.value));
+            } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                forwarded_proto = true;
+            } else if name.eq_ignore_ascii_case("x-forwarded-host") {
+                forwarded_host = true;
+            }
+        }
+        let Some(host) = host else {
+            return Parsed::HandOver;
+        };
+        let Ok(authority) = std::str::from_utf8(host) else {
+            return Parsed::HandOver;
+        };
+        let route = {
+            let table = self.routes.load();
+            match table.lookup(authority) {
+                Some(route) => route.clone(),
+                None => return Parsed::HandOver,
+            }
+        };
+        if route.upstream().spec().scheme() != Scheme::Http
+            || (route.redirects_https() && self.https_port.is_some() && !tls)
+        {
+            return Parsed::HandOver;
+        }
+
+        let trusted = self.is_trusted(peer);
+        let keep_proto = trusted && forwarded_proto;
+        let keep_host = trusted && forwarded_host;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            let name = h.name;
+            let ours = name.eq_ignore_ascii_case("x-forwarded-for")
+                || (!keep_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
+                || (!keep_host && name.eq_ignore_ascii_case("x-forwarded-host"));
+            if ours
+                || HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || (connection && named_by_connection(name, req.headers))
+            {
+                continue;
+            }
+            put_header(out, name.as_bytes(), h.value);
+        }
+        if let Some(ip) = peer {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            if let (true, Some(before)) = (trusted, forwarded_for) {
+                out.extend_from_slice(before);
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{ip}");
+            out.extend_from_slice(b"\r\n");
+        }
+        if !keep_proto {
+            let proto: &[u8] = if tls { b"https" } else { b"http" };
+            put_header(out, b"X-Forwarded-Proto", proto);
+        }
+        if !keep_host {
+            put_header(out, b"X-Forwarded-Host", host);
+        }
+        out.extend_from_slice(b"\r\n");
+        Parsed::Forward(Prepared {
+            head_len,
+            route,
+            head_request: method == "HEAD",
+            client_close,
+            wants_html,
+        })
+    }
+
+    /// Sends the prepared request upstream and relays the response.
+    async fn forward<C>(&self, conn: &mut Conn<C>, p: &Prepared) -> Next
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let upstream = p.route.upstream();
+        let (mut up, index, response) = match exchange(upstream, conn, p).await {
+            Ok(answer) => answer,
+            Err(Failure::Upstream(e)) => {
+                self.upstream_failed(conn, p, &e).await;
+                return Next::Close;
+            }
+            Err(Failure::Client) => return Next::Close,
+        };
+        let client_keep = !p.client_close && response.framing != Framing::UntilClose;
+        put_connection(&mut conn.out, client_keep);
+        let body = &conn.upbuf[response.head_len..];
+        let relayed = relay_body(
+            &mut conn.client,
+            &mut up,
+            &mut conn.out,
+            body,
+            response.framing,
+        )
+        .await;
+        conn.upbuf.clear();
+        access_log(p, response.status);
+        match relayed {
+            Ok(clean) => {
+                if clean && response.reusable {
+                    upstream.put_idle(index, up);
+                }
+                if client_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            Err(e) => {
+                tracing::debug!(host = %p.route.host(), error = %e, "response cut short");
+                Next::Close
+            }
+        }
+    }
+
+    /// Answers with the 502/504 page naming the route and target, as the pipeline does.
+    async fn upstream_failed<C>(&self, conn: &mut Conn<C>, p: &Prepared, e: &PError)
+    where
+        C: AsyncWrite + Unpin,
+    {
+        let status = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => 502,
+        };
+        let upstream = p.route.upstream();
+        tracing::warn!(
+            host = %p.route.host(),
+            target = %upstream.spec(),
+            status,
+            error = %e,
+            "upstream request failed"
+        );
+        let page = Page::UpstreamFailed {
+            status,
+            route: p.route.host().to_string(),
+            target: upstream.spec().to_string(),
+            detail: pages::describe_upstream_error(e, upstream),
+        };
+        let (content_type, body) = if p.wants_html {
+            ("text/html; charset=utf-8", page.html())
+        } else {
+            ("application/json", page.json())
+        };
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let out = &mut conn.out;
+        out.clear();
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        put_header(out, b"Content-Type", content_type.as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        put_header(out, b"Cache-Control", b"no-store");
+        put_header(
+            out,
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let _ = conn.client.write_all(out).await;
+        let _ = conn.client.flush().await;
+        access_log(p, status);
+    }
+}
+
+fn access_log(p: &Prepared, status: u16) {
+    if tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG) {
+        tracing::debug!(target: "itproxy::access", host = %p.route.host(), status);
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> Conn<C> {
+    fn new(client: C, peer: Option<IpAddr>, tls: bool) -> Self {
+        Conn {
+            client,
+            peer,
+            tls,
+            buf: BytesMut::with_capacity(4096),
+            upbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Reads more of the next request; false when the client is gone, idle too long, or the
+    /// proxy is stopping while the connection is idle.
+    async fn read_client(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+        let idle = self.buf.is_empty();
+        if idle && *shutdown.borrow() {
+            return false;
+        }
+        self.buf.reserve(4096);
+        tokio::select! {
+            read = tokio::time::timeout(KEEPALIVE, self.client.read_buf(&mut self.buf)) => {
+                matches!(read, Ok(Ok(n)) if n > 0)
+            }
+            _ = shutdown.changed(), if idle => false,
+        }
+    }
+}
+
+/// Why a request got no response from the upstream.
+enum Failure {
+    /// The upstream could not be reached or sent no valid response head.
+    Upstream(Box<PError>),
+    /// The client went away while an informational response was relayed.
+    Client,
+}
+
+/// Sends the request (from `conn.out`) and reads the final response head into `conn.upbuf`,
+/// passing informational responses on; leaves the client's response head in `conn.out`
+/// (without its `Connection` header).
+async fn exchange<C>(
+    upstream: &Upstream,
+    conn: &mut Conn<C>,
+    p: &Prepared,
+) -> Result<(TcpStream, usize, Response), Failure>
+where
+    C: AsyncWrite + Unpin,
+{
+    let mut fresh_only = false;
+    let (mut up, index) = loop {
+        let idle = if fresh_only {
+            None
+        } else {
+            upstream.take_idle()
+        };
+        let reused = idle.is_some();
+        let (index, mut up) = match idle {
+            Some(c) => c,
+            None => connect(upstream).await.map_err(Failure::Upstream)?,
+        };
+        conn.upbuf.clear();
+        let sent = match up.write_all(&conn.out).await {
+            Ok(()) => read_more(&mut up, &mut conn.upbuf).await,
+            Err(e) => Err(PError::because(
+                ErrorType::WriteError,
+                "sending the request",
+                e,
+            )),
+        };
+        match sent {
+            Ok(()) => break (up, index),
+            Err(e) if reused => {
+                // Closed while idle: so are its idle siblings, most likely.
+                tracing::debug!(error = %e, "a pooled upstream connection was closed; retrying on a new one");
+                upstream.clear_idle();
+                fresh_only = true;
+            }
+            Err(e) => return Err(Failure::Upstream(e)),
+        }
+    };
+    loop {
+        match parse_response(&conn.upbuf, p.head_request, &mut conn.out) {
+            Ok(Some(r)) if (100..200).contains(&r.status) => {
+                // 103 Early Hints and the like go on to the client as they are.
+                let info = conn.upbuf.split_to(r.head_len);
+                if conn.client.write_all(&info).await.is_err() {
+                    return Err(Failure::Client);
+                }
+                let _ = conn.client.flush().await;
+                continue;
+            }
+            Ok(Some(r)) => return Ok((up, index, r)),
+            Ok(None) if conn.upbuf.len() >= MAX_HEAD => {
+                return Err(Failure::Upstream(PError::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the response head is too large",
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Upstream(e)),
+        }
+        read_more(&mut up, &mut conn.upbuf)
+            .await
+            .map_err(Failure::Upstream)?;
+    }
+}
+
+/// Reads at least one more byte from the upstream.
+async fn read_more(up: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Box<PError>> {
+    buf.reserve(READ_CHUNK);
+    match up.read_buf(buf).await {
+        Ok(0) => Err(PError::explain(
+            ErrorType::ConnectionClosed,
+            "the upstream closed the connection",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(PError::because(
+            ErrorType::ReadError,
+            "reading the response",
+            e,
+        )),
+    }
+}
+
+/// Parses the response head at the start of `buf`. A final response's head is written for
+/// the client into `out`, hop-by-hop headers removed, up to (not including) the `Connection`
+/// header and the blank line.
+fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<Response>, Box<PError>> {
+    let invalid = |what: &str| PError::explain(ErrorType::InvalidHTTPHeader, what.to_string());
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(invalid("invalid response head"));
+    };
+    if status == 101 {
+        return Err(invalid(
+            "101 Switching Protocols to a request without Upgrade",
+        ));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(Response {
+            head_len,
+            status,
+            framing: Framing::Empty,
+            reusable: false,
+        }));
+    }
+    let mut connection = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut date = false;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            connection = true;
+            for t in tokens(h.value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| invalid("invalid Content-Length in the response"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid(
+                    "conflicting Content-Length headers in the response",
+                ));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only the last coding says how the message ends.
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name.eq_ignore_ascii_case("date") {
+            date = true;
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let reusable = framing != Framing::UntilClose
+        && match version {
+            1 => !close,
+            _ => keep_alive && !close,
+        };
+
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let skip = HOP_BY_HOP[..3].iter().any(|n| name.eq_ignore_ascii_case(n))
+            // A length next to a transfer coding is wrong and ignored (RFC 9112 6.3).
+            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            || (connection && named_by_connection(name, resp.headers));
+        if !skip {
+            put_header(out, name.as_bytes(), h.value);
+        }
+    }
+    if !date {
+        put_header(
+            out,
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+    }
+    Ok(Some(Response {
+        head_len,
+        status,
+        framing,
+        reusable,
+    }))
+}
+
+/// Ends the client's response head with its `Connection` header and the blank line.
+fn put_connection(out: &mut Vec<u8>, keep_alive: bool) {
+    out.extend_from_slice(if keep_alive {
+        &b"Connection: keep-alive\r\n\r\n"[..]
+    } else {
+        &b"Connection: close\r\n\r\n"[..]
+    });
+}
+
+/// Writes the response head (in `out`) and body to the client. `body` holds the body bytes
+/// already read with the head. Returns whether the upstream connection ended exactly with
+/// the body (so it may be reused).
+async fn relay_body<C>(
+    client: &mut C,
+    up: &mut TcpStream,
+    out: &mut Vec<u8>,
+    body: &[u8],
+    framing: Framing,
+) -> std::io::Result<bool>
+where
+    C: AsyncWrite + Unpin,
+{
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut chunks = ChunkedEnd::new();
+    // How much of `body` belongs to this response, and whether it is complete with it.
+    let (first, mut done) = match framing {
+        Framing::Empty => (0, true),
+        Framing::Length(n) => {
+            let first = n.min(body.len() as u64) as usize;
+            (first, first as u64 == n)
+        }
+        Framing::Chunked => match chunks.feed(body) {
+            Ok(Some(end)) => (end, true),
+            Ok(None) => (body.len(), false),
+            Err(_) => return Err(invalid("invalid chunked body from the upstream")),
+        },
+        Framing::UntilClose => (body.len(), false),
+    };
+    let mut clean = first == body.len();
+    out.extend_from_slice(&body[..first]);
+    client.write_all(out).await?;
+    let mut left = match framing {
+        Framing::Length(n) => n - first as u64,
+        _ => 0,
+    };
+    let mut buf = BytesMut::new();
+    while !done {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        let n = up.read_buf(&mut buf).await?;
+        if n == 0 {
+            if framing == Framing::UntilClose {
+                break;
+            }
+            return Err(invalid("the upstream closed the connection mid-body"));
+        }
+        let take = match framing {
+            Framing::Length(_) => {
+                let take = left.min(n as u64) as usize;
+                left -= take as u64;
+                done = left == 0;
+                take
+            }
+            Framing::Chunked => match chunks.feed(&buf) {
+                Ok(Some(end)) => {
+                    done = true;
+                    end
+                }
+                Ok(None) => n,
+                Err(_) => return Err(invalid("invalid chunked body from the upstream")),
+            },
+            _ => n,
+        };
+        clean &= take == n;
+        client.write_all(&buf[..take]).await?;
+    }
+    client.flush().await?;
+    Ok(clean)
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a `Connection` header among `headers` names `name` as hop-by-hop.
+fn named_by_connection(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A new connection to the upstream: its addresses from the preferred one on, each within
+/// the connect timeout.
+async fn connect(upstream: &Upstream) -> Result<(usize, TcpStream), Box<PError>> {
+    let mut last: Option<Box<PError>> = None;
+    for attempt in 0..upstream.peer_count() {
+        let Some((index, addr)) = upstream.addr(attempt) else {
+            break;
+        };
+        match try_connect(addr, upstream.connect_timeout()).await {
+            Ok(tcp) => {
+                if attempt > 0 {
+                    upstream.prefer(index);
+                }
+                return Ok((index, tcp));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        PError::explain(
+            ErrorType::ConnectNoRoute,
+            "the target's host name did not resolve to any address",
+        )
+    }))
+}
+
+async fn try_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Box<PError>> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            let etype = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+                _ => ErrorType::ConnectError,
+            };
+            return Err(PError::because(etype, format!("connecting to {addr}"), e));
+        }
+        Err(_) => {
+            return Err(PError::explain(
+                ErrorType::ConnectTimedout,
+                format!("connecting to {addr}"),
+            ))
+        }
+    };
+    // Small requests and answers: do not wait to fill a segment.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Connections from Pingora's listeners (TLS, and plain HTTP with work stealing).
+#[async_trait]
+impl ServerApp for Forwarder {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.enabled || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.pipeline.process_new(stream, shutdown).await;
+        }
+        let tls = stream.get_ssl_digest().is_some();
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut conn = Conn::new(stream, peer, tls);
+        match self.serve(&mut conn, shutdown).await {
+            Outcome::Done => None,
+            Outcome::HandOver if conn.buf.is_empty() => {
+                self.pipeline.process_new(conn.client, shutdown).await
+            }
+            Outcome::HandOver => {
+                let stream = ClientStream::new(conn.client, conn.buf.freeze());
+                self.pipeline.process_new(Box::new(stream), shutdown).await
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.pipeline.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_head(upstream: &[u8], head_request: bool) -> (String, Response) {
+        let mut out = Vec::new();
+        let r = parse_response(upstream, head_request, &mut out)
+            .unwrap()
+            .unwrap();
+        (String::from_utf8(out).unwrap(), r)
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed_and_framing_found() {
+        let (head, r) = client_head(
+            b"HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\n\r\nhello",
+            false,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\n"
+        );
+        assert_eq!(r.framing, Framing::Length(5));
+        assert!(!r.reusable, "the upstream said close");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |head: &[u8], head_request| client_head(head, head_request).1.framing;
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false
+            ),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Framing::Empty
+        );
+        let (head, r) = client_head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(head.contains("Date: "), "a Date is added when missing");
+        assert!(!r.reusable, "HTTP/1.0 without keep-alive");
+    }
+
+    #[test]
+    fn bad_response_heads_are_errors() {
+        let mut out = Vec::new();
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            assert!(parse_response(bad, false, &mut out).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-", false, &mut out)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
