@@ -112,6 +112,8 @@ struct Prepared {
     head_request: bool,
     client_close: bool,
     wants_html: bool,
+    /// Method and target, kept only while the access log is on.
+    access: Option<(Box<str>, Box<str>)>,
 }
 
 enum Parsed {
@@ -330,6 +332,7 @@ impl Forwarder {
             head_request: method == "HEAD",
             client_close,
             wants_html,
+            access: access_log_enabled().then(|| (method.into(), path.into())),
         })
     }
 
@@ -429,9 +432,20 @@ impl Forwarder {
     }
 }
 
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG)
+}
+
+/// The same access line as the pipeline's (`HostRouter::logging`).
 fn access_log(p: &Prepared, status: u16) {
-    if tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG) {
-        tracing::debug!(target: "itproxy::access", host = %p.route.host(), status);
+    if let Some((method, uri)) = &p.access {
+        tracing::debug!(
+            target: "itproxy::access",
+            method = %method,
+            uri = %uri,
+            host = p.route.host().as_str(),
+            status,
+        );
     }
 }
 
@@ -857,6 +871,132 @@ impl ServerApp for Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn forwarder(routes: &[(&str, &str)]) -> Forwarder {
+        let table = RouteTable::new(routes.iter().map(|(host, target)| {
+            let spec = crate::UpstreamSpec::parse(target).unwrap();
+            let addr = format!("{}:{}", spec.host(), spec.port()).parse().unwrap();
+            let upstream = Upstream::new(spec, vec![addr], 1, &Default::default());
+            Route::new(crate::HostName::parse(host).unwrap(), Arc::new(upstream))
+        }));
+        let routes = Arc::new(ArcSwap::from_pointee(table));
+        let conf = Arc::new(pingora::server::configuration::ServerConf::default());
+        let pipeline =
+            pingora::proxy::http_proxy(&conf, HostRouter::new(routes.clone(), vec![], None));
+        Forwarder::new(
+            routes,
+            vec!["10.0.0.0/8".parse().unwrap()],
+            None,
+            true,
+            Arc::new(pipeline),
+        )
+    }
+
+    fn upstream_request(f: &Forwarder, req: &[u8], peer: &str) -> Option<String> {
+        let mut out = Vec::new();
+        match f.prepare(req, Some(peer.parse().unwrap()), false, &mut out) {
+            Parsed::Forward(_) => Some(String::from_utf8(out).unwrap()),
+            Parsed::HandOver => None,
+            Parsed::Partial => panic!("a complete head was seen as partial"),
+        }
+    }
+
+    #[test]
+    fn simple_requests_are_rewritten_and_the_rest_handed_over() {
+        let f = forwarder(&[
+            ("api.test", "127.0.0.1:1"),
+            ("secure.test", "https://127.0.0.1:2"),
+        ]);
+        let out = upstream_request(
+            &f,
+            b"GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nAccept: */*\r\n\r\n",
+            "192.0.2.1",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: API.test:80\r\n\r\n"
+        );
+        let trusted = upstream_request(
+            &f,
+            b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\n",
+            "10.1.2.3",
+        )
+        .unwrap();
+        assert!(
+            trusted.contains("X-Forwarded-For: 203.0.113.7, 10.1.2.3\r\n"),
+            "{trusted}"
+        );
+        assert!(
+            trusted.contains("X-Forwarded-Proto: https\r\n"),
+            "{trusted}"
+        );
+        for handed_over in [
+            &b"GET / HTTP/1.0\r\nHost: api.test\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: secure.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: api.test\r\n\r\n",
+            b"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.test\r\n folded\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert_eq!(upstream_request(&f, handed_over, "127.0.0.1"), None, "{handed_over:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever a client sends, the forwarder answers one of partial, hand over or
+        /// forward, and what it forwards is one well-formed request head with the route's Host.
+        #[test]
+        fn any_client_bytes_are_handled_without_panic(
+            prefix in proptest::sample::select(vec![
+                &b""[..],
+                b"GET / HTTP/1.1\r\nHost: api.test\r\n",
+                b"GET /x HTTP/1.1\r\nhost: api.test\r\nConnection: ",
+            ]),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            static F: std::sync::LazyLock<Forwarder> =
+                std::sync::LazyLock::new(|| forwarder(&[("api.test", "127.0.0.1:1")]));
+            let f = &*F;
+            let mut input = prefix.to_vec();
+            input.extend(&noise);
+            input.extend(b"\r\n\r\n");
+            let mut out = Vec::new();
+            if let Parsed::Forward(p) = f.prepare(&input, Some("127.0.0.1".parse().unwrap()), false, &mut out) {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 3];
+                let mut req = httparse::Request::new(&mut headers);
+                prop_assert_eq!(req.parse(&out), Ok(httparse::Status::Complete(out.len())));
+                prop_assert_eq!(req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count(), 1);
+                prop_assert!(p.head_len <= input.len());
+            }
+        }
+
+        /// Whatever an upstream sends, the response parser returns a head or an error.
+        #[test]
+        fn any_upstream_bytes_are_handled_without_panic(
+            prefix in proptest::sample::select(vec![
+                &b""[..],
+                b"HTTP/1.1 200 OK\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: ",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ",
+            ]),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+            head_request in any::<bool>(),
+        ) {
+            let mut input = prefix.to_vec();
+            input.extend(&noise);
+            input.extend(b"\r\n\r\n");
+            let mut out = Vec::new();
+            let _ = parse_response(&input, head_request, &mut out);
+        }
+    }
 
     fn client_head(upstream: &[u8], head_request: bool) -> (String, Response) {
         let mut out = Vec::new();
