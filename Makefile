@@ -29,6 +29,7 @@ test: lint
 bench: deps
 	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
 	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk || true
+	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream || true
 	$(CARGO) build --release --locked
 	python3 scripts/bench.py
 	$(CARGO) bench --locked --bench route_table -- --warm-up-time 1 --measurement-time 3

@@ -28,6 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "itproxy")
 IP = "127.0.0.17"
 PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081, "itproxy-pipeline": 18082}
+# A bare TCP relay (nginx's stream module: no HTTP at all) in front of the backend: what one
+# more loopback hop costs on this machine, the floor for any proxy's added latency.
+RELAY_PORT = 18083
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 DURATION = os.environ.get("BENCH_DURATION", "30s")
 WORK = tempfile.mkdtemp(prefix="itproxy-bench-")
 STATE = os.path.join(WORK, "state")
@@ -85,6 +89,20 @@ def proxy_conf(backend):
   }}
   server {{ listen {IP}:{PORTS['nginx']} default_server; return 404; }}
 """}
+
+
+def relay_conf():
+    path = os.path.join(WORK, "relay.conf")
+    with open(path, "w") as f:
+        f.write(f"""load_module {STREAM_MODULE};
+worker_processes 1;
+daemon off;
+pid {WORK}/relay.pid;
+error_log {WORK}/relay.err warn;
+events {{ worker_connections 4096; }}
+stream {{ server {{ listen {IP}:{RELAY_PORT}; proxy_pass {IP}:{PORTS['a']}; tcp_nodelay on; }} }}
+""")
+    return path
 
 
 def start(args, log):
@@ -173,6 +191,10 @@ def main():
         f.write("[proxy]\nfast_path = false\n")
     itp_pipeline = start([BIN, "--state-dir", PIPELINE_STATE, "--config", pipeline_conf, "up", "--http",
                           f"{IP}:{PORTS['itproxy-pipeline']}", "--no-https", "--no-dns"], f"{WORK}/itproxy-pipeline.log")
+    relay = os.path.exists(STREAM_MODULE)
+    if relay:
+        start(["nginx", "-c", relay_conf()], f"{WORK}/relay.log")
+        wait_port(RELAY_PORT)
     for port in PORTS.values():
         wait_port(port)
     for _ in range(100):
@@ -194,7 +216,9 @@ def main():
     print(f"loading direct / itproxy / itproxy-pipeline / nginx alternately for {DURATION} (closed loop, 32 connections)...", flush=True)
     closed = bench("--duration", DURATION, "--connections", "32", "--direct", "--also", also_pipeline, "--also", also)
     print("... and at 1 connection (latency)", flush=True)
-    single = bench("--duration", "10s", "--connections", "1", "--direct", "--also", also_pipeline, "--also", also)
+    also_relay = ["--also", f"tcp-relay={IP}:{RELAY_PORT}"] if relay else []
+    single = bench("--duration", "10s", "--connections", "1", "--direct", "--also", also_pipeline, "--also", also,
+                   *also_relay)
     wrk_rps, wrk_cpu = {}, {}
     if shutil.which("wrk"):
         nginx_pids = [nginx.pid] + [int(p) for p in sh("pgrep", "-P", str(nginx.pid)).split()]
@@ -311,6 +335,11 @@ def main():
            f"| itproxy / itproxy-pipeline | {ratio(r['itproxy']['requests_per_second'], r['itproxy-pipeline']['requests_per_second']):.2f} | "
            f"{ratio(r['itproxy']['p50_us'], r['itproxy-pipeline']['p50_us']):.2f} | {ratio(r['itproxy']['p99_us'], r['itproxy-pipeline']['p99_us']):.2f} | "
            f"{r1['itproxy']['p50_us'] - r1['direct']['p50_us']} vs {r1['itproxy-pipeline']['p50_us'] - r1['direct']['p50_us']} |"]
+    added = lambda name: r1[name]["p50_us"] - r1["direct"]["p50_us"]
+    if "tcp-relay" in r1:
+        md += ["", f"Added p50 at 1 connection: itproxy {added('itproxy')} µs, nginx {added('nginx')} µs, "
+                   f"a bare TCP relay (nginx stream, no HTTP) {added('tcp-relay')} µs: the cost of one more "
+                   "loopback hop on this machine, the floor for any proxy."]
     if wrk_rps:
         md += ["", "wrk -t2 -c64 (median of 3 x 5 s, rotated; CPU = the proxy's utime+stime per request):", "",
                "| path | req/s | CPU µs/request |", "|---|---|---|"]

@@ -31,6 +31,8 @@ mod upstream;
 
 use std::net::SocketAddr;
 
+#[doc(hidden)]
+pub use forward::bench as rewrite_bench;
 pub use host::HostName;
 pub use proxy::{HostRouter, RequestCtx};
 pub use server::{start, RouterConfig, RunningRouter};
