@@ -404,11 +404,7 @@ impl Forwarder {
             target: upstream.spec().to_string(),
             detail: pages::describe_upstream_error(e, upstream),
         };
-        let (content_type, body) = if p.wants_html {
-            ("text/html; charset=utf-8", page.html())
-        } else {
-            ("application/json", page.json())
-        };
+        let (content_type, body) = page.render(p.wants_html);
         let reason = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())

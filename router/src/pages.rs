@@ -79,6 +79,15 @@ impl Page {
         }
     }
 
+    /// The content type and body: HTML for browsers (`html`), JSON for everyone else.
+    pub(crate) fn render(&self, html: bool) -> (&'static str, String) {
+        if html {
+            ("text/html; charset=utf-8", self.html())
+        } else {
+            ("application/json", self.json())
+        }
+    }
+
     pub(crate) fn json(&self) -> String {
         let mut v = json!({ "status": self.status(), "message": self.message() });
         match self {

@@ -196,12 +196,7 @@ fn wants_html(session: &Session) -> bool {
 }
 
 async fn send_page(session: &mut Session, page: Page) -> PResult<()> {
-    let html = wants_html(session);
-    let (content_type, body) = if html {
-        ("text/html; charset=utf-8", page.html())
-    } else {
-        ("application/json", page.json())
-    };
+    let (content_type, body) = page.render(wants_html(session));
     let mut resp = ResponseHeader::build(page.status(), Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
