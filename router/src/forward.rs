@@ -2,15 +2,16 @@
 //! simple ones as bytes, handing the connection to Pingora's full pipeline for the rest.
 //!
 //! A request is forwarded here when it is HTTP/1.1 in origin form with one Host header, has no
-//! body (no `Transfer-Encoding`, `Content-Length` absent or 0), asks for no upgrade and no
-//! `100-continue`, and its route goes to an `http://` target without an HTTPS redirect to make.
+//! body or a `Content-Length` one of at most 64 KiB (read whole first; no `Transfer-Encoding`),
+//! asks for no upgrade and no `100-continue`, and its route goes to an `http://` target without
+//! an HTTPS redirect to make.
 //! The head is parsed with httparse (Pingora's own parser) in the connection's buffer and
 //! rewritten into the upstream request in one pass (hop-by-hop headers out, `X-Forwarded-*`
 //! in, header case kept); the response head is rewritten the same way and goes out with the
 //! first body bytes in one write; the body is relayed as it comes, with its framing (length,
 //! chunked, until close) followed only to know where it ends.
 //!
-//! Anything else (HTTP/1.0, HTTP/2 by ALPN, bodies, WebSocket, unknown hosts and their 404
+//! Anything else (HTTP/1.0, HTTP/2 by ALPN, chunked or large bodies, WebSocket, unknown hosts and their 404
 //! page, redirects, `https://` targets, heads httparse refuses) is handed to Pingora with the
 //! bytes read so far put back in front of the stream, and that connection stays there.
 //!
@@ -21,8 +22,10 @@
 //!
 //! Upstream connections are pooled per route and per thread (`Upstream::take_idle`), so none
 //! outlives or crosses a route change. An idle connection the upstream closed is found when it
-//! is reused: a request that got no response byte on a reused connection is sent once more on
-//! a new one (it has no body, so it can be).
+//! is reused: an idempotent request (GET, HEAD, PUT, DELETE, ...) that got no response byte on
+//! a reused connection is sent once more on a new one; any other (POST, PATCH) is never sent
+//! twice, so its pooled connection is first checked with one non-blocking read (a connection
+//! the upstream closed while idle reads end-of-file).
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +53,9 @@ use crate::{HostRouter, Route, RouteTable};
 
 /// A request or response head larger than this goes to Pingora (requests) or fails (responses).
 const MAX_HEAD: usize = 64 * 1024;
+/// Request bodies (with a Content-Length) up to this size are read whole and forwarded here;
+/// larger ones stream through Pingora.
+const MAX_BODY: usize = 64 * 1024;
 /// Headers per head that this path parses; more go to Pingora.
 const MAX_HEADERS: usize = 100;
 /// How long an idle client connection is kept open, as Pingora does.
@@ -105,9 +111,12 @@ struct Conn<C> {
     out: Vec<u8>,
 }
 
-/// A request head this path forwards, already written out for the upstream.
+/// A request this path forwards, already written out (head and body) for the upstream.
 struct Prepared {
-    head_len: usize,
+    /// Bytes of the client's buffer it takes (head and body).
+    len: usize,
+    /// It may be sent again if a pooled connection turns out closed (RFC 9110 9.2.2).
+    idempotent: bool,
     route: Arc<Route>,
     head_request: bool,
     client_close: bool,
@@ -118,6 +127,8 @@ struct Prepared {
 
 enum Parsed {
     Partial,
+    /// The head is complete, its body not yet.
+    AwaitBody,
     Forward(Prepared),
     HandOver,
 }
@@ -195,14 +206,14 @@ impl Forwarder {
                         Parsed::Forward(p) => break p,
                         Parsed::HandOver => return Outcome::HandOver,
                         Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Outcome::HandOver,
-                        Parsed::Partial => {}
+                        Parsed::Partial | Parsed::AwaitBody => {}
                     }
                 }
                 if !conn.read_client(&mut shutdown).await {
                     return Outcome::Done;
                 }
             };
-            conn.buf.advance(prepared.head_len);
+            conn.buf.advance(prepared.len);
             match self.forward(conn, &prepared).await {
                 Next::KeepAlive => {}
                 Next::Close => {
@@ -240,6 +251,7 @@ impl Forwarder {
         let mut forwarded_for = None;
         let mut forwarded_proto = false;
         let mut forwarded_host = false;
+        let mut length: Option<usize> = None;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -248,9 +260,17 @@ impl Forwarder {
                 }
                 host = Some(h.value);
             } else if name.eq_ignore_ascii_case("content-length") {
-                if h.value != b"0" {
+                // Digits only (no sign, no list); several must agree, or Pingora decides.
+                let n = match std::str::from_utf8(h.value).ok().filter(|v| {
+                    !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit())
+                }) {
+                    Some(v) => v.parse::<usize>().unwrap_or(usize::MAX),
+                    None => return Parsed::HandOver,
+                };
+                if n > MAX_BODY || length.is_some_and(|l| l != n) {
                     return Parsed::HandOver;
                 }
+                length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding")
                 || name.eq_ignore_ascii_case("upgrade")
                 || name.eq_ignore_ascii_case("expect")
@@ -272,6 +292,10 @@ impl Forwarder {
         let Some(host) = host else {
             return Parsed::HandOver;
         };
+        let body_len = length.unwrap_or(0);
+        if buf.len() < head_len + body_len {
+            return Parsed::AwaitBody;
+        }
         let Ok(authority) = std::str::from_utf8(host) else {
             return Parsed::HandOver;
         };
@@ -326,8 +350,13 @@ impl Forwarder {
             put_header(out, b"X-Forwarded-Host", host);
         }
         out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&buf[head_len..head_len + body_len]);
         Parsed::Forward(Prepared {
-            head_len,
+            len: head_len + body_len,
+            idempotent: matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
             route,
             head_request: method == "HEAD",
             client_close,
@@ -502,6 +531,13 @@ where
         };
         let reused = idle.is_some();
         let (index, mut up) = match idle {
+            // Not sent twice: a pooled connection must look alive before it gets the request.
+            Some((_, up)) if !p.idempotent && !still_open(&up) => {
+                fresh_only = true;
+                upstream.clear_idle();
+                drop(up);
+                continue;
+            }
             Some(c) => c,
             None => connect(upstream).await.map_err(Failure::Upstream)?,
         };
@@ -516,7 +552,7 @@ where
         };
         match sent {
             Ok(()) => break (up, index),
-            Err(e) if reused => {
+            Err(e) if reused && p.idempotent => {
                 // Closed while idle: so are its idle siblings, most likely.
                 tracing::debug!(error = %e, "a pooled upstream connection was closed; retrying on a new one");
                 upstream.clear_idle();
@@ -550,6 +586,13 @@ where
             .await
             .map_err(Failure::Upstream)?;
     }
+}
+
+/// Whether an idle upstream connection has neither been closed nor sent anything unasked
+/// (one non-blocking read: an open, quiet socket has nothing to read).
+fn still_open(up: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(up.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Reads at least one more byte from the upstream.
@@ -933,7 +976,7 @@ mod tests {
         match f.prepare(req, Some(peer.parse().unwrap()), false, &mut out) {
             Parsed::Forward(_) => Some(String::from_utf8(out).unwrap()),
             Parsed::HandOver => None,
-            Parsed::Partial => panic!("a complete head was seen as partial"),
+            Parsed::Partial | Parsed::AwaitBody => panic!("a complete request was seen as partial"),
         }
     }
 
@@ -974,7 +1017,9 @@ mod tests {
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: api.test\r\n\r\n",
             b"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 65537\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: +3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\n\r\n",
@@ -982,6 +1027,30 @@ mod tests {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ] {
             assert_eq!(upstream_request(&f, handed_over, "127.0.0.1"), None, "{handed_over:?}");
+        }
+    }
+
+    #[test]
+    fn small_bodies_are_forwarded_once_complete() {
+        let f = forwarder(&[("api.test", "127.0.0.1:1")]);
+        let post = b"POST /form HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhelloGET";
+        let mut out = Vec::new();
+        let peer = Some("127.0.0.1".parse().unwrap());
+        for cut in [post.len() - 4, post.len()] {
+            match f.prepare(&post[..cut], peer, false, &mut out) {
+                Parsed::Forward(p) => {
+                    assert_eq!(cut, post.len(), "forwarded before the body was complete");
+                    assert_eq!(p.len, post.len() - 3, "the next request's bytes stay");
+                    assert!(!p.idempotent);
+                    assert!(
+                        out.ends_with(b"\r\n\r\nhello"),
+                        "{}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+                Parsed::AwaitBody => assert!(cut < post.len()),
+                _ => panic!("cut {cut}: neither forwarded nor waiting for the body"),
+            }
         }
     }
 
@@ -1009,7 +1078,7 @@ mod tests {
                 let mut req = httparse::Request::new(&mut headers);
                 prop_assert_eq!(req.parse(&out), Ok(httparse::Status::Complete(out.len())));
                 prop_assert_eq!(req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count(), 1);
-                prop_assert!(p.head_len <= input.len());
+                prop_assert!(p.len <= input.len());
             }
         }
 

@@ -6,9 +6,9 @@
 //! ([`start`], [`RunningRouter`]).
 //!
 //! Every HTTP/1.1 connection is read by the `forward` front, which forwards simple requests
-//! (no body, no upgrade, `http://` target) itself with a per-route, per-thread connection
+//! (no body or a small one, no upgrade, `http://` target) itself with a per-route, per-thread connection
 //! pool, and hands the connection to Pingora's full proxy pipeline ([`HostRouter`]) for
-//! everything else (bodies, WebSocket, HTTP/2, its own pages). Plain HTTP is accepted by one
+//! everything else (streamed bodies, WebSocket, HTTP/2, its own pages). Plain HTTP is accepted by one
 //! `SO_REUSEPORT` loop per proxy thread (`listener`), TLS by Pingora's listeners.
 //!
 //! It reads no files and no environment: the daemon hands it validated values and publishes

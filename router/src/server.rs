@@ -42,7 +42,7 @@ pub struct RouterConfig {
     pub work_stealing: bool,
     /// How long requests in flight may take to finish when stopping.
     pub shutdown_timeout: Duration,
-    /// Forward simple requests (HTTP/1.1, no body, no upgrade, plain-HTTP upstream) on our
+    /// Forward simple requests (HTTP/1.1, bodies up to 64 KiB, no upgrade, plain-HTTP upstream) on our
     /// own lean path (`forward`) rather than Pingora's full pipeline.
     pub fast_path: bool,
 }

@@ -153,6 +153,13 @@ async fn an_upstream_closing_idle_connections_costs_no_failed_request() {
     let p = Itproxy::start();
     p.ok(&["route", "api", &backend.to_string()]);
     for round in 0..5 {
+        // A POST is not sent twice, so a closed pooled connection must be seen before sending.
+        let (status, body) = curl(p.http, "api.test", "/", &["-d", "x=1"]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "hello world"),
+            "POST, round {round}"
+        );
         let (status, body) = curl(p.http, "api.test", "/", &[]).await;
         assert_eq!(
             (status, body.as_str()),

@@ -165,9 +165,9 @@ async fn upstream_connections_are_pooled_but_never_cross_a_swap() {
     assert!(!after.contains(&fourth) && fourth != third);
 }
 
-/// A browser or load generator keeps one connection for everything: simple GETs (forwarded
-/// by itproxy's own HTTP/1.1 path), a POST with a body and an unknown host (answered by the
-/// full pipeline) and GETs again, all on that one connection, with the full path alone too.
+/// A browser or load generator keeps one connection for everything: GETs and small POSTs
+/// (forwarded by itproxy's own HTTP/1.1 path), a large upload and an unknown host (answered by
+/// the full pipeline) and GETs again, all on that one connection, with the full path alone too.
 #[tokio::test]
 async fn one_keepalive_connection_carries_every_kind_of_request() {
     let api = Backend::start("api").await;
@@ -190,6 +190,14 @@ async fn one_keepalive_connection_carries_every_kind_of_request() {
                 .unwrap();
             assert_eq!(r.status, 200, "{extra:?} round {round}");
             assert_eq!(r.json()["body_len"], 12, "{extra:?}: the body arrives");
+            // Read whole by itproxy (up to 64 KiB), and streamed by Pingora beyond.
+            for size in [40_000, 100_000] {
+                let r = conn
+                    .post("api.test", "/upload", &"x".repeat(size))
+                    .await
+                    .unwrap();
+                assert_eq!(r.json()["body_len"], size, "{extra:?} round {round}");
+            }
             let r = conn.get("nowhere.test", "/").await.unwrap();
             assert_eq!(r.status, 404, "{extra:?} round {round}");
             let r = conn.get("api.test", "/again").await.unwrap();
