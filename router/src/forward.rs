@@ -35,7 +35,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use ipnet::IpNet;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
@@ -77,9 +76,8 @@ const HOP_BY_HOP: [&str; 7] = [
 /// Serves HTTP/1.1 client connections, forwarding simple requests itself (see the module
 /// documentation) and everything else through `pipeline`.
 pub(crate) struct Forwarder {
-    routes: Arc<ArcSwap<RouteTable>>,
-    trusted_proxies: Vec<IpNet>,
-    https_port: Option<u16>,
+    /// The routing policy (routes, trusted proxies, HTTPS redirects), the pipeline's own.
+    router: HostRouter,
     enabled: bool,
     pipeline: Arc<HttpProxy<HostRouter>>,
 }
@@ -152,17 +150,17 @@ struct Response {
 }
 
 impl Forwarder {
+    /// A front applying `router`'s policy, handing over to a pipeline of its own.
     pub(crate) fn new(
-        routes: Arc<ArcSwap<RouteTable>>,
-        trusted_proxies: Vec<IpNet>,
-        https_port: Option<u16>,
+        conf: &Arc<pingora::server::configuration::ServerConf>,
+        router: HostRouter,
         enabled: bool,
-        pipeline: Arc<HttpProxy<HostRouter>>,
     ) -> Self {
+        // Its own: a pipeline whose service stops (Pingora's, when it has no listener)
+        // refuses keepalive from then on.
+        let pipeline = Arc::new(pingora::proxy::http_proxy(conf, router.clone()));
         Forwarder {
-            routes,
-            trusted_proxies,
-            https_port,
+            router,
             enabled,
             pipeline,
         }
@@ -222,10 +220,6 @@ impl Forwarder {
                 }
             }
         }
-    }
-
-    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
     }
 
     /// Parses the request head at the start of `buf` and, if this path takes it, writes the
@@ -300,19 +294,19 @@ impl Forwarder {
             return Parsed::HandOver;
         };
         let route = {
-            let table = self.routes.load();
+            let table = self.router.routes.load();
             match table.lookup(authority) {
                 Some(route) => route.clone(),
                 None => return Parsed::HandOver,
             }
         };
         if route.upstream().spec().scheme() != Scheme::Http
-            || (route.redirects_https() && self.https_port.is_some() && !tls)
+            || (route.redirects_https() && self.router.https_port.is_some() && !tls)
         {
             return Parsed::HandOver;
         }
 
-        let trusted = self.is_trusted(peer);
+        let trusted = self.router.is_trusted(peer);
         let keep_proto = trusted && forwarded_proto;
         let keep_host = trusted && forwarded_host;
         out.clear();
@@ -415,24 +409,15 @@ impl Forwarder {
     where
         C: AsyncWrite + Unpin,
     {
-        let status = match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => 502,
-        };
-        let upstream = p.route.upstream();
+        let status = pages::upstream_status(e.etype());
         tracing::warn!(
             host = %p.route.host(),
-            target = %upstream.spec(),
+            target = %p.route.upstream().spec(),
             status,
             error = %e,
             "upstream request failed"
         );
-        let page = Page::UpstreamFailed {
-            status,
-            route: p.route.host().to_string(),
-            target: upstream.spec().to_string(),
-            detail: pages::describe_upstream_error(e, upstream),
-        };
+        let page = Page::upstream_failed(status, &p.route, e);
         let (content_type, body) = page.render(p.wants_html);
         let reason = http::StatusCode::from_u16(status)
             .ok()
@@ -919,14 +904,10 @@ pub mod bench {
         /// A forwarder over `routes` (no trusted proxies).
         pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
             let conf = Arc::new(pingora::server::configuration::ServerConf::default());
-            let pipeline =
-                pingora::proxy::http_proxy(&conf, HostRouter::new(routes.clone(), vec![], None));
             RequestRewrite(Forwarder::new(
-                routes,
-                vec![],
-                None,
+                &conf,
+                HostRouter::new(routes, vec![], None),
                 true,
-                Arc::new(pipeline),
             ))
         }
 
@@ -960,15 +941,8 @@ mod tests {
         }));
         let routes = Arc::new(ArcSwap::from_pointee(table));
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
-        let pipeline =
-            pingora::proxy::http_proxy(&conf, HostRouter::new(routes.clone(), vec![], None));
-        Forwarder::new(
-            routes,
-            vec!["10.0.0.0/8".parse().unwrap()],
-            None,
-            true,
-            Arc::new(pipeline),
-        )
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        Forwarder::new(&conf, HostRouter::new(routes, trusted, None), true)
     }
 
     fn upstream_request(f: &Forwarder, req: &[u8], peer: &str) -> Option<String> {

@@ -43,6 +43,17 @@ pub(crate) enum Page {
 }
 
 impl Page {
+    /// The `status` page (see [`upstream_status`]) for a request on `route` that failed
+    /// upstream with `e`.
+    pub(crate) fn upstream_failed(status: u16, route: &crate::Route, e: &pingora::Error) -> Page {
+        Page::UpstreamFailed {
+            status,
+            route: route.host().to_string(),
+            target: route.upstream().spec().to_string(),
+            detail: describe_upstream_error(e, route.upstream()),
+        }
+    }
+
     pub(crate) fn status(&self) -> u16 {
         match self {
             Page::MissingHost => 400,
@@ -178,6 +189,15 @@ fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// The status for a request that failed upstream: 504 for a timeout, 502 otherwise.
+pub(crate) fn upstream_status(e: &pingora::ErrorType) -> u16 {
+    use pingora::ErrorType::*;
+    match e {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+        _ => 502,
+    }
 }
 
 /// A short explanation of why the upstream could not be used, for the 502/504 page.

@@ -42,11 +42,13 @@ pub struct RequestCtx {
     peer_index: usize,
 }
 
-/// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`].
+/// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`]; also the
+/// routing policy the forwarder (`forward`) applies before it hands a request over.
+#[derive(Clone)]
 pub struct HostRouter {
-    routes: Arc<ArcSwap<RouteTable>>,
+    pub(crate) routes: Arc<ArcSwap<RouteTable>>,
     trusted_proxies: Vec<IpNet>,
-    https_port: Option<u16>,
+    pub(crate) https_port: Option<u16>,
 }
 
 impl HostRouter {
@@ -131,7 +133,8 @@ impl HostRouter {
         Ok(())
     }
 
-    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+    /// Whether a client at `ip` may pass its own `X-Forwarded-*` headers.
+    pub(crate) fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         match ip {
             Some(ip) => self.trusted_proxies.iter().any(|n| n.contains(&ip)),
             None => false,
@@ -320,14 +323,7 @@ impl ProxyHttp for HostRouter {
     {
         let status = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => *code,
-            (
-                ErrorSource::Upstream,
-                ErrorType::ConnectTimedout
-                | ErrorType::ReadTimedout
-                | ErrorType::WriteTimedout
-                | ErrorType::TLSHandshakeTimedout,
-            ) => 504,
-            (ErrorSource::Upstream, _) => 502,
+            (ErrorSource::Upstream, etype) => pages::upstream_status(etype),
             (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError)
             | (ErrorSource::Downstream, ErrorType::ConnectionClosed) => 0,
             (ErrorSource::Downstream, _) => 400,
@@ -341,13 +337,7 @@ impl ProxyHttp for HostRouter {
         };
         let written = match (&ctx.route, status) {
             (Some(route), 502 | 504) => {
-                let page = Page::UpstreamFailed {
-                    status,
-                    route: route.host().to_string(),
-                    target: route.upstream().spec().to_string(),
-                    detail: pages::describe_upstream_error(e, route.upstream()),
-                };
-                send_page(session, page).await
+                send_page(session, Page::upstream_failed(status, route, e)).await
             }
             (_, 0) => Ok(()),
             _ => session.respond_error(status).await,

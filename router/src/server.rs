@@ -130,21 +130,8 @@ pub fn start(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = config.https.first().map(|a| a.port());
-    // Each front gets its own pipeline for what it hands over: a pipeline whose service stops
-    // (Pingora's, when it has no listener) refuses keepalive from then on.
-    let forwarder = || {
-        let pipeline = pingora::proxy::http_proxy(
-            &server.configuration,
-            HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port),
-        );
-        Forwarder::new(
-            routes.clone(),
-            config.trusted_proxies.clone(),
-            https_port,
-            config.fast_path,
-            Arc::new(pipeline),
-        )
-    };
+    let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port);
+    let forwarder = || Forwarder::new(&server.configuration, router.clone(), config.fast_path);
     // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
     // TLS, and everything with work stealing, stays on Pingora's listeners.
     let own_http = !config.work_stealing && !config.http.is_empty();
