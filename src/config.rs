@@ -320,6 +320,41 @@ struct RouteTable {
     redirect_https: bool,
     #[serde(default)]
     insecure_upstream: bool,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    read_timeout: Option<Duration>,
+}
+
+/// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and
+/// `read_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a target (`connect_timeout`, 5 s): then 504.
+    pub connect: Duration,
+    /// The target's response to start, and each later read or write to stall at most
+    /// (`read_timeout`, 60 s): 504 before the response, a cut response after. None for
+    /// WebSocket.
+    pub read: Duration,
+    /// A client's request head to arrive whole after its first byte (`header_timeout`, 60 s):
+    /// then 408.
+    pub header: Duration,
+    /// An idle client connection to send its next request (`keepalive_timeout`, 60 s).
+    pub keepalive: Duration,
+    /// Requests in flight to finish when itproxy stops (`shutdown_grace`, 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(60),
+            header: Duration::from_secs(60),
+            keepalive: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A route's target and options, as declared or set through the API.
@@ -331,6 +366,10 @@ pub struct RouteSpec {
     pub redirect_https: bool,
     /// Do not verify an `https://` target's certificate.
     pub insecure_upstream: bool,
+    /// This route's connect timeout, if not `[proxy]`'s.
+    pub connect_timeout: Option<Duration>,
+    /// This route's read timeout, if not `[proxy]`'s.
+    pub read_timeout: Option<Duration>,
 }
 
 impl RouteSpec {
@@ -340,6 +379,8 @@ impl RouteSpec {
             target,
             redirect_https: false,
             insecure_upstream: false,
+            connect_timeout: None,
+            read_timeout: None,
         }
     }
 }
@@ -351,6 +392,14 @@ struct ProxySection {
     trusted_proxies: Vec<IpNet>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
     threads: Option<Threads>,
     work_stealing: Option<bool>,
     fast_path: Option<bool>,
@@ -469,8 +518,8 @@ pub struct Config {
     pub dns_recursion_from: Vec<IpNet>,
     /// Clients whose `X-Forwarded-*` headers are kept and extended.
     pub trusted_proxies: Vec<IpNet>,
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
+    /// The HTTP front's timeouts.
+    pub timeouts: Timeouts,
     /// Proxy worker threads (None: one per core).
     pub threads: Option<usize>,
     /// Whether proxy threads steal work from each other.
@@ -618,6 +667,29 @@ impl Config {
             )));
         }
 
+        let timeouts = {
+            let d = Timeouts::default();
+            let p = &file.proxy;
+            let t = Timeouts {
+                connect: p.connect_timeout.unwrap_or(d.connect),
+                read: p.read_timeout.unwrap_or(d.read),
+                header: p.header_timeout.unwrap_or(d.header),
+                keepalive: p.keepalive_timeout.unwrap_or(d.keepalive),
+                shutdown_grace: p.shutdown_grace.unwrap_or(d.shutdown_grace),
+            };
+            for (key, v) in [
+                ("connect_timeout", t.connect),
+                ("read_timeout", t.read),
+                ("header_timeout", t.header),
+                ("keepalive_timeout", t.keepalive),
+            ] {
+                if v.is_zero() {
+                    return Err(invalid(format!("proxy.{key} must be more than 0")));
+                }
+            }
+            t
+        };
+
         let mut routes = BTreeMap::new();
         for (key, route) in file.routes {
             let spec = match route {
@@ -626,8 +698,18 @@ impl Config {
                     target: t.target.0,
                     redirect_https: t.redirect_https,
                     insecure_upstream: t.insecure_upstream,
+                    connect_timeout: t.connect_timeout,
+                    read_timeout: t.read_timeout,
                 },
             };
+            for (k, v) in [
+                ("connect_timeout", spec.connect_timeout),
+                ("read_timeout", spec.read_timeout),
+            ] {
+                if v == Some(Duration::ZERO) {
+                    return Err(invalid(format!("routes.{}.{k} must be more than 0", key.0)));
+                }
+            }
             let host = domains
                 .qualify(key.0.as_str())
                 .map_err(|e| invalid(format!("routes.{}: {e}", key.0)))?;
@@ -681,7 +763,7 @@ impl Config {
             dns_forward_timeout: file.dns.forward_timeout.unwrap_or(Duration::from_secs(1)),
             dns_recursion_from: file.dns.recursion_from,
             trusted_proxies: file.proxy.trusted_proxies,
-            connect_timeout: file.proxy.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            timeouts,
             threads: file.proxy.threads.map(|t| t.0),
             work_stealing: file.proxy.work_stealing.unwrap_or(false),
             fast_path: file.proxy.fast_path.unwrap_or(true),
@@ -902,7 +984,7 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.domains.to_string_list(), "test");
         assert_eq!(c.http, vec![DEFAULT_HTTP.parse().unwrap()]);
-        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.timeouts, Timeouts::default());
         assert!(c.routes.is_empty());
     }
 
@@ -927,15 +1009,32 @@ mod tests {
             [proxy]
             trusted_proxies = ["10.0.0.0/8"]
             connect_timeout = "250ms"
+            read_timeout = "2m"
+            header_timeout = "10s"
+            keepalive_timeout = "75s"
+            shutdown_grace = "30s"
             threads = 2
             [routes]
             api = "localhost:8000"
+            slow = { target = "localhost:8001", read_timeout = "10m", connect_timeout = "1s" }
             "web.example.internal" = "https://127.0.0.1:8443"
             "#,
         )
         .unwrap();
         assert_eq!(c.http.len(), 2);
-        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                connect: Duration::from_millis(250),
+                read: Duration::from_secs(120),
+                header: Duration::from_secs(10),
+                keepalive: Duration::from_secs(75),
+                shutdown_grace: Duration::from_secs(30),
+            }
+        );
+        let slow = &c.routes[&HostName::parse("slow.test").unwrap()];
+        assert_eq!(slow.read_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(slow.connect_timeout, Some(Duration::from_secs(1)));
         assert_eq!(c.threads, Some(2));
         assert_eq!(c.https, vec!["127.0.0.1:8443".parse().unwrap()]);
         assert_eq!(c.leaf_validity, Duration::from_secs(14 * 86400));
@@ -964,6 +1063,7 @@ mod tests {
             routes,
             [
                 "api.test=http://localhost:8000",
+                "slow.test=http://localhost:8001",
                 "web.example.internal=https://127.0.0.1:8443"
             ]
         );
@@ -982,6 +1082,14 @@ mod tests {
                 &["line 2", "connect_timeout"],
             ),
             ("[proxy]\nthreads = 0\n", &["line 2", "threads"]),
+            (
+                "[proxy]\nheader_timeout = \"0s\"\n",
+                &["proxy.header_timeout", "more than 0"],
+            ),
+            (
+                "[routes]\napi = { target = \"localhost:1\", read_timeout = \"0s\" }\n",
+                &["routes.api.read_timeout", "more than 0"],
+            ),
             (
                 "[routes]\napi = { target = \"localhost:1\", redirect = true }\n",
                 &["line 2", "api"],

@@ -166,11 +166,12 @@ impl Routes {
         &mut self,
         spec: RouteSpec,
         addrs: Vec<std::net::SocketAddr>,
-        connect_timeout: std::time::Duration,
+        timeouts: &crate::config::Timeouts,
     ) -> Routed {
         self.generation += 1;
         let options = UpstreamOptions {
-            connect_timeout,
+            connect_timeout: spec.connect_timeout.unwrap_or(timeouts.connect),
+            read_timeout: spec.read_timeout.unwrap_or(timeouts.read),
             verify_tls: !spec.insecure_upstream,
         };
         let upstream = Arc::new(Upstream::new(
@@ -211,7 +212,7 @@ impl Daemon {
         tls: TlsInfo,
         apps: Option<Apps>,
     ) -> Self {
-        let timeout = config.connect_timeout;
+        let timeouts = config.timeouts;
         let mut routes = Routes {
             declared: BTreeMap::new(),
             discovered: BTreeMap::new(),
@@ -222,7 +223,7 @@ impl Daemon {
         };
         for (host, spec) in &config.routes {
             let addrs = resolve_or_warn(host, spec).await;
-            let routed = routes.build(spec.clone(), addrs, timeout);
+            let routed = routes.build(spec.clone(), addrs, &timeouts);
             routes.declared.insert(host.clone(), routed);
         }
         for (host, o) in overrides {
@@ -236,7 +237,7 @@ impl Daemon {
             let a = match o {
                 Override::Target(spec) => {
                     let addrs = resolve_or_warn(&host, &spec).await;
-                    Active::Target(routes.build(spec, addrs, timeout))
+                    Active::Target(routes.build(spec, addrs, &timeouts))
                 }
                 Override::Removed => Active::Removed,
             };
@@ -309,11 +310,7 @@ impl Daemon {
             }
         };
         let mut routes = self.routes.lock().await;
-        let routed = routes.build(
-            RouteSpec::to(target),
-            vec![addr],
-            self.config.connect_timeout,
-        );
+        let routed = routes.build(RouteSpec::to(target), vec![addr], &self.config.timeouts);
         routes
             .discovered
             .insert(host.clone(), (c.id.clone(), routed));
@@ -387,6 +384,8 @@ impl Daemon {
             target,
             redirect_https: put.redirect_https,
             insecure_upstream: put.insecure_upstream,
+            connect_timeout: None,
+            read_timeout: None,
         };
         let addrs = spec.target.resolve().await.map_err(|e| {
             ApiError::new(
@@ -396,7 +395,7 @@ impl Daemon {
             )
         })?;
         let mut routes = self.routes.lock().await;
-        let routed = routes.build(spec, addrs, self.config.connect_timeout);
+        let routed = routes.build(spec, addrs, &self.config.timeouts);
         let mut next = routes.overrides.clone();
         next.insert(host.clone(), Active::Target(routed));
         self.commit(&mut routes, next)?;
@@ -719,7 +718,9 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
             .unwrap_or_else(|| RouterConfig::default().threads),
         work_stealing: config.work_stealing,
         fast_path: config.fast_path,
-        ..RouterConfig::default()
+        shutdown_timeout: config.timeouts.shutdown_grace,
+        header_timeout: config.timeouts.header,
+        keepalive_timeout: config.timeouts.keepalive,
     };
     // Declared apps get their own engine connection: discovery holds the other one.
     let apps = match (&config.env, environment) {

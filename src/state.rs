@@ -127,6 +127,8 @@ pub fn load(dir: &Path) -> Result<Overrides, StateError> {
                 target: UpstreamSpec::parse(&t).map_err(|e| corrupt(e.to_string()))?,
                 redirect_https: entry.redirect_https,
                 insecure_upstream: entry.insecure_upstream,
+                connect_timeout: None,
+                read_timeout: None,
             }),
             (None, true) => Override::Removed,
             _ => {
@@ -212,6 +214,8 @@ mod tests {
                 target: UpstreamSpec::parse("localhost:8000").unwrap(),
                 redirect_https: true,
                 insecure_upstream: false,
+                connect_timeout: None,
+                read_timeout: None,
             }),
         );
         o.insert(host("web.test"), Override::Removed);

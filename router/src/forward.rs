@@ -32,6 +32,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -46,21 +48,25 @@ use tokio::net::TcpStream;
 
 use crate::chunked::ChunkedEnd;
 use crate::listener::ClientStream;
+use crate::message::{self, tokens, MAX_HEAD, MAX_HEADERS};
 use crate::pages::{self, Page};
 use crate::upstream::{Scheme, Upstream};
 use crate::{HostRouter, Route, RouteTable};
 
-/// A request or response head larger than this goes to Pingora (requests) or fails (responses).
-const MAX_HEAD: usize = 64 * 1024;
 /// Request bodies (with a Content-Length) up to this size are read whole and forwarded here;
 /// larger ones stream through Pingora.
 const MAX_BODY: usize = 64 * 1024;
-/// Headers per head that this path parses; more go to Pingora.
-const MAX_HEADERS: usize = 100;
-/// How long an idle client connection is kept open, as Pingora does.
-const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Bytes read from an upstream at a time while relaying a body.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Limits and timeouts of the HTTP front, the same on both paths (see `RouterConfig`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientLimits {
+    /// Time from a request's first byte until its head (and a small body) is complete.
+    pub(crate) header_timeout: Duration,
+    /// How long an idle keepalive connection waits for its next request.
+    pub(crate) keepalive_timeout: Duration,
+}
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
 const HOP_BY_HOP: [&str; 7] = [
@@ -79,6 +85,7 @@ pub(crate) struct Forwarder {
     /// The routing policy (routes, trusted proxies, HTTPS redirects), the pipeline's own.
     router: HostRouter,
     enabled: bool,
+    limits: ClientLimits,
     pipeline: Arc<HttpProxy<HostRouter>>,
 }
 
@@ -125,6 +132,8 @@ struct Prepared {
 
 enum Parsed {
     Partial,
+    /// Refused with this page, and the connection closed.
+    Refuse(Page),
     /// The head is complete, its body not yet.
     AwaitBody,
     Forward(Prepared),
@@ -155,6 +164,7 @@ impl Forwarder {
         conf: &Arc<pingora::server::configuration::ServerConf>,
         router: HostRouter,
         enabled: bool,
+        limits: ClientLimits,
     ) -> Self {
         // Its own: a pipeline whose service stops (Pingora's, when it has no listener)
         // refuses keepalive from then on.
@@ -162,6 +172,7 @@ impl Forwarder {
         Forwarder {
             router,
             enabled,
+            limits,
             pipeline,
         }
     }
@@ -198,16 +209,44 @@ impl Forwarder {
     {
         let mut shutdown = shutdown.clone();
         loop {
+            // A request's head (and a body read with it) must be complete this long after its
+            // first byte: a client sending a byte now and then cannot hold the connection.
+            let mut deadline = None;
             let prepared = loop {
                 if !conn.buf.is_empty() {
+                    let due = *deadline
+                        .get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
                     match self.prepare(&conn.buf, conn.peer, conn.tls, &mut conn.out) {
                         Parsed::Forward(p) => break p,
                         Parsed::HandOver => return Outcome::HandOver,
-                        Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Outcome::HandOver,
+                        Parsed::Refuse(page) => {
+                            self.refuse(conn, &page, None).await;
+                            return Outcome::Done;
+                        }
+                        Parsed::Partial if conn.buf.len() >= MAX_HEAD => {
+                            let page = Page::BadRequest(message::Refusal {
+                                status: 431,
+                                reason: "the request head is larger than 64 KiB",
+                            });
+                            self.refuse(conn, &page, None).await;
+                            return Outcome::Done;
+                        }
                         Parsed::Partial | Parsed::AwaitBody => {}
                     }
-                }
-                if !conn.read_client(&mut shutdown).await {
+                    match conn.read_client(Wait::Until(due), &mut shutdown).await {
+                        Read::More => {}
+                        Read::TimedOut => {
+                            let page = Page::RequestTimeout;
+                            self.refuse(conn, &page, None).await;
+                            return Outcome::Done;
+                        }
+                        Read::Closed => return Outcome::Done,
+                    }
+                } else if conn
+                    .read_client(Wait::Idle(self.limits.keepalive_timeout), &mut shutdown)
+                    .await
+                    != Read::More
+                {
                     return Outcome::Done;
                 }
             };
@@ -222,6 +261,51 @@ impl Forwarder {
         }
     }
 
+    /// Answers a request this front refuses (or one it could not forward) with `page`, and
+    /// closes the connection: after a refused head, nothing that follows can be trusted to
+    /// start a request.
+    async fn refuse<C>(&self, conn: &mut Conn<C>, page: &Page, p: Option<&Prepared>)
+    where
+        C: AsyncWrite + Unpin,
+    {
+        // Without a parsed request, a browser is recognised by its Accept header's bytes.
+        let html = p.map_or_else(
+            || {
+                conn.buf
+                    .windows(9)
+                    .take(16 * 1024)
+                    .any(|w| w == b"text/html")
+            },
+            |p| p.wants_html,
+        );
+        let (content_type, body) = page.render(html);
+        let status = page.status();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let out = &mut conn.out;
+        out.clear();
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        put_header(out, b"Content-Type", content_type.as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        put_header(out, b"Cache-Control", b"no-store");
+        put_header(
+            out,
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let _ = conn.client.write_all(out).await;
+        let _ = conn.client.flush().await;
+        let _ = conn.client.shutdown().await;
+        match p {
+            Some(p) => access_log(p, status),
+            None => tracing::debug!(status, "request refused: {}", page.summary()),
+        }
+    }
+
     /// Parses the request head at the start of `buf` and, if this path takes it, writes the
     /// upstream request into `out`.
     fn prepare(&self, buf: &[u8], peer: Option<IpAddr>, tls: bool, out: &mut Vec<u8>) -> Parsed {
@@ -230,14 +314,40 @@ impl Forwarder {
         let head_len = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Parsed::Refuse(Page::BadRequest(message::Refusal {
+                    status: 431,
+                    reason: "the request has more than 256 header fields",
+                }))
+            }
             Err(_) => return Parsed::HandOver,
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Parsed::HandOver;
         };
-        if method == "CONNECT" || !path.starts_with('/') {
+        // One framing rule for every HTTP/1 request, whichever front serves it.
+        let body =
+            match message::check_request(version, req.headers.iter().map(|h| (h.name, h.value))) {
+                Ok(body) => body,
+                Err(refusal) => return Parsed::Refuse(Page::BadRequest(refusal)),
+            };
+        if let Some(host) = self
+            .router
+            .loop_in(req.headers.iter().map(|h| (h.name, h.value)))
+        {
+            return Parsed::Refuse(Page::Loop { host });
+        }
+        if version != 1 || method == "CONNECT" || !path.starts_with('/') {
             return Parsed::HandOver;
         }
+        let body_len = match body {
+            message::RequestBody::None => 0,
+            message::RequestBody::Length(n) if n <= MAX_BODY as u64 => n as usize,
+            // Streamed through the pipeline.
+            message::RequestBody::Length(_) | message::RequestBody::Chunked => {
+                return Parsed::HandOver
+            }
+        };
         let mut host = None;
         let mut connection = false;
         let mut client_close = false;
@@ -245,30 +355,11 @@ impl Forwarder {
         let mut forwarded_for = None;
         let mut forwarded_proto = false;
         let mut forwarded_host = false;
-        let mut length: Option<usize> = None;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
-                if host.is_some() {
-                    return Parsed::HandOver;
-                }
                 host = Some(h.value);
-            } else if name.eq_ignore_ascii_case("content-length") {
-                // Digits only (no sign, no list); several must agree, or Pingora decides.
-                let n = match std::str::from_utf8(h.value).ok().filter(|v| {
-                    !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit())
-                }) {
-                    Some(v) => v.parse::<usize>().unwrap_or(usize::MAX),
-                    None => return Parsed::HandOver,
-                };
-                if n > MAX_BODY || length.is_some_and(|l| l != n) {
-                    return Parsed::HandOver;
-                }
-                length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                || name.eq_ignore_ascii_case("upgrade")
-                || name.eq_ignore_ascii_case("expect")
-            {
+            } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
                 return Parsed::HandOver;
             } else if name.eq_ignore_ascii_case("connection") {
                 connection = true;
@@ -286,7 +377,6 @@ impl Forwarder {
         let Some(host) = host else {
             return Parsed::HandOver;
         };
-        let body_len = length.unwrap_or(0);
         if buf.len() < head_len + body_len {
             return Parsed::AwaitBody;
         }
@@ -343,6 +433,7 @@ impl Forwarder {
         if !keep_host {
             put_header(out, b"X-Forwarded-Host", host);
         }
+        put_header(out, b"Via", self.router.via().as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[head_len..head_len + body_len]);
         Parsed::Forward(Prepared {
@@ -382,6 +473,7 @@ impl Forwarder {
             &mut conn.out,
             body,
             response.framing,
+            upstream.read_timeout(),
         )
         .await;
         conn.upbuf.clear();
@@ -417,28 +509,8 @@ impl Forwarder {
             error = %e,
             "upstream request failed"
         );
-        let page = Page::upstream_failed(status, &p.route, e);
-        let (content_type, body) = page.render(p.wants_html);
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let out = &mut conn.out;
-        out.clear();
-        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
-        put_header(out, b"Content-Type", content_type.as_bytes());
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
-        put_header(out, b"Cache-Control", b"no-store");
-        put_header(
-            out,
-            b"Date",
-            pingora::protocols::http::date::get_cached_date().as_bytes(),
-        );
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-        out.extend_from_slice(body.as_bytes());
-        let _ = conn.client.write_all(out).await;
-        let _ = conn.client.flush().await;
-        access_log(p, status);
+        self.refuse(conn, &Page::upstream_failed(status, &p.route, e), Some(p))
+            .await;
     }
 }
 
@@ -459,6 +531,24 @@ fn access_log(p: &Prepared, status: u16) {
     }
 }
 
+/// How long [`Conn::read_client`] waits.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// For the next request on an idle connection; ends early when the proxy stops.
+    Idle(Duration),
+    /// For the rest of a request, until this instant.
+    Until(Instant),
+}
+
+/// What [`Conn::read_client`] got.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    More,
+    TimedOut,
+    /// The client closed or failed, or the proxy is stopping while the connection is idle.
+    Closed,
+}
+
 impl<C: AsyncRead + AsyncWrite + Unpin> Conn<C> {
     fn new(client: C, peer: Option<IpAddr>, tls: bool) -> Self {
         Conn {
@@ -471,19 +561,27 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Conn<C> {
         }
     }
 
-    /// Reads more of the next request; false when the client is gone, idle too long, or the
-    /// proxy is stopping while the connection is idle.
-    async fn read_client(&mut self, shutdown: &mut ShutdownWatch) -> bool {
-        let idle = self.buf.is_empty();
+    /// Reads more of the next request.
+    async fn read_client(&mut self, wait: Wait, shutdown: &mut ShutdownWatch) -> Read {
+        let idle = matches!(wait, Wait::Idle(_));
         if idle && *shutdown.borrow() {
-            return false;
+            return Read::Closed;
         }
+        let deadline = match wait {
+            Wait::Idle(d) => Instant::now() + d,
+            Wait::Until(t) => t,
+        };
         self.buf.reserve(4096);
         tokio::select! {
-            read = tokio::time::timeout(KEEPALIVE, self.client.read_buf(&mut self.buf)) => {
-                matches!(read, Ok(Ok(n)) if n > 0)
+            read = tokio::time::timeout_at(deadline, self.client.read_buf(&mut self.buf)) => {
+                match read {
+                    Ok(Ok(n)) if n > 0 => Read::More,
+                    Ok(_) => Read::Closed,
+                    Err(_) if idle => Read::Closed,
+                    Err(_) => Read::TimedOut,
+                }
             }
-            _ = shutdown.changed(), if idle => false,
+            _ = shutdown.changed(), if idle => Read::Closed,
         }
     }
 }
@@ -492,7 +590,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Conn<C> {
 enum Failure {
     /// The upstream could not be reached or sent no valid response head.
     Upstream(Box<PError>),
-    /// The client went away while an informational response was relayed.
+    /// The client went away before the response (or while an informational one was relayed).
     Client,
 }
 
@@ -505,8 +603,9 @@ async fn exchange<C>(
     p: &Prepared,
 ) -> Result<(TcpStream, usize, Response), Failure>
 where
-    C: AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
 {
+    let timeout = upstream.read_timeout();
     let mut fresh_only = false;
     let (mut up, index) = loop {
         let idle = if fresh_only {
@@ -516,34 +615,43 @@ where
         };
         let reused = idle.is_some();
         let (index, mut up) = match idle {
-            // Not sent twice: a pooled connection must look alive before it gets the request.
-            Some((_, up)) if !p.idempotent && !still_open(&up) => {
-                fresh_only = true;
-                upstream.clear_idle();
+            // A pooled connection that has something to read is closed, or the upstream sent
+            // bytes nobody asked for (a stray response, a body after a HEAD answer): either
+            // way it must not carry another client's request.
+            Some((_, up)) if !still_open(&up) => {
                 drop(up);
+                if !p.idempotent {
+                    // Not sent twice: only a new connection for this one.
+                    fresh_only = true;
+                    upstream.clear_idle();
+                }
                 continue;
             }
             Some(c) => c,
             None => connect(upstream).await.map_err(Failure::Upstream)?,
         };
         conn.upbuf.clear();
-        let sent = match up.write_all(&conn.out).await {
-            Ok(()) => read_more(&mut up, &mut conn.upbuf).await,
-            Err(e) => Err(PError::because(
+        let sent = match tokio::time::timeout(timeout, up.write_all(&conn.out)).await {
+            Ok(Ok(())) => await_response(&mut up, conn, timeout).await,
+            Ok(Err(e)) => Err(Failure::Upstream(PError::because(
                 ErrorType::WriteError,
                 "sending the request",
                 e,
-            )),
+            ))),
+            Err(_) => Err(Failure::Upstream(PError::explain(
+                ErrorType::WriteTimedout,
+                format!("sending the request took more than {}", secs(timeout)),
+            ))),
         };
         match sent {
             Ok(()) => break (up, index),
-            Err(e) if reused && p.idempotent => {
+            Err(Failure::Upstream(e)) if reused && p.idempotent && is_stale(&e) => {
                 // Closed while idle: so are its idle siblings, most likely.
                 tracing::debug!(error = %e, "a pooled upstream connection was closed; retrying on a new one");
                 upstream.clear_idle();
                 fresh_only = true;
             }
-            Err(e) => return Err(Failure::Upstream(e)),
+            Err(e) => return Err(e),
         }
     };
     loop {
@@ -555,21 +663,84 @@ where
                     return Err(Failure::Client);
                 }
                 let _ = conn.client.flush().await;
+                if conn.upbuf.is_empty() {
+                    await_response(&mut up, conn, timeout).await?;
+                }
                 continue;
             }
             Ok(Some(r)) => return Ok((up, index, r)),
             Ok(None) if conn.upbuf.len() >= MAX_HEAD => {
                 return Err(Failure::Upstream(PError::explain(
                     ErrorType::InvalidHTTPHeader,
-                    "the response head is too large",
+                    "the response head is larger than 64 KiB",
                 )))
             }
             Ok(None) => {}
             Err(e) => return Err(Failure::Upstream(e)),
         }
-        read_more(&mut up, &mut conn.upbuf)
-            .await
-            .map_err(Failure::Upstream)?;
+        await_response(&mut up, conn, timeout).await?;
+    }
+}
+
+/// Whether a failure on a reused connection means it was closed while idle (so the request
+/// never reached a live upstream and may be sent again), not that the upstream is slow.
+fn is_stale(e: &PError) -> bool {
+    !matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:?}", d)
+}
+
+/// Reads at least one more byte of the response into `conn.upbuf`, within `timeout`, while
+/// watching the client: a client that closes its connection meanwhile is not waited for (its
+/// upstream connection is dropped, as nginx does), and bytes it sends ahead (a pipelined next
+/// request) are kept.
+async fn await_response<C>(
+    up: &mut TcpStream,
+    conn: &mut Conn<C>,
+    timeout: Duration,
+) -> Result<(), Failure>
+where
+    C: AsyncRead + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    conn.upbuf.reserve(READ_CHUNK);
+    loop {
+        // Past this much read ahead, stop reading the client until the response is in.
+        let watch_client = conn.buf.len() < MAX_HEAD + MAX_BODY;
+        if watch_client {
+            conn.buf.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            read = tokio::time::timeout_at(deadline, up.read_buf(&mut conn.upbuf)) => {
+                return match read {
+                    Ok(Ok(0)) => Err(Failure::Upstream(PError::explain(
+                        ErrorType::ConnectionClosed,
+                        "the upstream closed the connection",
+                    ))),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(Failure::Upstream(PError::because(
+                        ErrorType::ReadError,
+                        "reading the response",
+                        e,
+                    ))),
+                    Err(_) => Err(Failure::Upstream(PError::explain(
+                        ErrorType::ReadTimedout,
+                        format!("no response within {}", secs(timeout)),
+                    ))),
+                };
+            }
+            read = conn.client.read_buf(&mut conn.buf), if watch_client => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Err(Failure::Client);
+                }
+            }
+        }
     }
 }
 
@@ -578,23 +749,6 @@ where
 fn still_open(up: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(up.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// Reads at least one more byte from the upstream.
-async fn read_more(up: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Box<PError>> {
-    buf.reserve(READ_CHUNK);
-    match up.read_buf(buf).await {
-        Ok(0) => Err(PError::explain(
-            ErrorType::ConnectionClosed,
-            "the upstream closed the connection",
-        )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(PError::because(
-            ErrorType::ReadError,
-            "reading the response",
-            e,
-        )),
-    }
 }
 
 /// Parses the response head at the start of `buf`. A final response's head is written for
@@ -644,9 +798,7 @@ fn parse_response(
                 keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let n = message::parse_length(h.value.trim_ascii())
                 .ok_or_else(|| invalid("invalid Content-Length in the response"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid(
@@ -685,13 +837,17 @@ fn parse_response(
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     for h in resp.headers.iter() {
         let name = h.name;
+        // The length goes out once, normalised, below; next to a transfer coding it is
+        // wrong and ignored (RFC 9112 6.3).
         let skip = HOP_BY_HOP[..3].iter().any(|n| name.eq_ignore_ascii_case(n))
-            // A length next to a transfer coding is wrong and ignored (RFC 9112 6.3).
-            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            || name.eq_ignore_ascii_case("content-length")
             || (connection && named_by_connection(name, resp.headers));
         if !skip {
             put_header(out, name.as_bytes(), h.value);
         }
+    }
+    if let (None, Some(n)) = (chunked, length) {
+        let _ = write!(out, "Content-Length: {n}\r\n");
     }
     if !date {
         put_header(
@@ -726,6 +882,7 @@ async fn relay_body<C>(
     out: &mut Vec<u8>,
     body: &[u8],
     framing: Framing,
+    timeout: Duration,
 ) -> std::io::Result<bool>
 where
     C: AsyncWrite + Unpin,
@@ -757,7 +914,15 @@ where
     while !done {
         buf.clear();
         buf.reserve(READ_CHUNK);
-        let n = up.read_buf(&mut buf).await?;
+        // A response may stream for as long as it likes, but not stall for longer than this.
+        let n = tokio::time::timeout(timeout, up.read_buf(&mut buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the upstream sent nothing for {}", secs(timeout)),
+                )
+            })??;
         if n == 0 {
             if framing == Framing::UntilClose {
                 break;
@@ -788,20 +953,14 @@ where
     Ok(clean)
 }
 
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether a `Connection` header among `headers` names `name` as hop-by-hop.
+/// Whether a `Connection` header among `headers` names `name` as hop-by-hop (never one
+/// that frames or routes the message: see [`message::is_protected`]).
 fn named_by_connection(name: &str, headers: &[httparse::Header<'_>]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    !message::is_protected(name)
+        && headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -897,6 +1056,11 @@ impl ServerApp for Forwarder {
 pub mod bench {
     use super::*;
 
+    pub(super) const TEST_LIMITS: ClientLimits = ClientLimits {
+        header_timeout: Duration::from_secs(60),
+        keepalive_timeout: Duration::from_secs(60),
+    };
+
     /// Rewrites request heads the way the forwarder does for `routes`.
     pub struct RequestRewrite(Forwarder);
 
@@ -908,6 +1072,7 @@ pub mod bench {
                 &conf,
                 HostRouter::new(routes, vec![], None),
                 true,
+                TEST_LIMITS,
             ))
         }
 
@@ -942,7 +1107,12 @@ mod tests {
         let routes = Arc::new(ArcSwap::from_pointee(table));
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        Forwarder::new(&conf, HostRouter::new(routes, trusted, None), true)
+        Forwarder::new(
+            &conf,
+            HostRouter::new(routes, trusted, None),
+            true,
+            bench::TEST_LIMITS,
+        )
     }
 
     fn upstream_request(f: &Forwarder, req: &[u8], peer: &str) -> Option<String> {
@@ -950,7 +1120,17 @@ mod tests {
         match f.prepare(req, Some(peer.parse().unwrap()), false, &mut out) {
             Parsed::Forward(_) => Some(String::from_utf8(out).unwrap()),
             Parsed::HandOver => None,
+            Parsed::Refuse(page) => panic!("refused: {}", page.summary()),
             Parsed::Partial | Parsed::AwaitBody => panic!("a complete request was seen as partial"),
+        }
+    }
+
+    /// The status this front refuses `req` with, if it does.
+    fn refused(f: &Forwarder, req: &[u8]) -> Option<u16> {
+        let mut out = Vec::new();
+        match f.prepare(req, Some("127.0.0.1".parse().unwrap()), false, &mut out) {
+            Parsed::Refuse(page) => Some(page.status()),
+            _ => None,
         }
     }
 
@@ -968,7 +1148,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            "GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: API.test:80\r\n\r\n"
+            format!("GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: API.test:80\r\nVia: {}\r\n\r\n", f.router.via())
         );
         let trusted = upstream_request(
             &f,
@@ -989,11 +1169,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: secure.test\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: api.test\r\n\r\n",
             b"GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 65537\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: +3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\n\r\n",
@@ -1002,6 +1179,57 @@ mod tests {
         ] {
             assert_eq!(upstream_request(&f, handed_over, "127.0.0.1"), None, "{handed_over:?}");
         }
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused_before_any_hand_over() {
+        let f = forwarder(&[("api.test", "127.0.0.1:1")]);
+        for (req, status) in [
+            (&b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: api.test\r\n\r\n"[..], 400),
+            (b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+            (b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\nhello", 400),
+            (b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: +3\r\n\r\nabc", 400),
+            (b"POST / HTTP/1.1\r\nHost: api.test\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nabc", 400),
+            (b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: host\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+            // The same rules for requests that would go to the pipeline.
+            (b"POST / HTTP/1.0\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        ] {
+            assert_eq!(refused(&f, req), Some(status), "{:?}", String::from_utf8_lossy(req));
+        }
+        let mut many = b"GET / HTTP/1.1\r\nHost: api.test\r\n".to_vec();
+        for i in 0..300 {
+            many.extend(format!("X-{i}: 1\r\n").bytes());
+        }
+        many.extend(b"\r\n");
+        assert_eq!(refused(&f, &many), Some(431));
+        let mut fine = b"GET / HTTP/1.1\r\nHost: api.test\r\n".to_vec();
+        for i in 0..200 {
+            fine.extend(format!("X-{i}: 1\r\n").bytes());
+        }
+        fine.extend(b"\r\n");
+        assert!(
+            upstream_request(&f, &fine, "127.0.0.1").is_some(),
+            "200 fields are fine"
+        );
+    }
+
+    #[test]
+    fn a_request_that_passed_here_before_is_a_loop() {
+        let f = forwarder(&[("api.test", "127.0.0.1:1")]);
+        let first =
+            upstream_request(&f, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", "127.0.0.1").unwrap();
+        let via = first
+            .lines()
+            .find(|l| l.starts_with("Via: "))
+            .expect("a Via entry is added");
+        assert!(via.starts_with("Via: 1.1 itproxy-"), "{via}");
+        let again = first.replace("X-Forwarded-For", "X-Old-For");
+        assert_eq!(refused(&f, again.as_bytes()), Some(508));
+        // Another itproxy's entry is no loop.
+        let other = b"GET / HTTP/1.1\r\nHost: api.test\r\nVia: 1.1 itproxy-00000000\r\n\r\n";
+        assert!(upstream_request(&f, other, "127.0.0.1").is_some());
     }
 
     #[test]
@@ -1092,10 +1320,42 @@ mod tests {
         );
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\n"
+            "HTTP/1.1 200 OK\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\nContent-Length: 5\r\n"
         );
         assert_eq!(r.framing, Framing::Length(5));
         assert!(!r.reusable, "the upstream said close");
+    }
+
+    #[test]
+    fn response_framing_headers_survive_and_go_out_once() {
+        // A Connection header cannot unframe the response it comes with.
+        let (head, r) = client_head(
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        );
+        assert_eq!(r.framing, Framing::Length(2));
+        assert!(head.contains("Content-Length: 2\r\n"), "{head}");
+        let (head, r) = client_head(
+            b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+        // Equal lengths are one length.
+        let (head, _) = client_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\n",
+            false,
+        );
+        assert_eq!(head.matches("Content-Length").count(), 1, "{head}");
+        assert!(head.contains("Content-Length: 5\r\n"), "{head}");
+        // 150 Set-Cookie fields are within the limit.
+        let mut many = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for i in 0..150 {
+            many.extend(format!("Set-Cookie: c{i}=1\r\n").bytes());
+        }
+        many.extend(b"\r\n");
+        let (head, _) = client_head(&many, false);
+        assert_eq!(head.matches("Set-Cookie").count(), 150);
     }
 
     #[test]
@@ -1142,6 +1402,8 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
         ] {

@@ -23,6 +23,7 @@ mod chunked;
 mod forward;
 mod host;
 mod listener;
+mod message;
 mod pages;
 mod proxy;
 mod server;

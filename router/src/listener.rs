@@ -8,6 +8,7 @@
 //! same thread, through the [`Forwarder`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -108,6 +109,7 @@ fn serve_thread(
     };
     runtime.block_on(async move {
         let mut accepting = Vec::new();
+        let connections = Arc::new(AtomicUsize::new(0));
         for socket in sockets {
             // Registered with this thread's reactor, as is every connection it accepts.
             let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -119,31 +121,49 @@ fn serve_thread(
             };
             let app = app.clone();
             let stop = stop.clone();
-            accepting.push(tokio::spawn(accept_loop(listener, app, stop)));
+            accepting.push(tokio::spawn(accept_loop(
+                listener,
+                app,
+                stop,
+                connections.clone(),
+            )));
         }
         let _ = stop.wait_for(|s| *s).await;
         for a in &accepting {
             a.abort();
         }
         // Wake keepalive connections waiting for a next request, then give requests in
-        // flight the grace period.
+        // flight the grace period. Client connections are counted, not the runtime's tasks:
+        // idle upstream connections in Pingora's pool keep a task each, and need no grace.
         app.cleanup().await;
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
-        while tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-            > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        while connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+}
+
+/// Counts a client connection while it is served.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Serving(count.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Arc<Forwarder>,
     stop: watch::Receiver<bool>,
+    connections: Arc<AtomicUsize>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -157,7 +177,11 @@ async fn accept_loop(
         };
         let app = app.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { app.serve_plain(tcp, peer, &stop).await });
+        let serving = Serving::new(&connections);
+        tokio::spawn(async move {
+            app.serve_plain(tcp, peer, &stop).await;
+            drop(serving);
+        });
     }
 }
 

@@ -30,6 +30,14 @@ pub(crate) fn known_routes(table: &RouteTable) -> (Vec<KnownRoute>, usize) {
 
 pub(crate) enum Page {
     MissingHost,
+    /// A request head the front refuses (framing, size): 400, 431 or 501.
+    BadRequest(crate::message::Refusal),
+    /// The request's head did not arrive in time.
+    RequestTimeout,
+    /// The request came back to this itproxy (its own `Via` token).
+    Loop {
+        host: String,
+    },
     NoRoute {
         host: String,
         known: (Vec<KnownRoute>, usize),
@@ -57,13 +65,29 @@ impl Page {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Page::MissingHost => 400,
+            Page::BadRequest(r) => r.status,
+            Page::RequestTimeout => 408,
+            Page::Loop { .. } => 508,
             Page::NoRoute { .. } => 404,
             Page::UpstreamFailed { status, .. } => *status,
         }
     }
 
+    /// One line for the log.
+    pub(crate) fn summary(&self) -> String {
+        self.message()
+    }
+
     fn message(&self) -> String {
         match self {
+            Page::BadRequest(r) => r.reason.to_string(),
+            Page::RequestTimeout => {
+                "the request head did not arrive in time; the connection is closed".to_string()
+            }
+            Page::Loop { host } => format!(
+                "the request for {host:?} came back to this itproxy: its route leads to itproxy \
+                 itself (directly or through another proxy); point it at the service instead"
+            ),
             Page::MissingHost => {
                 "the request has no Host header, so itproxy cannot tell which route it is for"
                     .to_string()
@@ -103,6 +127,12 @@ impl Page {
         let mut v = json!({ "status": self.status(), "message": self.message() });
         match self {
             Page::MissingHost => v["error"] = json!("missing_host"),
+            Page::BadRequest(_) => v["error"] = json!("bad_request"),
+            Page::RequestTimeout => v["error"] = json!("request_timeout"),
+            Page::Loop { host } => {
+                v["error"] = json!("loop_detected");
+                v["host"] = json!(host);
+            }
             Page::NoRoute {
                 host,
                 known: (routes, total),
@@ -140,6 +170,10 @@ impl Page {
         let title = match self.status() {
             400 => "400 Bad Request",
             404 => "404 No Route",
+            408 => "408 Request Timeout",
+            431 => "431 Request Header Fields Too Large",
+            501 => "501 Not Implemented",
+            508 => "508 Loop Detected",
             504 => "504 Gateway Timeout",
             _ => "502 Bad Gateway",
         };

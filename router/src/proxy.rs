@@ -25,6 +25,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
 
+use crate::message;
 use crate::pages::{self, Page};
 use crate::{Route, RouteTable};
 
@@ -49,6 +50,9 @@ pub struct HostRouter {
     pub(crate) routes: Arc<ArcSwap<RouteTable>>,
     trusted_proxies: Vec<IpNet>,
     pub(crate) https_port: Option<u16>,
+    /// This proxy's `Via` entry (`1.1 itproxy-<random>`): a request that carries it already
+    /// has been here, so its route loops.
+    via: Arc<str>,
 }
 
 impl HostRouter {
@@ -60,16 +64,72 @@ impl HostRouter {
         trusted_proxies: Vec<IpNet>,
         https_port: Option<u16>,
     ) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // Random per process, so two itproxy instances chained on purpose are no loop.
+        let id = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u32;
         HostRouter {
             routes,
             trusted_proxies,
             https_port,
+            via: format!("1.1 itproxy-{id:08x}").into(),
         }
+    }
+
+    /// The `Via` entry this proxy adds to every request it forwards.
+    pub(crate) fn via(&self) -> &str {
+        &self.via
+    }
+
+    /// If these request headers show the request passed through this proxy before (its own
+    /// `Via` entry), the host it asked for: the route loops back to us.
+    pub(crate) fn loop_in<'h>(
+        &self,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    ) -> Option<String> {
+        let token = &self.via.as_bytes()[4..];
+        let looped = headers.clone().any(|(name, value)| {
+            name.eq_ignore_ascii_case("via") && value.windows(token.len()).any(|w| w == token)
+        });
+        looped.then(|| {
+            headers
+                .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .next()
+                .unwrap_or_default()
+        })
     }
 
     /// The request as the upstream gets it: origin-form with a Host header, and
     /// `X-Forwarded-*` set (extended only for trusted proxies).
     fn rewrite_for_upstream(&self, session: &Session, req: &mut RequestHeader) -> PResult<()> {
+        // The host the client asked for, before the URI loses its authority below.
+        let requested_host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        // HTTP/2 clients send each cookie as its own field; an HTTP/1.1 upstream expects one
+        // Cookie header, joined with "; " (RFC 9113 8.2.3).
+        if req.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+            let joined = req
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b"; "[..]);
+            let joined = HeaderValue::from_bytes(&joined)
+                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad Cookie"))?;
+            req.insert_header(header::COOKIE, joined)?;
+        }
+        req.append_header(header::VIA, &*self.via)?;
         // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
         // HTTP/1.1 upstream expects origin-form and a Host header.
         if req.uri.authority().is_some() {
@@ -114,16 +174,7 @@ impl HostRouter {
             req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
         if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
-            match session
-                .req_header()
-                .headers
-                .get(header::HOST)
-                .cloned()
-                .or_else(|| {
-                    req.uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                }) {
+            match requested_host {
                 Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     req.remove_header(X_FORWARDED_HOST);
@@ -216,6 +267,34 @@ impl ProxyHttp for HostRouter {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
+        // The forwarder checked HTTP/1 heads already; connections read by Pingora alone (no
+        // fast path) get the same rule here. HTTP/2's codec enforces its own framing.
+        let (refusal, looped) = {
+            let req = session.req_header();
+            let fields: Vec<(&str, &[u8])> = req
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                .collect();
+            let headers = || fields.iter().copied();
+            let refusal = match req.version {
+                http::Version::HTTP_10 => message::check_request(0, headers()).err(),
+                http::Version::HTTP_11 => message::check_request(1, headers()).err(),
+                _ => None,
+            };
+            (refusal, self.loop_in(headers()).is_some())
+        };
+        if let Some(refusal) = refusal {
+            send_page(session, Page::BadRequest(refusal)).await?;
+            return Ok(true);
+        }
+        if looped {
+            let host = request_authority(session.req_header())
+                .unwrap_or_default()
+                .to_string();
+            send_page(session, Page::Loop { host }).await?;
+            return Ok(true);
+        }
         let Some(authority) = request_authority(session.req_header()) else {
             send_page(session, Page::MissingHost).await?;
             return Ok(true);
@@ -248,7 +327,7 @@ impl ProxyHttp for HostRouter {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> PResult<Box<HttpPeer>> {
         let route = ctx
@@ -258,7 +337,13 @@ impl ProxyHttp for HostRouter {
         match route.upstream().peer(ctx.attempt) {
             Some((index, peer)) => {
                 ctx.peer_index = index;
-                Ok(Box::new(peer.clone()))
+                let mut peer = Box::new(peer.clone());
+                if session.is_upgrade_req() {
+                    // A WebSocket may stay quiet for as long as its peers like.
+                    peer.options.read_timeout = None;
+                    peer.options.write_timeout = None;
+                }
+                Ok(peer)
             }
             None => Err(PError::explain(
                 ErrorType::ConnectNoRoute,

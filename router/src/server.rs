@@ -16,7 +16,7 @@ use pingora::services::listening::Service;
 use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
-use crate::forward::Forwarder;
+use crate::forward::{ClientLimits, Forwarder};
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
@@ -42,6 +42,11 @@ pub struct RouterConfig {
     pub work_stealing: bool,
     /// How long requests in flight may take to finish when stopping.
     pub shutdown_timeout: Duration,
+    /// Time from a request's first byte until its head (and a body of up to 64 KiB read with
+    /// it) is complete; then 408 and the connection closes (nginx's client_header_timeout).
+    pub header_timeout: Duration,
+    /// How long an idle keepalive client connection waits for its next request.
+    pub keepalive_timeout: Duration,
     /// Forward simple requests (HTTP/1.1, bodies up to 64 KiB, no upgrade, plain-HTTP upstream) on our
     /// own lean path (`forward`) rather than Pingora's full pipeline.
     pub fast_path: bool,
@@ -57,7 +62,9 @@ impl Default for RouterConfig {
             trusted_proxies: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             work_stealing: false,
-            shutdown_timeout: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(60),
             fast_path: true,
         }
     }
@@ -131,7 +138,18 @@ pub fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = config.https.first().map(|a| a.port());
     let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port);
-    let forwarder = || Forwarder::new(&server.configuration, router.clone(), config.fast_path);
+    let limits = ClientLimits {
+        header_timeout: config.header_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+    };
+    let forwarder = || {
+        Forwarder::new(
+            &server.configuration,
+            router.clone(),
+            config.fast_path,
+            limits,
+        )
+    };
     // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
     // TLS, and everything with work stealing, stays on Pingora's listeners.
     let own_http = !config.work_stealing && !config.http.is_empty();
@@ -182,8 +200,9 @@ pub fn start(
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     for &addr in config.http.iter().chain(&config.https) {
-        let probe = connectable(addr);
-        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+        // Read from the kernel's socket table, not by connecting: a probe connection would
+        // be a client that hangs up mid-handshake, logged as an error by the TLS listener.
+        while !is_listening(addr) {
             if running.thread.as_ref().is_some_and(|t| t.is_finished()) || Instant::now() > deadline
             {
                 running.stop();
@@ -195,13 +214,44 @@ pub fn start(
     Ok(running)
 }
 
-/// The address to connect to in order to reach a listener on `addr` (wildcards via loopback).
-fn connectable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
-        _ => addr,
-    }
+/// Whether a socket listens on `addr` (`/proc/net/tcp` or `tcp6`: state 0A is LISTEN).
+fn is_listening(addr: SocketAddr) -> bool {
+    let (file, local) = match addr.ip() {
+        IpAddr::V4(ip) => (
+            "/proc/net/tcp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(ip.octets()),
+                addr.port()
+            ),
+        ),
+        IpAddr::V6(ip) => {
+            let words: String = ip
+                .octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            ("/proc/net/tcp6", format!("{words}:{:04X}", addr.port()))
+        }
+    };
+    let Ok(table) = std::fs::read_to_string(file) else {
+        // No procfs: fall back to connecting.
+        let probe = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+            IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+            _ => addr,
+        };
+        return TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok();
+    };
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(_), Some(l), Some(_), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        state == "0A" && l == local
+    })
 }
 
 impl RunningRouter {

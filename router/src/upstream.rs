@@ -200,6 +200,10 @@ impl std::str::FromStr for UpstreamSpec {
 pub struct UpstreamOptions {
     /// Time allowed for one TCP (and TLS) connect before the request fails with 504.
     pub connect_timeout: Duration,
+    /// Time allowed for the response to start, and for each later read or write of the
+    /// exchange (a stalled upstream): 504 before the response started, a cut response after.
+    /// Upgraded connections (WebSocket) have none.
+    pub read_timeout: Duration,
     /// For `https://` targets: verify the certificate and host name (off only for
     /// self-signed development backends).
     pub verify_tls: bool,
@@ -209,6 +213,7 @@ impl Default for UpstreamOptions {
     fn default() -> Self {
         UpstreamOptions {
             connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
             verify_tls: true,
         }
     }
@@ -222,6 +227,7 @@ pub struct Upstream {
     /// Index of the address that last accepted a connection; tried first.
     preferred: AtomicUsize,
     connect_timeout: Duration,
+    read_timeout: Duration,
     /// Idle keepalive connections of the forwarder: this route's only, so they end with it.
     idle: std::sync::Mutex<Vec<Idle>>,
 }
@@ -260,6 +266,8 @@ impl Upstream {
                 peer.group_key = generation;
                 peer.options.connection_timeout = Some(options.connect_timeout);
                 peer.options.total_connection_timeout = Some(options.connect_timeout);
+                peer.options.read_timeout = Some(options.read_timeout);
+                peer.options.write_timeout = Some(options.read_timeout);
                 peer.options.verify_cert = options.verify_tls;
                 peer.options.verify_hostname = options.verify_tls;
                 peer
@@ -270,6 +278,7 @@ impl Upstream {
             peers,
             preferred: AtomicUsize::new(0),
             connect_timeout: options.connect_timeout,
+            read_timeout: options.read_timeout,
             idle: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -314,6 +323,10 @@ impl Upstream {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     /// This thread's most recently used idle connection, if one is fresh enough.

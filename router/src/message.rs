@@ -1,0 +1,212 @@
+//! What makes an HTTP/1 request head acceptable, and how its body is framed: one rule for both
+//! fronts (the forwarder checks it before it forwards or hands a connection over; the pipeline
+//! checks it again for connections it reads itself), so a message that one front would read
+//! one way never reaches an upstream that could read it another way.
+//!
+//! The rules follow RFC 9110/9112 and, where those allow a choice, nginx: a request is refused
+//! (and its connection closed) rather than repaired when its framing is ambiguous.
+
+/// Most header fields in one head, on both fronts (Pingora's own limit).
+pub(crate) const MAX_HEADERS: usize = 256;
+/// Largest request or response head, on both fronts.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most tokens in a request's `Connection` headers (as Pingora's nomination check).
+const MAX_CONNECTION_TOKENS: usize = 32;
+
+/// Header fields a `Connection` header may not name as hop-by-hop: removing them would change
+/// how the message is framed or routed, or let a client hide our own forwarding headers.
+const PROTECTED: [&str; 7] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "via",
+];
+
+/// Why a request is refused; always answered with `status` and a closed connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// 400, 431 or 501.
+    pub(crate) status: u16,
+    /// What was wrong, for the client's page and the log.
+    pub(crate) reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refusal {
+    Refusal { status, reason }
+}
+
+/// How a request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Checks a request head's framing headers: one `Host` at most, `Content-Length` a single
+/// number, `Transfer-Encoding` exactly `chunked` and never with a length or in HTTP/1.0, and no
+/// `Connection` token naming a protected field. `version` is the minor version (0 or 1).
+pub(crate) fn check_request<'h>(
+    version: u8,
+    headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+) -> Result<RequestBody, Refusal> {
+    let mut hosts = 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut connection_tokens = 0;
+    for (name, value) in headers.clone() {
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(refuse(400, "the request has more than one Host header"));
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Err(refuse(
+                    400,
+                    "the request has more than one Content-Length header",
+                ));
+            }
+            length = Some(parse_length(value).ok_or(refuse(
+                400,
+                "the request's Content-Length is not a single number",
+            ))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked.is_some() {
+                return Err(refuse(
+                    400,
+                    "the request has more than one Transfer-Encoding header",
+                ));
+            }
+            let mut codings = tokens(value);
+            chunked = Some(matches!(
+                (codings.next(), codings.next()),
+                (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+            ));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(value) {
+                connection_tokens += 1;
+                if connection_tokens > MAX_CONNECTION_TOKENS {
+                    return Err(refuse(400, "the request's Connection header is too long"));
+                }
+                if token.starts_with(b":")
+                    || PROTECTED
+                        .iter()
+                        .any(|p| token.eq_ignore_ascii_case(p.as_bytes()))
+                {
+                    return Err(refuse(
+                        400,
+                        "the request's Connection header names a field that cannot be hop-by-hop",
+                    ));
+                }
+            }
+        }
+    }
+    match (chunked, length) {
+        (None, None) => Ok(RequestBody::None),
+        (None, Some(n)) => Ok(RequestBody::Length(n)),
+        (Some(_), Some(_)) => Err(refuse(
+            400,
+            "the request has both Transfer-Encoding and Content-Length",
+        )),
+        (Some(_), None) if version == 0 => Err(refuse(
+            400,
+            "an HTTP/1.0 request cannot use Transfer-Encoding",
+        )),
+        (Some(true), None) => Ok(RequestBody::Chunked),
+        (Some(false), None) => Err(refuse(
+            501,
+            "the request's Transfer-Encoding is not \"chunked\"; no other coding is supported",
+        )),
+    }
+}
+
+/// A `Content-Length` value: 1 to 19 digits, nothing else (no sign, list or spaces).
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` may be removed because a `Connection` header names it: never a protected
+/// field, whoever sent it (an upstream's `Connection: Content-Length` must not unframe the
+/// response it relays).
+pub(crate) fn is_protected(name: &str) -> bool {
+    PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(head: &[(&'static str, &'static str)], version: u8) -> Result<RequestBody, u16> {
+        check_request(version, head.iter().map(|(n, v)| (*n, v.as_bytes()))).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        assert_eq!(check(&[("Host", "a.test")], 1), Ok(RequestBody::None));
+        assert_eq!(
+            check(&[("Host", "a.test"), ("Content-Length", "05")], 1),
+            Ok(RequestBody::Length(5))
+        );
+        assert_eq!(
+            check(&[("Host", "a.test"), ("Transfer-Encoding", "Chunked")], 1),
+            Ok(RequestBody::Chunked)
+        );
+        assert_eq!(
+            check(&[("Connection", "keep-alive, X-Private")], 1),
+            Ok(RequestBody::None)
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for (head, status) in [
+            (&[("Host", "a.test"), ("host", "b.test")][..], 400),
+            (&[("Content-Length", "5"), ("Content-Length", "5")], 400),
+            (&[("Content-Length", "5"), ("content-length", "05")], 400),
+            (&[("Content-Length", "5, 5")], 400),
+            (&[("Content-Length", "+5")], 400),
+            (&[("Content-Length", "")], 400),
+            (&[("Content-Length", "99999999999999999999")], 400),
+            (
+                &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+                400,
+            ),
+            (
+                &[
+                    ("Transfer-Encoding", "chunked"),
+                    ("Transfer-Encoding", "chunked"),
+                ],
+                400,
+            ),
+            (&[("Transfer-Encoding", "gzip, chunked")], 501),
+            (&[("Transfer-Encoding", "chunked, gzip")], 501),
+            (&[("Transfer-Encoding", "identity")], 501),
+            (&[("Connection", "Content-Length")], 400),
+            (&[("Connection", "keep-alive, transfer-encoding")], 400),
+            (&[("Connection", "Host")], 400),
+            (&[("Connection", "x-forwarded-for")], 400),
+            (&[("Connection", ":authority")], 400),
+        ] {
+            assert_eq!(check(head, 1), Err(status), "{head:?}");
+        }
+        assert_eq!(check(&[("Transfer-Encoding", "chunked")], 0), Err(400));
+        let many = "a,".repeat(40);
+        let many: &'static str = Box::leak(many.into_boxed_str());
+        assert_eq!(check(&[("Connection", many)], 1), Err(400));
+    }
+}
