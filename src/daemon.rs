@@ -394,6 +394,21 @@ impl Daemon {
                 format!("{e}; check the host name, or use an IP address"),
             )
         })?;
+        if let Some((target, listener)) = self
+            .listeners
+            .get()
+            .and_then(|l| own_listener(&addrs, &l.proxy))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "route_to_itself",
+                format!(
+                    "{} ({target}) is itproxy's own listener {listener}: every request would \
+                     come back to itproxy itself; route to the service's address instead",
+                    spec.target
+                ),
+            ));
+        }
         let mut routes = self.routes.lock().await;
         let routed = routes.build(spec, addrs, &self.config.timeouts);
         let mut next = routes.overrides.clone();
@@ -536,10 +551,37 @@ async fn shutdown_signal() {
 /// What the daemon serves on.
 #[derive(Default)]
 struct Listening {
+    /// The proxy's own HTTP and HTTPS sockets: no route may point at them.
+    proxy: Vec<std::net::SocketAddr>,
     http: Vec<String>,
     https: Vec<String>,
     dns: Vec<String>,
     dns_upstreams: Vec<String>,
+}
+
+/// The first of `targets` that is one of the proxy's own `listeners`, with that listener: the
+/// same address, a wildcard listener on the target's port of an address of this machine, or
+/// a wildcard target (which reaches this machine).
+fn own_listener(
+    targets: &[std::net::SocketAddr],
+    listeners: &[std::net::SocketAddr],
+) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let is_local = |ip: std::net::IpAddr| {
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+    };
+    targets.iter().find_map(|t| {
+        listeners
+            .iter()
+            .find(|l| {
+                l.port() == t.port()
+                    && (l.ip() == t.ip()
+                        || (l.ip().is_unspecified() && is_local(t.ip()))
+                        || (t.ip().is_unspecified() && (l.ip().is_loopback() || is_local(l.ip()))))
+            })
+            .map(|l| (*t, *l))
+    })
 }
 
 /// The proxy's address as loopback askers reach it: its first IPv4 and IPv6 listeners
@@ -759,6 +801,12 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
         }
     };
     let listening = Listening {
+        proxy: router
+            .http_addrs()
+            .iter()
+            .chain(router.https_addrs())
+            .copied()
+            .collect(),
         http: router.http_addrs().iter().map(|a| a.to_string()).collect(),
         https: router.https_addrs().iter().map(|a| a.to_string()).collect(),
         dns: dns_config

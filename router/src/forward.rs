@@ -37,7 +37,9 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora::proxy::HttpProxy;
@@ -84,7 +86,9 @@ const HOP_BY_HOP: [&str; 7] = [
 pub(crate) struct Forwarder {
     /// The routing policy (routes, trusted proxies, HTTPS redirects), the pipeline's own.
     router: HostRouter,
-    enabled: bool,
+    /// Forward simple requests here; when off, every request is checked here and served by
+    /// the pipeline.
+    forwards: bool,
     limits: ClientLimits,
     pipeline: Arc<HttpProxy<HostRouter>>,
 }
@@ -163,7 +167,7 @@ impl Forwarder {
     pub(crate) fn new(
         conf: &Arc<pingora::server::configuration::ServerConf>,
         router: HostRouter,
-        enabled: bool,
+        forwards: bool,
         limits: ClientLimits,
     ) -> Self {
         // Its own: a pipeline whose service stops (Pingora's, when it has no listener)
@@ -171,7 +175,7 @@ impl Forwarder {
         let pipeline = Arc::new(pingora::proxy::http_proxy(conf, router.clone()));
         Forwarder {
             router,
-            enabled,
+            forwards,
             limits,
             pipeline,
         }
@@ -185,21 +189,49 @@ impl Forwarder {
         shutdown: &ShutdownWatch,
     ) {
         let _ = tcp.set_nodelay(true);
-        let (tcp, prefix) = if self.enabled {
-            let mut conn = Conn::new(tcp, Some(peer.ip()), false);
-            match self.serve(&mut conn, shutdown).await {
-                Outcome::Done => return,
-                Outcome::HandOver => (conn.client, conn.buf),
-            }
-        } else {
-            (tcp, BytesMut::new())
-        };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-        let mut stream = L4Stream::from(tcp);
+        let mut conn = Conn::new(tcp, Some(peer.ip()), false);
+        if let Outcome::Done = self.serve(&mut conn, shutdown).await {
+            return;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.client);
+        let mut stream = L4Stream::from(conn.client);
         // Gives the session the client's address (X-Forwarded-For), read lazily.
         stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-        let stream = ClientStream::new(Box::new(stream), prefix.freeze());
-        self.pipeline.process_new(Box::new(stream), shutdown).await;
+        let stream = Box::new(ClientStream::new(Box::new(stream)));
+        self.take_turns(stream, conn.buf, Some(peer.ip()), false, shutdown)
+            .await;
+    }
+
+    /// Lets the pipeline serve the request at the start of `read` on `stream`, then takes the
+    /// connection back for the next request, and so on: every request head on an HTTP/1
+    /// connection is read and checked here, whichever path serves it.
+    async fn take_turns(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        mut read: BytesMut,
+        peer: Option<IpAddr>,
+        tls: bool,
+        shutdown: &ShutdownWatch,
+    ) {
+        loop {
+            let mut session = HttpSessionV1::new(stream);
+            // The bytes read so far are the request's start; Pingora parses them first.
+            session.set_pipelined_prefix(read);
+            let mut session = ServerSession::H1(session);
+            let keepalive = (!*shutdown.borrow()).then(|| self.limits.keepalive_timeout.as_secs());
+            session.set_keepalive(keepalive);
+            let Some(reused) = self.pipeline.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let mut conn = Conn::new(reused.consume().0, peer, tls);
+            match self.serve(&mut conn, shutdown).await {
+                Outcome::Done => return,
+                Outcome::HandOver => {
+                    stream = conn.client;
+                    read = conn.buf;
+                }
+            }
+        }
     }
 
     /// Reads and forwards requests until the connection ends or one needs the pipeline.
@@ -337,7 +369,7 @@ impl Forwarder {
         {
             return Parsed::Refuse(Page::Loop { host });
         }
-        if version != 1 || method == "CONNECT" || !path.starts_with('/') {
+        if !self.forwards || version != 1 || method == "CONNECT" || !path.starts_with('/') {
             return Parsed::HandOver;
         }
         let body_len = match body {
@@ -1026,7 +1058,7 @@ impl ServerApp for Forwarder {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !self.enabled || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.pipeline.process_new(stream, shutdown).await;
         }
         let tls = stream.get_ssl_digest().is_some();
@@ -1034,16 +1066,11 @@ impl ServerApp for Forwarder {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut conn = Conn::new(stream, peer, tls);
-        match self.serve(&mut conn, shutdown).await {
-            Outcome::Done => None,
-            Outcome::HandOver if conn.buf.is_empty() => {
-                self.pipeline.process_new(conn.client, shutdown).await
-            }
-            Outcome::HandOver => {
-                let stream = ClientStream::new(conn.client, conn.buf.freeze());
-                self.pipeline.process_new(Box::new(stream), shutdown).await
-            }
+        if let Outcome::HandOver = self.serve(&mut conn, shutdown).await {
+            self.take_turns(conn.client, conn.buf, peer, tls, shutdown)
+                .await;
         }
+        None
     }
 
     async fn cleanup(&self) {
@@ -1194,7 +1221,7 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
             // The same rules for requests that would go to the pipeline.
             (b"POST / HTTP/1.0\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
         ] {
             assert_eq!(refused(&f, req), Some(status), "{:?}", String::from_utf8_lossy(req));
         }

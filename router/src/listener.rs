@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use tokio::sync::watch;
@@ -185,13 +184,11 @@ async fn accept_loop(
     }
 }
 
-/// A client connection handed to Pingora's pipeline: the bytes the forwarder already read
-/// come first, and writes are gathered until Pingora flushes, so a response's header and a
-/// small body leave in one `send` (as Pingora's own listeners do with their 1460-byte write
-/// buffer, which streams built outside them lack).
+/// A plain client connection handed to Pingora's pipeline: writes are gathered until Pingora
+/// flushes, so a response's header and a small body leave in one `send` (as Pingora's own
+/// listeners do with their 1460-byte write buffer, which streams built outside them lack).
 #[derive(Debug)]
 pub(crate) struct ClientStream {
-    read_first: Bytes,
     inner: tokio::io::BufWriter<Stream>,
 }
 
@@ -199,9 +196,8 @@ pub(crate) struct ClientStream {
 const WRITE_BUFFER: usize = 8 * 1024;
 
 impl ClientStream {
-    pub(crate) fn new(stream: Stream, read_first: Bytes) -> Self {
+    pub(crate) fn new(stream: Stream) -> Self {
         ClientStream {
-            read_first,
             inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
         }
     }
@@ -232,12 +228,6 @@ mod client_stream_io {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            if !self.read_first.is_empty() {
-                let n = self.read_first.len().min(buf.remaining());
-                let first = self.read_first.split_to(n);
-                buf.put_slice(&first);
-                return Poll::Ready(Ok(()));
-            }
             Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
@@ -316,13 +306,7 @@ mod client_stream_io {
     #[async_trait]
     impl Peek for ClientStream {
         async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-            if self.read_first.is_empty() {
-                return self.inner.get_mut().try_peek(buf).await;
-            }
-            // Only what was read already can be shown without consuming anything.
-            let n = self.read_first.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.read_first[..n]);
-            Ok(n == buf.len())
+            self.inner.get_mut().try_peek(buf).await
         }
     }
 }

@@ -28,7 +28,7 @@ const PROTECTED: [&str; 7] = [
 /// Why a request is refused; always answered with `status` and a closed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refusal {
-    /// 400, 431 or 501.
+    /// 400 or 431.
     pub(crate) status: u16,
     /// What was wrong, for the client's page and the log.
     pub(crate) reason: &'static str,
@@ -117,8 +117,9 @@ pub(crate) fn check_request<'h>(
             "an HTTP/1.0 request cannot use Transfer-Encoding",
         )),
         (Some(true), None) => Ok(RequestBody::Chunked),
+        // 400 rather than 501: Pingora's parser refuses these before anyone could answer 501.
         (Some(false), None) => Err(refuse(
-            501,
+            400,
             "the request's Transfer-Encoding is not \"chunked\"; no other coding is supported",
         )),
     }
@@ -193,9 +194,9 @@ mod tests {
                 ],
                 400,
             ),
-            (&[("Transfer-Encoding", "gzip, chunked")], 501),
-            (&[("Transfer-Encoding", "chunked, gzip")], 501),
-            (&[("Transfer-Encoding", "identity")], 501),
+            (&[("Transfer-Encoding", "gzip, chunked")], 400),
+            (&[("Transfer-Encoding", "chunked, gzip")], 400),
+            (&[("Transfer-Encoding", "identity")], 400),
             (&[("Connection", "Content-Length")], 400),
             (&[("Connection", "keep-alive, transfer-encoding")], 400),
             (&[("Connection", "Host")], 400),

@@ -30,7 +30,7 @@ pub(crate) fn known_routes(table: &RouteTable) -> (Vec<KnownRoute>, usize) {
 
 pub(crate) enum Page {
     MissingHost,
-    /// A request head the front refuses (framing, size): 400, 431 or 501.
+    /// A request head the front refuses (framing, size): 400 or 431.
     BadRequest(crate::message::Refusal),
     /// The request's head did not arrive in time.
     RequestTimeout,
@@ -172,7 +172,6 @@ impl Page {
             404 => "404 No Route",
             408 => "408 Request Timeout",
             431 => "431 Request Header Fields Too Large",
-            501 => "501 Not Implemented",
             508 => "508 Loop Detected",
             504 => "504 Gateway Timeout",
             _ => "502 Bad Gateway",

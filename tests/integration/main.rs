@@ -6,6 +6,7 @@ mod cli;
 mod dns;
 mod docker;
 mod errors;
+mod hardening;
 mod headers;
 mod persistence;
 mod routing;

@@ -1,0 +1,504 @@
+//! The HTTP front as a security boundary: hostile clients and misbehaving upstreams, each case
+//! run on both fronts (the forwarder, and Pingora's pipeline alone with `fast_path = false`)
+//! and expected to behave the same.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::util::*;
+
+/// itproxy on each front, with `extra` lines added to `[proxy]`.
+fn fronts(extra: &str) -> Vec<(&'static str, Itproxy)> {
+    [("forwarder", "true"), ("pipeline", "false")]
+        .into_iter()
+        .map(|(name, fast)| {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let cfg = write_config(&dir, &format!("[proxy]\nfast_path = {fast}\n{extra}\n"));
+            (
+                name,
+                Itproxy::start_with(&["--config", cfg.to_str().unwrap()]),
+            )
+        })
+        .collect()
+}
+
+/// Writes `bytes` on a new connection and reads until the proxy closes it or stays silent
+/// for `quiet`.
+async fn exchange(p: &Itproxy, bytes: &[u8], quiet: Duration) -> String {
+    let mut tcp = TcpStream::connect(p.http).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    read_until_quiet(&mut tcp, quiet).await
+}
+
+async fn read_until_quiet(tcp: &mut TcpStream, quiet: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tokio::time::timeout(quiet, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the proxy closed `tcp` (end of file or reset) within `within`.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match tokio::time::timeout(deadline - Instant::now(), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// A raw upstream: reads request heads (and `Content-Length` bodies) on each connection,
+/// records them, and answers each with what `answer` returns for its head (nothing: the
+/// request stays unanswered).
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Answer = Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
+
+impl RawUpstream {
+    async fn start(answer: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let answer: Answer = Arc::new(answer);
+        let (r, c, d) = (requests.clone(), connections.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_raw(tcp, answer.clone(), r.clone(), d.clone()));
+            }
+        });
+        RawUpstream {
+            addr,
+            requests,
+            connections,
+            closed,
+            task,
+        }
+    }
+
+    fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_raw(
+    mut tcp: TcpStream,
+    answer: Answer,
+    requests: Arc<Mutex<Vec<String>>>,
+    closed: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let body = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + body {
+                break;
+            }
+            buf.drain(..end + 4 + body);
+            requests.lock().unwrap().push(head.clone());
+            if let Some(reply) = answer(&head) {
+                if tcp.write_all(&reply).await.is_err() {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The request target of a head (`GET /a HTTP/1.1` -> `/a`).
+fn path_of(head: &str) -> String {
+    head.split(' ').nth(1).unwrap_or("").to_string()
+}
+
+/// A keepalive answer whose body is the request's path.
+fn echo_path(head: &str) -> Vec<u8> {
+    let path = path_of(head);
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+        path.len()
+    )
+    .into_bytes()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_cannot_turn_a_body_into_a_second_request() {
+    let api = Backend::start("api").await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &api.target()]);
+        let before = api.hits();
+        let smuggled = "GET /admin HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        for nominated in ["Content-Length", "content-length, keep-alive", "Host"] {
+            let attack = format!(
+                "POST / HTTP/1.1\r\nHost: api.test\r\nConnection: {nominated}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            );
+            let reply = exchange(&p, attack.as_bytes(), Duration::from_millis(500)).await;
+            assert_eq!(status_of(&reply), 400, "{front}, {nominated}: {reply}");
+            assert_eq!(
+                reply.matches("HTTP/1.1").count(),
+                1,
+                "{front}: one answer, then the connection closes: {reply}"
+            );
+        }
+        assert_eq!(api.hits(), before, "{front}: the backend saw none of it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_lengths_are_refused_on_both_fronts() {
+    let api = Backend::start("api").await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &api.target()]);
+        let before = api.hits();
+        for (head, status) in [
+            ("Content-Length: 5\r\nContent-Length: 5\r\n", 400),
+            ("Content-Length: 5\r\nContent-Length: 05\r\n", 400),
+            ("Content-Length: 5, 5\r\n", 400),
+            ("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+            ("Transfer-Encoding: gzip\r\n", 400),
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nHost: api.test\r\n{head}\r\nhello");
+            let reply = exchange(&p, req.as_bytes(), Duration::from_millis(500)).await;
+            assert_eq!(status_of(&reply), status, "{front}, {head:?}: {reply}");
+        }
+        let two_hosts = b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\n\r\n";
+        let reply = exchange(&p, two_hosts, Duration::from_millis(500)).await;
+        assert_eq!(status_of(&reply), 400, "{front}: {reply}");
+        assert_eq!(api.hits(), before, "{front}: the backend saw none of it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_upstream_bytes_never_reach_the_next_client() {
+    // Every answer is followed by a second, unasked one; HEAD answers carry a body anyway.
+    let up = RawUpstream::start(|head| {
+        let mut reply = echo_path(head);
+        if head.starts_with("HEAD") {
+            reply.extend_from_slice(b"/head-body");
+        } else {
+            reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n/stray");
+        }
+        Some(reply)
+    })
+    .await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        for (i, method) in ["GET", "HEAD", "GET", "GET", "HEAD", "GET"]
+            .iter()
+            .enumerate()
+        {
+            let mut c = Client::connect(p.http).await;
+            let path = format!("/client-{i}");
+            let r = c.request(method, "api.test", &path, &[], "").await.unwrap();
+            assert_eq!(r.status, 200, "{front}");
+            if *method == "GET" {
+                assert_eq!(r.text(), path, "{front}: client {i} got another's answer");
+            }
+        }
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        up.requests().len(),
+        "a connection with unread bytes carried another request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_unframe_its_response_with_a_connection_header() {
+    let up = RawUpstream::start(|_| {
+        Some(
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, keep-alive\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+        )
+    })
+    .await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_until_quiet(&mut tcp, Duration::from_millis(500)).await;
+        let head = reply.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("content-length: 2") || head.contains("connection: close"),
+            "{front}: a kept-alive response without framing: {reply}"
+        );
+        // Framed, so the connection serves a second request.
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        let again = read_until_quiet(&mut tcp, Duration::from_millis(500)).await;
+        assert!(again.ends_with("ok"), "{front}: {again}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_150_cookies_is_relayed_by_both_fronts() {
+    let up = RawUpstream::start(|_| {
+        let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        for i in 0..150 {
+            r.extend(format!("Set-Cookie: c{i}=v{i}; Path=/\r\n").bytes());
+        }
+        r.extend(b"\r\nok");
+        Some(r)
+    })
+    .await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let reply = exchange(
+            &p,
+            b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(status_of(&reply), 200, "{front}: {reply}");
+        assert_eq!(reply.matches("Set-Cookie: c").count(), 150, "{front}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_releases_the_upstream_connection() {
+    let up = RawUpstream::start(|_| None).await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let closed_before = up.closed.load(Ordering::SeqCst);
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while up.requests().len() <= closed_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(tcp);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while up.closed.load(Ordering::SeqCst) == closed_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            up.closed.load(Ordering::SeqCst),
+            closed_before + 1,
+            "{front}: the upstream connection outlived its client"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_byte_by_byte_is_cut_at_the_header_timeout() {
+    let api = Backend::start("api").await;
+    for (front, p) in fronts("header_timeout = \"1s\"") {
+        p.ok(&["route", "api", &api.target()]);
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut cut = false;
+        // One byte every 200 ms: each would restart a per-read timeout.
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tcp.write_all(b"X").await.is_err() {
+                cut = true;
+                break;
+            }
+            if closed_within(&mut tcp, Duration::from_millis(1)).await {
+                cut = true;
+                break;
+            }
+        }
+        assert!(
+            cut,
+            "{front}: still open after {:?} of trickling",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "{front}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_is_a_504_naming_the_route_and_a_streaming_one_is_not() {
+    let hung = RawUpstream::start(|_| None).await;
+    let streaming = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let streaming_addr = streaming.local_addr().unwrap();
+    let stream_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = streaming.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                // Six chunks 400 ms apart: 2.4 s in all, longer than the read timeout.
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let _ = tcp.write_all(b"5\r\ntick \r\n").await;
+                }
+                let _ = tcp.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    for (front, p) in fronts("read_timeout = \"1s\"") {
+        p.ok(&["route", "hung", &hung.target()]);
+        p.ok(&["route", "ticks", &streaming_addr.to_string()]);
+        let started = Instant::now();
+        let r = get(p.http, "hung.test", "/").await;
+        assert_eq!(r.status, 504, "{front}: {}", r.text());
+        assert!(r.text().contains("hung.test"), "{front}: {}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(5), "{front}");
+
+        let r = get(p.http, "ticks.test", "/").await;
+        assert_eq!(r.status, 200, "{front}");
+        assert_eq!(r.text(), "tick ".repeat(6), "{front}");
+    }
+    stream_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_comes_back_through_another_proxy_is_a_508() {
+    // A TCP relay stands for any proxy in between (a container running nginx, say).
+    let relayed = Arc::new(AtomicUsize::new(0));
+    for (front, p) in fronts("") {
+        let proxy = p.http;
+        let count = relayed.clone();
+        relayed.store(0, Ordering::SeqCst);
+        let relay_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay_listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = relay_listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(proxy).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        p.ok(&["route", "loop", &relay_addr.to_string()]);
+        let r = get(p.http, "loop.test", "/").await;
+        assert_eq!(r.status, 508, "{front}: {}", r.text());
+        assert!(r.text().contains("loop.test"), "{front}: {}", r.text());
+        assert_eq!(relayed.load(Ordering::SeqCst), 1, "{front}: one lap only");
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_itproxy_itself_is_refused() {
+    let p = Itproxy::start();
+    for target in [
+        p.http.to_string(),
+        format!("localhost:{}", p.http.port()),
+        format!("0.0.0.0:{}", p.http.port()),
+        format!("https://127.0.0.1:{}", p.https.port()),
+    ] {
+        let err = p.fails(&["route", "loop", &target]);
+        assert!(
+            err.contains("itproxy itself") || err.contains("its own"),
+            "{target}: {err}"
+        );
+    }
+    assert!(!p.routes().contains_key("loop.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_when_itproxy_stops() {
+    let slow = RawUpstream::start(|_| None).await;
+    // Answers after 2 s: longer than the old fixed 1 s grace.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await;
+    });
+    let mut p = Itproxy::start();
+    p.ok(&["route", "slow", &addr.to_string()]);
+    let proxy = p.http;
+    let request = tokio::spawn(async move { get(proxy, "slow.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
+    let r = request.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "done"));
+    task.abort();
+    drop(slow);
+}
+
+#[tokio::test]
+async fn starting_leaves_no_error_in_the_log() {
+    let p = Itproxy::start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = p.log();
+    assert!(!log.contains("ERROR"), "{log}");
+}
