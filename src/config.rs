@@ -341,6 +341,8 @@ pub struct Timeouts {
     pub header: Duration,
     /// An idle client connection to send its next request (`keepalive_timeout`, 60 s).
     pub keepalive: Duration,
+    /// A client to take more of its response (`send_timeout`, 60 s): then it is dropped.
+    pub send: Duration,
     /// Requests in flight to finish when itproxy stops (`shutdown_grace`, 10 s).
     pub shutdown_grace: Duration,
 }
@@ -352,6 +354,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(60),
             header: Duration::from_secs(60),
             keepalive: Duration::from_secs(60),
+            send: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -398,6 +401,8 @@ struct ProxySection {
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     keepalive_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    send_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
     threads: Option<Threads>,
@@ -675,6 +680,7 @@ impl Config {
                 read: p.read_timeout.unwrap_or(d.read),
                 header: p.header_timeout.unwrap_or(d.header),
                 keepalive: p.keepalive_timeout.unwrap_or(d.keepalive),
+                send: p.send_timeout.unwrap_or(d.send),
                 shutdown_grace: p.shutdown_grace.unwrap_or(d.shutdown_grace),
             };
             for (key, v) in [
@@ -682,6 +688,7 @@ impl Config {
                 ("read_timeout", t.read),
                 ("header_timeout", t.header),
                 ("keepalive_timeout", t.keepalive),
+                ("send_timeout", t.send),
             ] {
                 if v.is_zero() {
                     return Err(invalid(format!("proxy.{key} must be more than 0")));
@@ -1029,6 +1036,7 @@ mod tests {
                 read: Duration::from_secs(120),
                 header: Duration::from_secs(10),
                 keepalive: Duration::from_secs(75),
+                send: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
             }
         );

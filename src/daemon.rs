@@ -763,6 +763,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
         shutdown_timeout: config.timeouts.shutdown_grace,
         header_timeout: config.timeouts.header,
         keepalive_timeout: config.timeouts.keepalive,
+        send_timeout: config.timeouts.send,
     };
     // Declared apps get their own engine connection: discovery holds the other one.
     let apps = match (&config.env, environment) {

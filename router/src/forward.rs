@@ -68,6 +68,8 @@ pub(crate) struct ClientLimits {
     pub(crate) header_timeout: Duration,
     /// How long an idle keepalive connection waits for its next request.
     pub(crate) keepalive_timeout: Duration,
+    /// How long a write to the client may wait (a client that stops reading its response).
+    pub(crate) send_timeout: Duration,
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
@@ -220,6 +222,9 @@ impl Forwarder {
             let mut session = ServerSession::H1(session);
             let keepalive = (!*shutdown.borrow()).then(|| self.limits.keepalive_timeout.as_secs());
             session.set_keepalive(keepalive);
+            session.set_write_timeout(Some(self.limits.send_timeout));
+            // A streamed body must keep coming: each read waits at most this long.
+            session.set_read_timeout(Some(self.limits.header_timeout));
             let Some(reused) = self.pipeline.process_new_http(session, shutdown).await else {
                 return;
             };
@@ -505,7 +510,10 @@ impl Forwarder {
             &mut conn.out,
             body,
             response.framing,
-            upstream.read_timeout(),
+            Timeouts {
+                upstream: upstream.read_timeout(),
+                client: self.limits.send_timeout,
+            },
         )
         .await;
         conn.upbuf.clear();
@@ -914,7 +922,7 @@ async fn relay_body<C>(
     out: &mut Vec<u8>,
     body: &[u8],
     framing: Framing,
-    timeout: Duration,
+    timeouts: Timeouts,
 ) -> std::io::Result<bool>
 where
     C: AsyncWrite + Unpin,
@@ -937,7 +945,7 @@ where
     };
     let mut clean = first == body.len();
     out.extend_from_slice(&body[..first]);
-    client.write_all(out).await?;
+    send(client, out, timeouts.client).await?;
     let mut left = match framing {
         Framing::Length(n) => n - first as u64,
         _ => 0,
@@ -947,12 +955,12 @@ where
         buf.clear();
         buf.reserve(READ_CHUNK);
         // A response may stream for as long as it likes, but not stall for longer than this.
-        let n = tokio::time::timeout(timeout, up.read_buf(&mut buf))
+        let n = tokio::time::timeout(timeouts.upstream, up.read_buf(&mut buf))
             .await
             .map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("the upstream sent nothing for {}", secs(timeout)),
+                    format!("the upstream sent nothing for {}", secs(timeouts.upstream)),
                 )
             })??;
         if n == 0 {
@@ -979,10 +987,33 @@ where
             _ => n,
         };
         clean &= take == n;
-        client.write_all(&buf[..take]).await?;
+        send(client, &buf[..take], timeouts.client).await?;
     }
     client.flush().await?;
     Ok(clean)
+}
+
+/// How long a relayed body may stall on either side.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    upstream: Duration,
+    client: Duration,
+}
+
+/// Writes to the client, giving up on one that stopped reading.
+async fn send<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, client.write_all(bytes))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its response",
+            )
+        })?
 }
 
 /// Whether a `Connection` header among `headers` names `name` as hop-by-hop (never one
@@ -1086,6 +1117,7 @@ pub mod bench {
     pub(super) const TEST_LIMITS: ClientLimits = ClientLimits {
         header_timeout: Duration::from_secs(60),
         keepalive_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(60),
     };
 
     /// Rewrites request heads the way the forwarder does for `routes`.

@@ -397,6 +397,24 @@ impl ProxyHttp for HostRouter {
         self.rewrite_for_upstream(session, req)
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        // A switch nobody asked for would turn the connection into a raw tunnel to whatever
+        // the upstream sends next; the forwarder refuses it too.
+        if upstream_response.status.as_u16() == 101 && !session.is_upgrade_req() {
+            return Err(PError::explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 Switching Protocols to a request without Upgrade",
+            )
+            .into_up());
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

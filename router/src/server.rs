@@ -47,6 +47,9 @@ pub struct RouterConfig {
     pub header_timeout: Duration,
     /// How long an idle keepalive client connection waits for its next request.
     pub keepalive_timeout: Duration,
+    /// How long a write to a client may wait before the client counts as gone (one that
+    /// stopped reading its response; nginx's send_timeout).
+    pub send_timeout: Duration,
     /// Forward simple requests (HTTP/1.1, bodies up to 64 KiB, no upgrade, plain-HTTP upstream) on our
     /// own lean path (`forward`) rather than Pingora's full pipeline.
     pub fast_path: bool,
@@ -65,6 +68,7 @@ impl Default for RouterConfig {
             shutdown_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             fast_path: true,
         }
     }
@@ -141,6 +145,7 @@ pub fn start(
     let limits = ClientLimits {
         header_timeout: config.header_timeout,
         keepalive_timeout: config.keepalive_timeout,
+        send_timeout: config.send_timeout,
     };
     let forwarder = || {
         Forwarder::new(

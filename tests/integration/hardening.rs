@@ -502,3 +502,130 @@ async fn starting_leaves_no_error_in_the_log() {
     let log = p.log();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn itproxy_is_never_an_open_proxy() {
+    let api = RawUpstream::start(|head| Some(echo_path(head))).await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &api.target()]);
+        let before = api.requests().len();
+        // The target's authority names the upstream itself, not a route: no route, 404.
+        let absolute = format!(
+            "GET http://{}/secret HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            api.addr
+        );
+        let reply = exchange(&p, absolute.as_bytes(), Duration::from_millis(500)).await;
+        let status = status_of(&reply);
+        assert!([400, 404].contains(&status), "{front}: {reply}");
+        let connect = format!(
+            "CONNECT {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            api.addr, api.addr
+        );
+        let reply = exchange(&p, connect.as_bytes(), Duration::from_millis(500)).await;
+        let status = status_of(&reply);
+        assert!((400..500).contains(&status), "{front}: {reply}");
+        let connect = b"CONNECT api.test:80 HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        let reply = exchange(&p, connect, Duration::from_millis(500)).await;
+        assert_ne!(
+            status_of(&reply),
+            200,
+            "{front}: a tunnel was opened: {reply}"
+        );
+        assert_eq!(
+            api.requests().len(),
+            before,
+            "{front}: {:?}",
+            api.requests()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_and_malformed_upstream_answers() {
+    let up = RawUpstream::start(|head| {
+        Some(match path_of(head).as_str() {
+            "/early-hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n\r\nraw bytes".to_vec(),
+            "/garbage" => b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(),
+            "/bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        })
+    })
+    .await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let reply = exchange(
+            &p,
+            b"GET /early-hints HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 103"), "{front}: {reply}");
+        assert!(reply.contains("\r\n\r\nHTTP/1.1 200"), "{front}: {reply}");
+        for bad in ["/switch", "/garbage"] {
+            let r = get(p.http, "api.test", bad).await;
+            assert_eq!(r.status, 502, "{front} {bad}: {}", r.text());
+            assert!(r.text().contains("api.test"), "{front}: {}", r.text());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_short_is_not_waited_for_forever() {
+    let api = Backend::start("api").await;
+    for (front, p) in fronts("header_timeout = \"1s\"") {
+        p.ok(&["route", "api", &api.target()]);
+        let before = api.hits();
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        tcp.write_all(b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        let reply = read_until_quiet(&mut tcp, Duration::from_secs(4)).await;
+        if front == "forwarder" {
+            assert_eq!(status_of(&reply), 408, "{front}: {reply}");
+        }
+        assert!(
+            closed_within(&mut tcp, Duration::from_millis(100)).await,
+            "{front}"
+        );
+        if front == "forwarder" {
+            // Small bodies are read whole first; the pipeline streams them, as nginx does
+            // with proxy_request_buffering off, and cuts the upstream request instead.
+            assert_eq!(
+                api.hits(),
+                before,
+                "{front}: half a request reached the backend"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
+    // 64 MiB: more than every socket buffer on the way can hold.
+    let big = Arc::new({
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64 << 20).into_bytes();
+        r.resize(r.len() + (64 << 20), b'x');
+        r
+    });
+    let up = RawUpstream::start(move |_| Some(big.to_vec())).await;
+    for (front, p) in fronts("send_timeout = \"1s\"") {
+        p.ok(&["route", "api", &up.target()]);
+        let closed_before = up.closed.load(Ordering::SeqCst);
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        tcp.write_all(b"GET /big HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read: the upstream's write must fail once itproxy gives up on the client.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while up.closed.load(Ordering::SeqCst) == closed_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            up.closed.load(Ordering::SeqCst),
+            closed_before + 1,
+            "{front}: a client that reads nothing still holds the upstream"
+        );
+        drop(tcp);
+    }
+}

@@ -98,6 +98,29 @@ async fn routes_are_served_over_trusted_https_with_http2() {
         format!("api.test:{}", p.https.port())
     );
 
+    // A browser's HTTP/2 cookies arrive as one Cookie header, and the forwarded host is set,
+    // as over HTTP/1.1 (Django and gunicorn lose the session otherwise).
+    let (code, _, body) = curl_https(
+        &p,
+        "api.test",
+        "/login",
+        &[
+            "--http2",
+            "-H",
+            "cookie: sessionid=abc",
+            "-H",
+            "cookie: csrftoken=xyz",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["cookie"], "sessionid=abc; csrftoken=xyz");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        format!("api.test:{}", p.https.port())
+    );
+
     let (ok, text) = openssl(
         &[
             "s_client",
