@@ -30,6 +30,9 @@ pub const DEFAULT_HTTPS: &str = "127.0.0.1:443";
 pub const DEFAULT_DNS: &str = "127.0.0.1:53";
 /// Default TTL of the environment's DNS records.
 pub const DEFAULT_DNS_TTL: u32 = 5;
+/// Open connections one client address may hold by default: a browser opens 6 per host, a
+/// load generator a few hundred.
+pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 1024;
 /// Default validity of issued leaf certificates.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86400);
 
@@ -405,6 +408,7 @@ struct ProxySection {
     send_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    max_connections_per_client: Option<usize>,
     threads: Option<Threads>,
     work_stealing: Option<bool>,
     fast_path: Option<bool>,
@@ -525,6 +529,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// The HTTP front's timeouts.
     pub timeouts: Timeouts,
+    /// Open connections one client address may hold.
+    pub max_connections_per_client: usize,
     /// Proxy worker threads (None: one per core).
     pub threads: Option<usize>,
     /// Whether proxy threads steal work from each other.
@@ -771,6 +777,15 @@ impl Config {
             dns_recursion_from: file.dns.recursion_from,
             trusted_proxies: file.proxy.trusted_proxies,
             timeouts,
+            max_connections_per_client: match file.proxy.max_connections_per_client {
+                None => DEFAULT_CONNECTIONS_PER_CLIENT,
+                Some(0) => {
+                    return Err(invalid(
+                        "proxy.max_connections_per_client must be at least 1".into(),
+                    ))
+                }
+                Some(n) => n,
+            },
             threads: file.proxy.threads.map(|t| t.0),
             work_stealing: file.proxy.work_stealing.unwrap_or(false),
             fast_path: file.proxy.fast_path.unwrap_or(true),

@@ -657,6 +657,32 @@ impl Daemon {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as nginx's worker_rlimit_nofile and
+/// Go do: each proxied request holds two descriptors, and a soft limit of 1024 would cap
+/// itproxy at a few hundred concurrent clients.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the open files limit"
+            );
+        }
+    }
+}
+
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
 /// environment, brings up its apps (of the `steps` given, else all).
 pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyhow::Result<()> {
@@ -680,6 +706,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
         );
     }
     state::ensure_dir(&state_dir)?;
+    raise_fd_limit();
     let sock = state_dir.join(CONTROL_SOCKET);
     claim_socket(&sock).await?;
     let overrides = state::load(&state_dir)?;
@@ -764,6 +791,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
         header_timeout: config.timeouts.header,
         keepalive_timeout: config.timeouts.keepalive,
         send_timeout: config.timeouts.send,
+        max_connections_per_client: config.max_connections_per_client,
     };
     // Declared apps get their own engine connection: discovery holds the other one.
     let apps = match (&config.env, environment) {

@@ -70,6 +70,44 @@ pub(crate) struct ClientLimits {
     pub(crate) keepalive_timeout: Duration,
     /// How long a write to the client may wait (a client that stops reading its response).
     pub(crate) send_timeout: Duration,
+    /// Open connections one client address may hold; more are answered 503 and closed.
+    pub(crate) connections_per_client: usize,
+}
+
+/// Open client connections per client address, so one client cannot take every file
+/// descriptor (each costs one, plus one per upstream connection).
+#[derive(Default)]
+pub(crate) struct ClientCounts(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped.
+struct ClientSlot<'a> {
+    counts: &'a ClientCounts,
+    ip: IpAddr,
+}
+
+impl ClientCounts {
+    /// Counts a connection from `ip`, unless it has `limit` already.
+    fn take(&self, ip: IpAddr, limit: usize) -> Option<ClientSlot<'_>> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { counts: self, ip })
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
@@ -92,6 +130,7 @@ pub(crate) struct Forwarder {
     /// the pipeline.
     forwards: bool,
     limits: ClientLimits,
+    clients: Arc<ClientCounts>,
     pipeline: Arc<HttpProxy<HostRouter>>,
 }
 
@@ -165,7 +204,8 @@ struct Response {
 }
 
 impl Forwarder {
-    /// A front applying `router`'s policy, handing over to a pipeline of its own.
+    /// A front applying `router`'s policy, handing over to a pipeline of its own. Fronts
+    /// built with `with_clients` sharing one count limit a client's connections together.
     pub(crate) fn new(
         conf: &Arc<pingora::server::configuration::ServerConf>,
         router: HostRouter,
@@ -179,8 +219,15 @@ impl Forwarder {
             router,
             forwards,
             limits,
+            clients: Arc::default(),
             pipeline,
         }
+    }
+
+    /// Counts client connections in `clients` (shared with other fronts).
+    pub(crate) fn with_clients(mut self, clients: Arc<ClientCounts>) -> Self {
+        self.clients = clients;
+        self
     }
 
     /// Serves a connection accepted by our own plain-HTTP listener.
@@ -192,6 +239,14 @@ impl Forwarder {
     ) {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(tcp, Some(peer.ip()), false);
+        let Some(_slot) = self
+            .clients
+            .take(peer.ip(), self.limits.connections_per_client)
+        else {
+            self.refuse(&mut conn, &Page::TooManyConnections, None)
+                .await;
+            return;
+        };
         if let Outcome::Done = self.serve(&mut conn, shutdown).await {
             return;
         }
@@ -1097,6 +1152,12 @@ impl ServerApp for Forwarder {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut conn = Conn::new(stream, peer, tls);
+        let slot = peer.map(|ip| self.clients.take(ip, self.limits.connections_per_client));
+        if let Some(None) = slot {
+            self.refuse(&mut conn, &Page::TooManyConnections, None)
+                .await;
+            return None;
+        }
         if let Outcome::HandOver = self.serve(&mut conn, shutdown).await {
             self.take_turns(conn.client, conn.buf, peer, tls, shutdown)
                 .await;
@@ -1118,6 +1179,7 @@ pub mod bench {
         header_timeout: Duration::from_secs(60),
         keepalive_timeout: Duration::from_secs(60),
         send_timeout: Duration::from_secs(60),
+        connections_per_client: 1024,
     };
 
     /// Rewrites request heads the way the forwarder does for `routes`.

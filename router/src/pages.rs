@@ -34,6 +34,8 @@ pub(crate) enum Page {
     BadRequest(crate::message::Refusal),
     /// The request's head did not arrive in time.
     RequestTimeout,
+    /// The client holds as many connections as it may.
+    TooManyConnections,
     /// The request came back to this itproxy (its own `Via` token).
     Loop {
         host: String,
@@ -67,6 +69,7 @@ impl Page {
             Page::MissingHost => 400,
             Page::BadRequest(r) => r.status,
             Page::RequestTimeout => 408,
+            Page::TooManyConnections => 503,
             Page::Loop { .. } => 508,
             Page::NoRoute { .. } => 404,
             Page::UpstreamFailed { status, .. } => *status,
@@ -84,6 +87,10 @@ impl Page {
             Page::RequestTimeout => {
                 "the request head did not arrive in time; the connection is closed".to_string()
             }
+            Page::TooManyConnections => "this client address holds as many open connections \
+                 as itproxy allows one client (proxy.max_connections_per_client); close some \
+                 or raise the limit"
+                .to_string(),
             Page::Loop { host } => format!(
                 "the request for {host:?} came back to this itproxy: its route leads to itproxy \
                  itself (directly or through another proxy); point it at the service instead"
@@ -129,6 +136,7 @@ impl Page {
             Page::MissingHost => v["error"] = json!("missing_host"),
             Page::BadRequest(_) => v["error"] = json!("bad_request"),
             Page::RequestTimeout => v["error"] = json!("request_timeout"),
+            Page::TooManyConnections => v["error"] = json!("too_many_connections"),
             Page::Loop { host } => {
                 v["error"] = json!("loop_detected");
                 v["host"] = json!(host);
@@ -172,6 +180,7 @@ impl Page {
             404 => "404 No Route",
             408 => "408 Request Timeout",
             431 => "431 Request Header Fields Too Large",
+            503 => "503 Service Unavailable",
             508 => "508 Loop Detected",
             504 => "504 Gateway Timeout",
             _ => "502 Bad Gateway",

@@ -16,7 +16,7 @@ use pingora::services::listening::Service;
 use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
-use crate::forward::{ClientLimits, Forwarder};
+use crate::forward::{ClientCounts, ClientLimits, Forwarder};
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
@@ -50,6 +50,9 @@ pub struct RouterConfig {
     /// How long a write to a client may wait before the client counts as gone (one that
     /// stopped reading its response; nginx's send_timeout).
     pub send_timeout: Duration,
+    /// Open connections one client address may hold (plain and TLS together); more are
+    /// answered 503 and closed.
+    pub max_connections_per_client: usize,
     /// Forward simple requests (HTTP/1.1, bodies up to 64 KiB, no upgrade, plain-HTTP upstream) on our
     /// own lean path (`forward`) rather than Pingora's full pipeline.
     pub fast_path: bool,
@@ -69,6 +72,7 @@ impl Default for RouterConfig {
             header_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            max_connections_per_client: 1024,
             fast_path: true,
         }
     }
@@ -146,7 +150,10 @@ pub fn start(
         header_timeout: config.header_timeout,
         keepalive_timeout: config.keepalive_timeout,
         send_timeout: config.send_timeout,
+        connections_per_client: config.max_connections_per_client.max(1),
     };
+    // One count of each client's connections across the plain and TLS fronts.
+    let clients = Arc::new(ClientCounts::default());
     let forwarder = || {
         Forwarder::new(
             &server.configuration,
@@ -154,6 +161,7 @@ pub fn start(
             config.fast_path,
             limits,
         )
+        .with_clients(clients.clone())
     };
     // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
     // TLS, and everything with work stealing, stays on Pingora's listeners.

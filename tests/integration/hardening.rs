@@ -629,3 +629,30 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
         drop(tcp);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection() {
+    let api = Backend::start("api").await;
+    for (front, p) in fronts("max_connections_per_client = 20") {
+        p.ok(&["route", "api", &api.target()]);
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let mut c = Client::connect(p.http).await;
+            assert_eq!(c.get("api.test", "/").await.unwrap().status, 200, "{front}");
+            held.push(c);
+        }
+        let reply = exchange(
+            &p,
+            b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(status_of(&reply), 503, "{front}: {reply}");
+        assert!(reply.contains("max_connections_per_client"), "{front}");
+        // Closing one frees its slot.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = get(p.http, "api.test", "/").await;
+        assert_eq!(r.status, 200, "{front}");
+    }
+}
