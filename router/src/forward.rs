@@ -389,9 +389,13 @@ impl Forwarder {
         );
         out.extend_from_slice(b"Connection: close\r\n\r\n");
         out.extend_from_slice(body.as_bytes());
-        let _ = conn.client.write_all(out).await;
-        let _ = conn.client.flush().await;
-        let _ = conn.client.shutdown().await;
+        let client = &mut conn.client;
+        let _ = tokio::time::timeout(self.limits.send_timeout, async {
+            client.write_all(out).await?;
+            client.flush().await?;
+            client.shutdown().await
+        })
+        .await;
         match p {
             Some(p) => access_log(p, status),
             None => tracing::debug!(status, "request refused: {}", page.summary()),
@@ -754,10 +758,15 @@ where
             Ok(Some(r)) if (100..200).contains(&r.status) => {
                 // 103 Early Hints and the like go on to the client as they are.
                 let info = conn.upbuf.split_to(r.head_len);
-                if conn.client.write_all(&info).await.is_err() {
+                let client = &mut conn.client;
+                let sent = tokio::time::timeout(timeout, async {
+                    client.write_all(&info).await?;
+                    client.flush().await
+                })
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
                     return Err(Failure::Client);
                 }
-                let _ = conn.client.flush().await;
                 if conn.upbuf.is_empty() {
                     await_response(&mut up, conn, timeout).await?;
                 }
@@ -1044,7 +1053,15 @@ where
         clean &= take == n;
         send(client, &buf[..take], timeouts.client).await?;
     }
-    client.flush().await?;
+    // Buffered streams (TLS, a connection the pipeline served before) send on flush.
+    tokio::time::timeout(timeouts.client, client.flush())
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its response",
+            )
+        })??;
     Ok(clean)
 }
 
