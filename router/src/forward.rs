@@ -931,7 +931,10 @@ fn parse_response(
             (None, None) => Framing::UntilClose,
         }
     };
+    // Both framings at once: the message is read by its coding, but whatever sent it cannot
+    // be trusted with another request (RFC 9112 6.1).
     let reusable = framing != Framing::UntilClose
+        && !(chunked.is_some() && length.is_some())
         && match version {
             1 => !close,
             _ => keep_alive && !close,
@@ -1499,12 +1502,14 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let framing = |head: &[u8], head_request| client_head(head, head_request).1.framing;
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                false
-            ),
-            Framing::Chunked
+        let (_, both) = client_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(
+            !both.reusable,
+            "both framings: the connection is not reused"
         );
         assert_eq!(
             framing(
