@@ -279,6 +279,20 @@ struct ListenSection {
 struct TlsSection {
     #[serde(default, with = "humantime_serde")]
     leaf_validity: Option<Duration>,
+    #[serde(default)]
+    mint: MintPolicy,
+}
+
+/// Which TLS server names get a certificate of their own (`[tls] mint`).
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MintPolicy {
+    /// Routed names (and localhost); any other name in the domains shares the domain's
+    /// wildcard certificate, so random names cannot fill the disk.
+    #[default]
+    Routed,
+    /// Every name in the domains, at its first handshake.
+    Any,
 }
 
 /// A route in the file: `api = "localhost:8000"` or
@@ -515,6 +529,8 @@ pub struct Config {
     pub https: Vec<SocketAddr>,
     /// Validity of issued leaf certificates.
     pub leaf_validity: Duration,
+    /// Which server names get a certificate of their own.
+    pub mint: MintPolicy,
     /// DNS listen addresses (may be empty).
     pub dns: Vec<SocketAddr>,
     /// Upstream resolvers (empty: the system's).
@@ -770,6 +786,7 @@ impl Config {
             http,
             https,
             leaf_validity,
+            mint: file.tls.mint,
             dns,
             dns_upstreams,
             dns_ttl: file.dns.ttl.map_or(DEFAULT_DNS_TTL, |t| t.0),
@@ -1023,6 +1040,7 @@ mod tests {
             name = "demo"
             [tls]
             leaf_validity = "14days"
+            mint = "any"
             [dns]
             upstreams = ["1.1.1.1", "127.0.0.1:5300"]
             ttl = 30
@@ -1061,6 +1079,7 @@ mod tests {
         assert_eq!(c.threads, Some(2));
         assert_eq!(c.https, vec!["127.0.0.1:8443".parse().unwrap()]);
         assert_eq!(c.leaf_validity, Duration::from_secs(14 * 86400));
+        assert_eq!(c.mint, MintPolicy::Any);
         assert_eq!(c.dns, vec!["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(
             c.env.as_ref().map(|e| e.to_string()).as_deref(),
@@ -1117,6 +1136,7 @@ mod tests {
                 "[routes]\napi = { target = \"localhost:1\", redirect = true }\n",
                 &["line 2", "api"],
             ),
+            ("[tls]\nmint = \"all\"\n", &["line 2", "mint", "routed"]),
             (
                 "[tls]\nleaf_validity = \"2years\"\n",
                 &["leaf_validity", "398"],

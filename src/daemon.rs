@@ -810,8 +810,16 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
         }
         _ => None,
     };
+    let mint = config.mint;
     let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls, apps).await);
     let table = daemon.table.clone();
+    if mint == crate::config::MintPolicy::Routed {
+        let routes = table.clone();
+        daemon
+            .tls
+            .resolver
+            .serve_only(Arc::new(move |name: &str| routes.load().lookup(name).is_some()));
+    }
     let mut router =
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
             .await

@@ -43,7 +43,7 @@ fn init_logging(cli: &Cli) {
     let daemon = matches!(cli.command, Command::Up(_));
     let level = match (cli.quiet, cli.verbose, daemon) {
         (true, _, _) => "error",
-        (_, 0, true) => "info,pingora_core=warn,pingora_core::services::listening=off,pingora_proxy=off,pingora=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
+        (_, 0, true) => "info,pingora_core=warn,pingora_core::services::listening=off,pingora_core::connectors=off,pingora_proxy=off,pingora=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
         (_, 0, false) => "warn",
         (_, 1, _) => "debug,pingora_core=info,pingora_proxy=info,hyper=info",
         _ => "trace",

@@ -21,7 +21,7 @@ mod resolver;
 mod trust;
 
 pub use authority::{Authority, Leaf};
-pub use resolver::{CertResolver, Clock};
+pub use resolver::{CertResolver, Clock, ServedNames};
 pub use trust::{trust_env, write_bundle, TrustFiles, SYSTEM_BUNDLES};
 
 /// What can go wrong with certificates.

@@ -18,6 +18,15 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// At most this many leaves are kept in memory; beyond it the cache starts over.
 const MAX_CACHED: usize = 4096;
+/// At most this many leaf files are kept on disk; beyond it the oldest go.
+const MAX_ON_DISK: usize = 1024;
+/// A name refused a certificate is logged at most once in this long.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a server name is served (routed) and so gets a leaf of its own. Names that are
+/// permitted but not served share the wildcard leaf of their domain, so a client sending
+/// random names cannot make itproxy mint and store a certificate per handshake.
+pub type ServedNames = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A rustls certificate resolver that issues a leaf for each permitted server name at its
 /// first handshake, caches it in memory and in `cache_dir`, and reissues it once less than a
@@ -30,6 +39,11 @@ pub struct CertResolver {
     validity: Duration,
     clock: Clock,
     cache: Mutex<HashMap<String, Arc<Leaf>>>,
+    /// Unset: every permitted name gets its own leaf. Set once, when the route table the
+    /// names come from exists.
+    served: std::sync::OnceLock<ServedNames>,
+    /// When each refused name was last logged.
+    warned: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -63,7 +77,35 @@ impl CertResolver {
             validity: validity.min(Duration::from_secs(398 * 86400)),
             clock,
             cache: Mutex::new(HashMap::new()),
+            served: std::sync::OnceLock::new(),
+            warned: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// From now on, issues leaves of their own only to names `served` accepts (and
+    /// `localhost`); other permitted names get the wildcard leaf of their domain. Only the
+    /// first call counts.
+    pub fn serve_only(&self, served: ServedNames) {
+        let _ = self.served.set(served);
+    }
+
+    /// The name whose leaf a handshake for `name` gets: itself, or `*.<domain>` when it is not
+    /// served (None when no permitted domain contains it).
+    pub fn leaf_name(&self, name: &str) -> Option<String> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let Some(served) = self.served.get() else {
+            return Some(name);
+        };
+        if name == "localhost" || served(&name) {
+            return Some(name);
+        }
+        // The longest permitted domain containing it: its wildcard.
+        self.authority
+            .permitted()
+            .iter()
+            .filter(|d| d.as_str() != "localhost" && name.ends_with(&format!(".{d}")))
+            .max_by_key(|d| d.len())
+            .map(|d| format!("*.{d}"))
     }
 
     /// The authority issuing the leaves.
@@ -77,7 +119,10 @@ impl CertResolver {
     }
 
     fn cache_file(&self, name: &str) -> PathBuf {
-        self.cache_dir.join(format!("{name}.pem"))
+        match name.strip_prefix("*.") {
+            Some(domain) => self.cache_dir.join(format!("_wildcard.{domain}.pem")),
+            None => self.cache_dir.join(format!("{name}.pem")),
+        }
     }
 
     /// The leaf for `name`, from memory, disk, or freshly issued.
@@ -111,6 +156,7 @@ impl CertResolver {
                     took_us = started.elapsed().as_micros() as u64,
                     "issued a TLS certificate"
                 );
+                prune(&self.cache_dir, MAX_ON_DISK - 1);
                 if let Err(e) = write_leaf(&path, &leaf.pem) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot cache the certificate on disk");
                 }
@@ -122,6 +168,32 @@ impl CertResolver {
         }
         cache.insert(name, leaf.clone());
         Ok(leaf)
+    }
+}
+
+/// Deletes the oldest leaf files until at most `keep` are left.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+        .map(|e| {
+            let modified = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (modified, e.path())
+        })
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    let excess = files.len() - keep;
+    for (_, path) in files.into_iter().take(excess) {
+        let _ = fs::remove_file(path);
     }
 }
 
@@ -143,10 +215,25 @@ fn write_leaf(path: &Path, pem: &str) -> std::io::Result<()> {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().unwrap_or("localhost");
-        match self.leaf(name) {
+        let leaf = match self.leaf_name(name) {
+            Some(leaf_name) => self.leaf(&leaf_name),
+            None => self.leaf(name),
+        };
+        match leaf {
             Ok(leaf) => Some(leaf.certified.clone()),
             Err(e) => {
-                tracing::warn!("TLS handshake refused: no certificate for {name:?}: {e}");
+                // Once per name per minute: a client trying names must not flood the log.
+                let now = std::time::Instant::now();
+                let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                if warned.len() >= MAX_CACHED {
+                    warned.clear();
+                }
+                let last = warned.insert(name.to_string(), now);
+                if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                    tracing::warn!("TLS handshake refused: no certificate for {name:?}: {e}");
+                } else {
+                    warned.insert(name.to_string(), last.unwrap_or(now));
+                }
                 None
             }
         }
@@ -217,6 +304,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.leaf("web.test").unwrap().pem, first.pem);
+    }
+
+    #[test]
+    fn unserved_names_share_their_domains_wildcard() {
+        let (dir, r, _) = setup();
+        r.serve_only(Arc::new(|name: &str| name == "api.test"));
+        assert_eq!(r.leaf_name("api.test").as_deref(), Some("api.test"));
+        assert_eq!(r.leaf_name("localhost").as_deref(), Some("localhost"));
+        assert_eq!(r.leaf_name("Typo.test.").as_deref(), Some("*.test"));
+        assert_eq!(r.leaf_name("www.example.com"), None);
+        for i in 0..100 {
+            let name = r.leaf_name(&format!("random{i}.test")).unwrap();
+            r.leaf(&name).unwrap();
+        }
+        let files: Vec<_> = fs::read_dir(dir.path().join("certs")).unwrap().collect();
+        assert_eq!(files.len(), 1, "100 unserved names, one wildcard file");
+        let wildcard = r.leaf("*.test").unwrap();
+        assert!(wildcard.pem.contains("CERTIFICATE"));
+    }
+
+    #[test]
+    fn the_disk_cache_keeps_the_newest_files() {
+        let (dir, r, _) = setup();
+        let certs = dir.path().join("certs");
+        for i in 0..5 {
+            r.leaf(&format!("n{i}.test")).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        prune(&certs, 3);
+        let mut left: Vec<String> = fs::read_dir(&certs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["n2.test.pem", "n3.test.pem", "n4.test.pem"]);
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl Forwarder {
                 .await;
             return;
         };
-        if let Outcome::Done = self.serve(&mut conn, shutdown).await {
+        if let Outcome::Done = self.serve(&mut conn, shutdown, true).await {
             return;
         }
         let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.client);
@@ -284,7 +284,7 @@ impl Forwarder {
                 return;
             };
             let mut conn = Conn::new(reused.consume().0, peer, tls);
-            match self.serve(&mut conn, shutdown).await {
+            match self.serve(&mut conn, shutdown, false).await {
                 Outcome::Done => return,
                 Outcome::HandOver => {
                     stream = conn.client;
@@ -295,11 +295,18 @@ impl Forwarder {
     }
 
     /// Reads and forwards requests until the connection ends or one needs the pipeline.
-    async fn serve<C>(&self, conn: &mut Conn<C>, shutdown: &ShutdownWatch) -> Outcome
+    /// A `fresh` connection must send its first byte within the header timeout (as nginx's
+    /// client_header_timeout counts from the accept), not the keepalive timeout.
+    async fn serve<C>(&self, conn: &mut Conn<C>, shutdown: &ShutdownWatch, fresh: bool) -> Outcome
     where
         C: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut shutdown = shutdown.clone();
+        let mut idle = if fresh {
+            self.limits.header_timeout.min(self.limits.keepalive_timeout)
+        } else {
+            self.limits.keepalive_timeout
+        };
         loop {
             // A request's head (and a body read with it) must be complete this long after its
             // first byte: a client sending a byte now and then cannot hold the connection.
@@ -335,7 +342,7 @@ impl Forwarder {
                         Read::Closed => return Outcome::Done,
                     }
                 } else if conn
-                    .read_client(Wait::Idle(self.limits.keepalive_timeout), &mut shutdown)
+                    .read_client(Wait::Idle(idle), &mut shutdown)
                     .await
                     != Read::More
                 {
@@ -343,6 +350,7 @@ impl Forwarder {
                 }
             };
             conn.buf.advance(prepared.len);
+            idle = self.limits.keepalive_timeout;
             match self.forward(conn, &prepared).await {
                 Next::KeepAlive => {}
                 Next::Close => {
@@ -1178,7 +1186,7 @@ impl ServerApp for Forwarder {
                 .await;
             return None;
         }
-        if let Outcome::HandOver = self.serve(&mut conn, shutdown).await {
+        if let Outcome::HandOver = self.serve(&mut conn, shutdown, true).await {
             self.take_turns(conn.client, conn.buf, peer, tls, shutdown)
                 .await;
         }

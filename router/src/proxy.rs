@@ -412,6 +412,35 @@ impl ProxyHttp for HostRouter {
             )
             .into_up());
         }
+        // The forwarder's response head limit, on this path too.
+        let head: usize = upstream_response
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head > message::MAX_HEAD {
+            return Err(PError::explain(
+                ErrorType::InvalidHTTPHeader,
+                "the response head is larger than 64 KiB",
+            )
+            .into_up());
+        }
+        // A transfer coding other than chunked last means "until close" (RFC 9112 6.3); as a
+        // header relayed on a kept-alive connection it would leave the client unable to tell
+        // where the body ends. Without it, Pingora frames the body for the client itself.
+        let unframed = upstream_response
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .is_some_and(|v| {
+                !message::tokens(v.as_bytes())
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+            });
+        if unframed {
+            upstream_response.remove_header(&header::TRANSFER_ENCODING);
+        }
         Ok(())
     }
 

@@ -376,6 +376,17 @@ async fn a_head_sent_byte_by_byte_is_cut_at_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed_at_the_header_timeout() {
+    for (front, p) in fronts("header_timeout = \"1s\"") {
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        assert!(
+            closed_within(&mut tcp, Duration::from_secs(3)).await,
+            "{front}: a silent connection is held for the keepalive timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_is_a_504_naming_the_route_and_a_streaming_one_is_not() {
     let hung = RawUpstream::start(|_| None).await;
     let streaming = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -548,6 +559,15 @@ async fn informational_and_malformed_upstream_answers() {
             "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n\r\nraw bytes".to_vec(),
             "/garbage" => b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(),
             "/bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok".to_vec(),
+            "/te-gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nokSTRAY".to_vec(),
+            "/big-head" => {
+                let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+                for i in 0..100 {
+                    r.extend(format!("X-Big-{i}: {}\r\n", "b".repeat(1000)).bytes());
+                }
+                r.extend(b"\r\nok");
+                r
+            }
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         })
     })
@@ -562,7 +582,21 @@ async fn informational_and_malformed_upstream_answers() {
         .await;
         assert!(reply.starts_with("HTTP/1.1 103"), "{front}: {reply}");
         assert!(reply.contains("\r\n\r\nHTTP/1.1 200"), "{front}: {reply}");
-        for bad in ["/switch", "/garbage"] {
+        // "Until close": the client must be able to tell where the body ends.
+        let reply = exchange(
+            &p,
+            b"GET /te-gzip HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        let head = reply.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("connection: close")
+                || head.contains("transfer-encoding: chunked")
+                || head.contains("content-length"),
+            "{front}: an unframed response kept alive: {reply}"
+        );
+        for bad in ["/switch", "/garbage", "/big-head"] {
             let r = get(p.http, "api.test", bad).await;
             assert_eq!(r.status, 502, "{front} {bad}: {}", r.text());
             assert!(r.text().contains("api.test"), "{front}: {}", r.text());
