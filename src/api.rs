@@ -56,6 +56,13 @@ pub struct PutRoute {
     pub insecure_upstream: bool,
 }
 
+impl PutRoute {
+    /// Reads the body of `PUT /v1/routes/{name}` as the daemon does.
+    pub fn from_body(body: &[u8]) -> Result<PutRoute, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}
+
 /// Answer of `DELETE /v1/routes/{name}`.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Removed {
@@ -246,4 +253,23 @@ pub struct AppAction {
     /// Readiness timeout for this start, e.g. `30s` (default: the app's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+}
+
+impl AppAction {
+    /// Reads the body of `POST /v1/apps/{name}/{action}` as the daemon does: an empty (or
+    /// blank) body asks for the defaults, as `curl -X POST` without `-d` sends.
+    pub fn from_body(body: &[u8]) -> Result<AppAction, serde_json::Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(AppAction::default());
+        }
+        serde_json::from_slice(body)
+    }
+
+    /// The readiness timeout asked for, if any.
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, humantime::DurationError> {
+        self.timeout
+            .as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+    }
 }

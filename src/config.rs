@@ -601,9 +601,8 @@ impl Config {
         Config::build(file, path.map(Path::to_path_buf), cli)
     }
 
-    /// Validates configuration text (used by tests and `check-config`).
-    #[cfg(test)]
-    fn from_str(text: &str, cli: &Overrides) -> Result<Config, ConfigError> {
+    /// Validates configuration text as [`Config::load`] validates a file's (tests, fuzzers).
+    pub fn from_str(text: &str, cli: &Overrides) -> Result<Config, ConfigError> {
         let file = parse_file(text).map_err(|message| ConfigError::Parse {
             path: PathBuf::from("itproxy.toml"),
             message,

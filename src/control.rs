@@ -68,7 +68,7 @@ async fn put_route(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<api::RouteView>, ApiError> {
     let body = read_body(body)?;
-    let put: PutRoute = serde_json::from_slice(&body).map_err(|e| {
+    let put = PutRoute::from_body(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_body",
@@ -109,17 +109,15 @@ async fn app_action(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<api::AppView>), ApiError> {
     let body = read_body(body)?;
-    let action_body: api::AppAction = if body.iter().all(u8::is_ascii_whitespace) {
-        api::AppAction::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the body must be empty or JSON like {{\"wait\": true, \"timeout\": \"30s\"}}: {e}"),
-            )
-        })?
-    };
+    let action_body = api::AppAction::from_body(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!(
+                "the body must be empty or JSON like {{\"wait\": true, \"timeout\": \"30s\"}}: {e}"
+            ),
+        )
+    })?;
     let (status, view) = d.app_action(&name, &action, action_body).await?;
     Ok((status, Json(view)))
 }

@@ -1,18 +1,18 @@
 //! The `itproxy` binary: CLI, daemon wiring, configuration, state and the control API.
 //! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
 
-mod api;
 mod bench;
 mod ca;
 mod cli;
 mod client;
-mod config;
 mod control;
 mod daemon;
 mod envcmd;
 mod hostdns;
 mod resolve;
 mod state;
+
+use itproxy::{api, config};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -411,16 +411,16 @@ impl Daemon {
             .app(name)
             .cloned()
             .ok_or_else(|| no_app(apps, name))?;
-        let timeout = match &body.timeout {
-            None => None,
-            Some(t) => Some(humantime::parse_duration(t).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_timeout",
-                    format!("timeout {t:?}: {e}; use e.g. 30s"),
-                )
-            })?),
-        };
+        let timeout = body.timeout().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_timeout",
+                format!(
+                    "timeout {:?}: {e}; use e.g. 30s",
+                    body.timeout.as_deref().unwrap_or("")
+                ),
+            )
+        })?;
         match action {
             "stop" => {
                 self.stop_app(&app).await?;
