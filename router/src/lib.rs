@@ -21,6 +21,8 @@
 
 mod chunked;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod host;
 mod listener;
 mod message;
