@@ -2,8 +2,15 @@
 CARGO ?= cargo
 # Extra arguments for `itproxy up`, e.g. make up ARGS="--http 127.0.0.1:8080"
 ARGS ?=
+# cargo-fuzz targets (fuzz/fuzz_targets/) and how long each runs in `make fuzz-smoke` / `make fuzz`.
+FUZZ_TARGETS := http_request http_response chunked dns_query config api_body
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SECONDS ?= 60
+# The targets are safe Rust end to end: AddressSanitizer would slow building and running for
+# nothing; panics, overflows (debug assertions are on), hangs and OOMs are still caught.
+FUZZ_FLAGS := --sanitizer none
 
-.PHONY: all deps build up test lint unit bench clean
+.PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-build fuzz-tools
 
 all: build
 
@@ -21,9 +28,35 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only).
+## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only),
+## then a few seconds of each fuzz target.
 test: lint
 	$(CARGO) test --workspace --locked
+	$(MAKE) fuzz-smoke
+
+fuzz-tools:
+	@rustup toolchain list | grep -q nightly || { echo 'cargo-fuzz needs a nightly toolchain: run `rustup toolchain install nightly`' >&2; exit 1; }
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+# One build of every target; `cargo fuzz run` below then finds them up to date.
+fuzz-build: deps fuzz-tools
+	cargo +nightly fuzz build $(FUZZ_FLAGS)
+
+## Each fuzz target for FUZZ_SMOKE_SECONDS from its seed corpus (fuzz/corpus/<target>).
+fuzz-smoke: fuzz-build
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SMOKE_SECONDS) s)"; \
+	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
+
+## Each fuzz target for FUZZ_SECONDS; crashes land in fuzz/artifacts/<target>/.
+fuzz: fuzz-build
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t -- -max_total_time=$(FUZZ_SECONDS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
 
 ## Side-by-side benchmark (direct vs itproxy vs nginx) plus the criterion micro-benchmarks.
 bench: deps

@@ -1,0 +1,78 @@
+//! The forwarder's upstream response head parser, which decides the body's framing and writes
+//! the client's response head, on any bytes an upstream may send.
+//!
+//! Never panics, and what it writes for a final response (once the forwarder adds its
+//! Connection header) is one well-formed response head with the upstream's status, only the
+//! forwarder's own connection headers, and never a length beside a transfer coding.
+#![no_main]
+
+use itproxy_router::rewrite_bench;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|head: &[u8]| {
+    let mut out = Vec::new();
+    if !rewrite_bench::response(head, &mut out) {
+        return;
+    }
+    let mut theirs = [httparse::EMPTY_HEADER; 128];
+    let mut upstream = httparse::Response::new(&mut theirs);
+    let status = match upstream.parse(head) {
+        Ok(httparse::Status::Complete(_)) => upstream.code,
+        other => panic!("a head that does not parse was accepted ({other:?}): {head:?}"),
+    };
+    if status.is_some_and(|s| s < 200) {
+        // Interim responses go to the client as they came; nothing is written for them.
+        return;
+    }
+
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; 130];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "{out:?}"),
+        other => panic!("the client's head does not parse ({other:?}): {out:?}"),
+    }
+    assert_eq!(resp.code, status);
+    assert_eq!(resp.version, Some(1));
+    let has = |name: &str| {
+        resp.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    assert!(
+        !(has("transfer-encoding") && has("content-length")),
+        "a length beside a transfer coding: {out:?}"
+    );
+    for name in ["keep-alive", "proxy-connection"] {
+        assert!(
+            !resp
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(name)),
+            "{name} was passed on: {out:?}"
+        );
+    }
+    // The client frames the body as the forwarder relays it: by the upstream's transfer
+    // coding, else by its length.
+    let framing = |headers: &[httparse::Header<'_>]| -> (bool, Vec<Vec<u8>>) {
+        let te = headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        let lengths = headers
+            .iter()
+            .filter(|h| !te && h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| h.value.to_vec())
+            .collect();
+        (te, lengths)
+    };
+    assert_eq!(framing(resp.headers), framing(upstream.headers), "{out:?}");
+    let connections = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .count();
+    assert_eq!(
+        connections, 1,
+        "only the forwarder's own Connection: {out:?}"
+    );
+});
