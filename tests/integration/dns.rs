@@ -306,3 +306,190 @@ fn dns_setup_prints_a_plan_for_the_domains() {
     );
     assert!(!text.contains("wrote "), "{text}");
 }
+
+/// DNS header: id, flags (a standard query asking for recursion), section counts.
+fn header(id: u16, qdcount: u16) -> Vec<u8> {
+    let mut h = id.to_be_bytes().to_vec();
+    h.extend([0x01, 0x00]);
+    h.extend(qdcount.to_be_bytes());
+    h.extend([0, 0, 0, 0, 0, 0]);
+    h
+}
+
+/// A query for `labels` (each written as given, so it may be illegal) type A class IN.
+fn query_for(id: u16, labels: &[&[u8]]) -> Vec<u8> {
+    let mut q = header(id, 1);
+    for l in labels {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l);
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
+/// Sends `packet` in one datagram; the answer, if one comes within a second.
+async fn over_udp(dns: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(packet, dns).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Sends `packet` in one TCP frame; the answer, if one comes within a second.
+async fn over_tcp(dns: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(dns).await.unwrap();
+    let mut frame = (packet.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(packet);
+    s.write_all(&frame).await.unwrap();
+    let read = async {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.ok()?;
+        let mut buf = vec![0u8; u16::from_be_bytes(len).into()];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()?
+}
+
+/// The server still answers a routed name, over UDP and TCP, within a second each.
+async fn assert_still_answers(dns: SocketAddr, after: &str) {
+    use hickory_server::proto::op::Message;
+    let q = query_for(0x0a0a, &[b"api", b"test"]);
+    for (proto, answer) in [
+        ("UDP", over_udp(dns, &q).await),
+        ("TCP", over_tcp(dns, &q).await),
+    ] {
+        let answer = answer.unwrap_or_else(|| panic!("no {proto} answer after {after}"));
+        let m = Message::from_vec(&answer).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{after}");
+        assert_eq!(m.answers.len(), 1, "{proto} after {after}: {m:?}");
+    }
+}
+
+/// What dnsmasq and Knot answer to a query they cannot read but whose header they can: the
+/// same id, QR set, FORMERR, nothing echoed.
+fn assert_formerr(answer: Option<Vec<u8>>, id: u16, case: &str) {
+    use hickory_server::proto::op::{Message, MessageType};
+    let answer = answer.unwrap_or_else(|| panic!("no answer to {case}"));
+    let m = Message::from_vec(&answer).unwrap_or_else(|e| panic!("{case}: unreadable answer: {e}"));
+    assert_eq!(m.metadata.id, id, "{case}");
+    assert_eq!(m.metadata.message_type, MessageType::Response, "{case}");
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{case}");
+    assert!(m.answers.is_empty(), "{case}: {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_that_cannot_be_read_get_formerr_and_the_server_keeps_answering() {
+    let p = Itproxy::start();
+    p.ok(&["route", "api", "127.0.0.1:9"]);
+    let long_label = [b'a'; 64];
+    let label = [b'b'; 63];
+    let mut self_pointer = header(0x1002, 1);
+    self_pointer.extend([0xC0, 12, 0, 1, 0, 1]); // the name at offset 12 is "see offset 12"
+    let mut pointer_pair = header(0x1003, 1);
+    pointer_pair.extend([0xC0, 14, 0xC0, 12, 0, 1, 0, 1]); // 12 -> 14 -> 12 -> ...
+    let mut two_promised = query_for(0x1006, &[b"api", b"test"]);
+    two_promised[5] = 2; // QDCOUNT 2, one question
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        ("a name that is a pointer to itself", 0x1002, self_pointer),
+        ("two pointers to each other", 0x1003, pointer_pair),
+        (
+            "a label of 64 bytes",
+            0x1004,
+            query_for(0x1004, &[&long_label, b"test"]),
+        ),
+        (
+            "a name of 261 bytes",
+            0x1005,
+            query_for(0x1005, &[&label, &label, &label, &label, b"test"]),
+        ),
+        ("QDCOUNT 2 with one question", 0x1006, two_promised),
+        (
+            "bytes that are not DNS after a query's header",
+            0x1007,
+            [
+                &header(0x1007, 0)[..4],
+                b" GET / HTTP/1.1\r\n\r\n\x00\xff\xc0\x0c",
+            ]
+            .concat(),
+        ),
+    ];
+    for (case, id, packet) in &cases {
+        assert_formerr(over_udp(p.dns, packet).await, *id, &format!("{case} (UDP)"));
+        assert_still_answers(p.dns, case).await;
+        assert_formerr(over_tcp(p.dns, packet).await, *id, &format!("{case} (TCP)"));
+        assert_still_answers(p.dns, case).await;
+    }
+    assert!(!p.log().contains("panicked"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_packets_garbage_and_broken_tcp_frames_never_stop_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Itproxy::start();
+    p.ok(&["route", "api", "127.0.0.1:9"]);
+
+    // Too short for a header: there is no id to answer to.
+    let truncated = [0x12, 0x34, 0x01, 0x00, 0x00];
+    assert_eq!(over_udp(p.dns, &truncated).await, None, "truncated (UDP)");
+    assert_eq!(over_tcp(p.dns, &truncated).await, None, "truncated (TCP)");
+    assert_still_answers(p.dns, "a truncated header").await;
+
+    // Garbage whose header has the QR bit set. dnsmasq and Knot drop anything marked as a
+    // response; hickory answers what it cannot read with FORMERR before it looks at QR, so
+    // the asker may get a bare 12-byte header back, but never more than it sent: no
+    // amplification, and a FORMERR (a readable response) is dropped in turn, so two servers
+    // cannot bounce it between them.
+    let garbage = b"\xde\xad\xbe\xef GET / HTTP/1.1\r\n\r\n\x00\xff\xc0\x0c";
+    let answers = [
+        over_udp(p.dns, garbage).await,
+        over_tcp(p.dns, garbage).await,
+    ];
+    for answer in answers.iter().flatten() {
+        assert!(answer.len() <= 12, "{answer:?}");
+    }
+    assert_still_answers(p.dns, "garbage").await;
+    let formerr = header(0xdead, 0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| if i == 2 { 0x80 | b } else { b }) // QR: a response
+        .collect::<Vec<u8>>();
+    assert_eq!(
+        over_udp(p.dns, &formerr).await,
+        None,
+        "a response is not answered"
+    );
+
+    // An empty TCP frame ends the connection: nothing more is read from it, and it is closed
+    // by the 5 s idle timeout at the latest (dnsmasq and Knot close it at once; hickory's
+    // stream stops reading and leaves the socket to the timeout).
+    let mut s = tokio::net::TcpStream::connect(p.dns).await.unwrap();
+    let started = Instant::now();
+    s.write_all(&[0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(7), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "an empty frame left the connection open past the idle timeout"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert_still_answers(p.dns, "an empty TCP frame").await;
+
+    // A length prefix promising more than arrives, then the client goes away.
+    let mut s = tokio::net::TcpStream::connect(p.dns).await.unwrap();
+    let mut short = 512u16.to_be_bytes().to_vec();
+    short.extend(query_for(0x2001, &[b"api", b"test"]));
+    s.write_all(&short).await.unwrap();
+    drop(s);
+    assert_still_answers(p.dns, "a frame cut short").await;
+    assert!(!p.log().contains("panicked"), "{}", p.log());
+}
