@@ -815,10 +815,9 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
     let table = daemon.table.clone();
     if mint == crate::config::MintPolicy::Routed {
         let routes = table.clone();
-        daemon
-            .tls
-            .resolver
-            .serve_only(Arc::new(move |name: &str| routes.load().lookup(name).is_some()));
+        daemon.tls.resolver.serve_only(Arc::new(move |name: &str| {
+            routes.load().lookup(name).is_some()
+        }));
     }
     let mut router =
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))

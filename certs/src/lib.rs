@@ -53,6 +53,15 @@ pub enum Error {
         /// The permitted names.
         permitted: String,
     },
+    /// Too many certificates for names without a route were asked for this second.
+    #[error(
+        "{name:?} has no route, and more than 20 such names asked for a certificate this second; \
+         route it (`itproxy route`) or set `[tls] mint = \"any\"`"
+    )]
+    TooManyNames {
+        /// The requested name.
+        name: String,
+    },
     /// Certificate generation failed.
     #[error("cannot create a certificate for {name:?}: {message}")]
     Generate {

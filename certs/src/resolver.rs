@@ -23,9 +23,16 @@ const MAX_ON_DISK: usize = 1024;
 /// A name refused a certificate is logged at most once in this long.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Whether a server name is served (routed) and so gets a leaf of its own. Names that are
-/// permitted but not served share the wildcard leaf of their domain, so a client sending
-/// random names cannot make itproxy mint and store a certificate per handshake.
+/// At most this many leaves a second are issued for names that are not served.
+const UNSERVED_PER_SECOND: u32 = 20;
+
+/// Whether a server name is served (routed). Served names get leaves cached on disk. A name
+/// that is permitted but not served (a typo, or a client trying random names) gets a leaf kept
+/// in memory only, at most [`UNSERVED_PER_SECOND`] new ones a second: the handshake still
+/// reaches the 404 page that lists the routes, and nobody can fill the disk or the CPU.
+///
+/// Not a shared wildcard: `*.test` sits directly under a one-label domain, which OpenSSL,
+/// rustls (webpki: MalformedDnsIdentifier) and browsers refuse to match.
 pub type ServedNames = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A rustls certificate resolver that issues a leaf for each permitted server name at its
@@ -44,6 +51,8 @@ pub struct CertResolver {
     served: std::sync::OnceLock<ServedNames>,
     /// When each refused name was last logged.
     warned: Mutex<HashMap<String, std::time::Instant>>,
+    /// Leaves issued for unserved names in the current second: (second, count).
+    unserved: Mutex<(u64, u32)>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -79,6 +88,7 @@ impl CertResolver {
             cache: Mutex::new(HashMap::new()),
             served: std::sync::OnceLock::new(),
             warned: Mutex::new(HashMap::new()),
+            unserved: Mutex::new((0, 0)),
         })
     }
 
@@ -89,23 +99,14 @@ impl CertResolver {
         let _ = self.served.set(served);
     }
 
-    /// The name whose leaf a handshake for `name` gets: itself, or `*.<domain>` when it is not
-    /// served (None when no permitted domain contains it).
-    pub fn leaf_name(&self, name: &str) -> Option<String> {
+    /// Whether `name` gets a leaf cached on disk: every permitted name unless
+    /// [`CertResolver::serve_only`] was called, then the served ones and `localhost`.
+    fn is_served(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let Some(served) = self.served.get() else {
-            return Some(name);
-        };
-        if name == "localhost" || served(&name) {
-            return Some(name);
+        match self.served.get() {
+            None => true,
+            Some(served) => name == "localhost" || served(&name),
         }
-        // The longest permitted domain containing it: its wildcard.
-        self.authority
-            .permitted()
-            .iter()
-            .filter(|d| d.as_str() != "localhost" && name.ends_with(&format!(".{d}")))
-            .max_by_key(|d| d.len())
-            .map(|d| format!("*.{d}"))
     }
 
     /// The authority issuing the leaves.
@@ -119,14 +120,24 @@ impl CertResolver {
     }
 
     fn cache_file(&self, name: &str) -> PathBuf {
-        match name.strip_prefix("*.") {
-            Some(domain) => self.cache_dir.join(format!("_wildcard.{domain}.pem")),
-            None => self.cache_dir.join(format!("{name}.pem")),
-        }
+        self.cache_dir.join(format!("{name}.pem"))
     }
 
-    /// The leaf for `name`, from memory, disk, or freshly issued.
+    /// The leaf for `name`, from memory, disk, or freshly issued (and cached on disk).
     pub fn leaf(&self, name: &str) -> Result<Arc<Leaf>, crate::Error> {
+        self.leaf_cached(name, true)
+    }
+
+    /// The leaf for a handshake naming `name`: [`CertResolver::leaf`] for served names; for
+    /// others one kept in memory only, within the rate of [`UNSERVED_PER_SECOND`].
+    pub fn leaf_for_handshake(&self, name: &str) -> Result<Arc<Leaf>, crate::Error> {
+        if self.is_served(name) {
+            return self.leaf_cached(name, true);
+        }
+        self.leaf_cached(name, false)
+    }
+
+    fn leaf_cached(&self, name: &str, on_disk: bool) -> Result<Arc<Leaf>, crate::Error> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let now = (self.clock)();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,10 +153,14 @@ impl CertResolver {
             });
         }
         let path = self.cache_file(&name);
-        let from_disk = fs::read_to_string(&path)
-            .ok()
+        let from_disk = on_disk
+            .then(|| fs::read_to_string(&path).ok())
+            .flatten()
             .and_then(|pem| parse_leaf(&name, &pem))
             .filter(|leaf| self.fresh(leaf, now));
+        if from_disk.is_none() && !on_disk && !self.may_issue_unserved() {
+            return Err(crate::Error::TooManyNames { name });
+        }
         let leaf = match from_disk {
             Some(leaf) => Arc::new(leaf),
             None => {
@@ -156,9 +171,11 @@ impl CertResolver {
                     took_us = started.elapsed().as_micros() as u64,
                     "issued a TLS certificate"
                 );
-                prune(&self.cache_dir, MAX_ON_DISK - 1);
-                if let Err(e) = write_leaf(&path, &leaf.pem) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot cache the certificate on disk");
+                if on_disk {
+                    prune(&self.cache_dir, MAX_ON_DISK - 1);
+                    if let Err(e) = write_leaf(&path, &leaf.pem) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot cache the certificate on disk");
+                    }
                 }
                 leaf
             }
@@ -168,6 +185,21 @@ impl CertResolver {
         }
         cache.insert(name, leaf.clone());
         Ok(leaf)
+    }
+}
+
+impl CertResolver {
+    /// Counts one leaf for an unserved name against this second's budget.
+    fn may_issue_unserved(&self) -> bool {
+        let second = (self.clock)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut budget = self.unserved.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.0 != second {
+            *budget = (second, 0);
+        }
+        budget.1 += 1;
+        budget.1 <= UNSERVED_PER_SECOND
     }
 }
 
@@ -215,11 +247,7 @@ fn write_leaf(path: &Path, pem: &str) -> std::io::Result<()> {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().unwrap_or("localhost");
-        let leaf = match self.leaf_name(name) {
-            Some(leaf_name) => self.leaf(&leaf_name),
-            None => self.leaf(name),
-        };
-        match leaf {
+        match self.leaf_for_handshake(name) {
             Ok(leaf) => Some(leaf.certified.clone()),
             Err(e) => {
                 // Once per name per minute: a client trying names must not flood the log.
@@ -307,21 +335,31 @@ mod tests {
     }
 
     #[test]
-    fn unserved_names_share_their_domains_wildcard() {
+    fn unserved_names_get_leaves_in_memory_only_and_at_a_bounded_rate() {
         let (dir, r, _) = setup();
         r.serve_only(Arc::new(|name: &str| name == "api.test"));
-        assert_eq!(r.leaf_name("api.test").as_deref(), Some("api.test"));
-        assert_eq!(r.leaf_name("localhost").as_deref(), Some("localhost"));
-        assert_eq!(r.leaf_name("Typo.test.").as_deref(), Some("*.test"));
-        assert_eq!(r.leaf_name("www.example.com"), None);
-        for i in 0..100 {
-            let name = r.leaf_name(&format!("random{i}.test")).unwrap();
-            r.leaf(&name).unwrap();
-        }
-        let files: Vec<_> = fs::read_dir(dir.path().join("certs")).unwrap().collect();
-        assert_eq!(files.len(), 1, "100 unserved names, one wildcard file");
-        let wildcard = r.leaf("*.test").unwrap();
-        assert!(wildcard.pem.contains("CERTIFICATE"));
+        r.leaf_for_handshake("api.test").unwrap();
+        r.leaf_for_handshake("localhost").unwrap();
+        let typo = r.leaf_for_handshake("Typo.test.").unwrap();
+        assert!(
+            Arc::ptr_eq(&typo, &r.leaf_for_handshake("typo.test").unwrap()),
+            "served from memory"
+        );
+        // The clock stands still: one second's budget, then refusals.
+        let issued = (0..100)
+            .filter(|i| r.leaf_for_handshake(&format!("random{i}.test")).is_ok())
+            .count();
+        assert_eq!(issued, UNSERVED_PER_SECOND as usize - 1);
+        let mut files: Vec<String> = fs::read_dir(dir.path().join("certs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["api.test.pem", "localhost.pem"],
+            "only served names on disk"
+        );
     }
 
     #[test]

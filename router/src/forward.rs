@@ -303,7 +303,9 @@ impl Forwarder {
     {
         let mut shutdown = shutdown.clone();
         let mut idle = if fresh {
-            self.limits.header_timeout.min(self.limits.keepalive_timeout)
+            self.limits
+                .header_timeout
+                .min(self.limits.keepalive_timeout)
         } else {
             self.limits.keepalive_timeout
         };
@@ -341,11 +343,7 @@ impl Forwarder {
                         }
                         Read::Closed => return Outcome::Done,
                     }
-                } else if conn
-                    .read_client(Wait::Idle(idle), &mut shutdown)
-                    .await
-                    != Read::More
-                {
+                } else if conn.read_client(Wait::Idle(idle), &mut shutdown).await != Read::More {
                     return Outcome::Done;
                 }
             };

@@ -455,3 +455,103 @@ fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
         "the root stayed in the system bundle after uninstall"
     );
 }
+
+/// A TLS handshake (rustls, trusting only our root) for `name`; the certificate's first DNS
+/// name, or the handshake error.
+async fn handshake(p: &Itproxy, name: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(root(p)).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .unwrap();
+    Ok(san)
+}
+
+#[tokio::test]
+async fn random_server_names_cannot_make_itproxy_mint_certificates() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    let certs = p.state_dir().join("certs");
+    let files = || -> Vec<String> {
+        walk(&certs)
+            .into_iter()
+            .filter(|f| f.ends_with(".pem"))
+            .collect()
+    };
+
+    assert_eq!(handshake(&p, "api.test").await.unwrap(), "api.test");
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    for i in 0..50 {
+        let name = format!("r{i}-{}.test", std::process::id());
+        if let Ok(san) = handshake(&p, &name).await {
+            assert_eq!(san, name);
+            served += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        served >= 1 && served <= 20 * seconds,
+        "{served} in {seconds} s"
+    );
+    let stored = files();
+    assert!(
+        stored.iter().all(|f| !f.contains("/r")),
+        "unrouted names were written to disk: {stored:?}"
+    );
+    // A route set later gets its own certificate at its next handshake.
+    p.ok(&["route", "later", &api.target()]);
+    assert_eq!(handshake(&p, "later.test").await.unwrap(), "later.test");
+}
+
+#[tokio::test]
+async fn mint_any_gives_every_name_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[tls]\nmint = \"any\"\n");
+    let p = Itproxy::start_with(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        handshake(&p, "unrouted.test").await.unwrap(),
+        "unrouted.test"
+    );
+}
+
+/// Every file below `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
