@@ -422,7 +422,14 @@ impl Forwarder {
                     reason: "the request has more than 256 header fields",
                 }))
             }
-            Err(_) => return Parsed::HandOver,
+            // Whatever httparse refuses (spaces in the target, bad bytes in a name, a TLS
+            // hello on the plain port) is refused here, not read more leniently elsewhere.
+            Err(_) => {
+                return Parsed::Refuse(Page::BadRequest(message::Refusal {
+                    status: 400,
+                    reason: "the request head is malformed",
+                }))
+            }
         };
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Parsed::HandOver;
@@ -1321,8 +1328,6 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: api.test\r\n folded\r\n\r\n",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ] {
             assert_eq!(upstream_request(&f, handed_over, "127.0.0.1"), None, "{handed_over:?}");
         }
@@ -1342,6 +1347,9 @@ mod tests {
             // The same rules for requests that would go to the pipeline.
             (b"POST / HTTP/1.0\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: api.test\r\n folded\r\n\r\n", 400),
+            (b"GET /a b HTTP/1.1\r\nHost: api.test\r\n\r\n", 400),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
         ] {
             assert_eq!(refused(&f, req), Some(status), "{:?}", String::from_utf8_lossy(req));
         }

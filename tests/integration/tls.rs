@@ -516,7 +516,8 @@ async fn random_server_names_cannot_make_itproxy_mint_certificates() {
             served += 1;
         }
     }
-    let seconds = started.elapsed().as_secs() as usize + 1;
+    // The budget is per clock second: the run may touch one more second than it lasted.
+    let seconds = started.elapsed().as_secs() as usize + 2;
     assert!(
         served >= 1 && served <= 20 * seconds,
         "{served} in {seconds} s"
