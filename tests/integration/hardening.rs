@@ -140,7 +140,17 @@ async fn serve_raw(
             buf.drain(..end + 4 + body);
             requests.lock().unwrap().push(head.clone());
             if let Some(reply) = answer(&head) {
-                if tcp.write_all(&reply).await.is_err() {
+                // A LATER marker splits the reply: the rest follows 100 ms after, unasked.
+                let (now, later) = match reply.windows(LATER.len()).position(|w| w == LATER) {
+                    Some(at) => (&reply[..at], Some(&reply[at + LATER.len()..])),
+                    None => (&reply[..], None),
+                };
+                let mut sent = tcp.write_all(now).await;
+                if let (Ok(()), Some(later)) = (&sent, later) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    sent = tcp.write_all(later).await;
+                }
+                if sent.is_err() {
                     closed.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
@@ -155,6 +165,9 @@ async fn serve_raw(
         }
     }
 }
+
+/// In a [`RawUpstream`] reply: what follows is sent 100 ms later.
+const LATER: &[u8] = b"\0LATER\0";
 
 /// The request target of a head (`GET /a HTTP/1.1` -> `/a`).
 fn path_of(head: &str) -> String {
@@ -229,9 +242,11 @@ async fn ambiguous_lengths_are_refused_on_both_fronts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_upstream_bytes_never_reach_the_next_client() {
-    // Every answer is followed by a second, unasked one; HEAD answers carry a body anyway.
+    // Every answer is followed, a moment later (once its connection is back in the pool), by
+    // a second, unasked one; HEAD answers carry a body anyway.
     let up = RawUpstream::start(|head| {
         let mut reply = echo_path(head);
+        reply.extend_from_slice(LATER);
         if head.starts_with("HEAD") {
             reply.extend_from_slice(b"/head-body");
         } else {
@@ -242,11 +257,13 @@ async fn stray_upstream_bytes_never_reach_the_next_client() {
     .await;
     for (front, p) in fronts("") {
         p.ok(&["route", "api", &up.target()]);
+        // One keepalive client, so its requests share a proxy thread and its upstream pool.
+        let mut c = Client::connect(p.http).await;
         for (i, method) in ["GET", "HEAD", "GET", "GET", "HEAD", "GET"]
             .iter()
             .enumerate()
         {
-            let mut c = Client::connect(p.http).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
             let path = format!("/client-{i}");
             let r = c.request(method, "api.test", &path, &[], "").await.unwrap();
             assert_eq!(r.status, 200, "{front}");
