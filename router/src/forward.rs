@@ -1,5 +1,8 @@
-//! The HTTP/1.1 front: reads every request head on a client connection itself and forwards the
-//! simple ones as bytes, handing the connection to Pingora's full pipeline for the rest.
+//! The HTTP/1.1 front: reads every request head on a client connection itself, checks it
+//! (`message`: framing, size, loops; a deadline for the whole head), forwards the simple ones as
+//! bytes, and lends the connection to Pingora's full pipeline for one request at a time for the
+//! rest. It is a security boundary: a head that could be read two ways is refused and the
+//! connection closed, never guessed at.
 //!
 //! A request is forwarded here when it is HTTP/1.1 in origin form with one Host header, has no
 //! body or a `Content-Length` one of at most 64 KiB (read whole first; no `Transfer-Encoding`),
@@ -11,9 +14,10 @@
 //! first body bytes in one write; the body is relayed as it comes, with its framing (length,
 //! chunked, until close) followed only to know where it ends.
 //!
-//! Anything else (HTTP/1.0, HTTP/2 by ALPN, chunked or large bodies, WebSocket, unknown hosts and their 404
-//! page, redirects, `https://` targets, heads httparse refuses) is handed to Pingora with the
-//! bytes read so far put back in front of the stream, and that connection stays there.
+//! Anything else (HTTP/1.0, chunked or large bodies, WebSocket, unknown hosts and their 404
+//! page, redirects, `https://` targets) is lent to Pingora: a Pingora HTTP/1 session is built on
+//! the connection with the bytes read so far as its pipelined prefix, and when it gives the
+//! connection back the next head is read here again. HTTP/2 (by ALPN) stays with Pingora.
 //!
 //! Why not Pingora's session for these requests too: its per-request work (header maps, two
 //! tasks joined by channels on the full path, header clones) cost 1.5-2.8x nginx's CPU per
@@ -22,17 +26,17 @@
 //!
 //! Upstream connections are pooled per route and per thread (`Upstream::take_idle`), so none
 //! outlives or crosses a route change. An idle connection the upstream closed is found when it
-//! is reused: an idempotent request (GET, HEAD, PUT, DELETE, ...) that got no response byte on
-//! a reused connection is sent once more on a new one; any other (POST, PATCH) is never sent
-//! twice, so its pooled connection is first checked with one non-blocking read (a connection
-//! the upstream closed while idle reads end-of-file).
+//! is reused: every pooled connection is first checked with one non-blocking read (one the
+//! upstream closed reads end-of-file; one with unasked bytes, such as a stray response or a
+//! body after a HEAD answer, must not carry another client's request), and one goes back to the
+//! pool only when its response ended exactly where its framing said. An idempotent request
+//! (GET, HEAD, PUT, DELETE, ...) that got no response byte on a reused connection is sent once
+//! more on a new one; any other (POST, PATCH) is never sent twice.
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -47,6 +51,7 @@ use pingora::server::ShutdownWatch;
 use pingora::{Error as PError, ErrorType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::chunked::ChunkedEnd;
 use crate::listener::ClientStream;

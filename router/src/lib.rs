@@ -5,10 +5,11 @@
 //! itproxy answers itself (400/404/502/504), and running the proxy inside the daemon
 //! ([`start`], [`RunningRouter`]).
 //!
-//! Every HTTP/1.1 connection is read by the `forward` front, which forwards simple requests
-//! (no body or a small one, no upgrade, `http://` target) itself with a per-route, per-thread connection
-//! pool, and hands the connection to Pingora's full proxy pipeline ([`HostRouter`]) for
-//! everything else (streamed bodies, WebSocket, HTTP/2, its own pages). Plain HTTP is accepted by one
+//! Every HTTP/1.1 request head is read and checked by the `forward` front (one framing rule for
+//! both paths, in `message`), which forwards simple requests (no body or a small one, no
+//! upgrade, `http://` target) itself with a per-route, per-thread connection pool, and lends
+//! the connection to Pingora's full proxy pipeline ([`HostRouter`]) one request at a time for
+//! everything else (streamed bodies, WebSocket, its own pages); HTTP/2 goes to the pipeline. Plain HTTP is accepted by one
 //! `SO_REUSEPORT` loop per proxy thread (`listener`), TLS by Pingora's listeners.
 //!
 //! It reads no files and no environment: the daemon hands it validated values and publishes
