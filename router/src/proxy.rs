@@ -412,6 +412,11 @@ impl ProxyHttp for HostRouter {
             )
             .into_up());
         }
+        // Our version, as the forwarder answers: relaying an HTTP/1.0 upstream's status line
+        // makes clients fall back to HTTP/1.0 for their next request.
+        if upstream_response.version == http::Version::HTTP_10 {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
         // The forwarder's response head limit, on this path too.
         let head: usize = upstream_response
             .headers

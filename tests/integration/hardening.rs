@@ -577,6 +577,7 @@ async fn informational_and_malformed_upstream_answers() {
             "/garbage" => b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(),
             "/bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok".to_vec(),
             "/te-gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nokSTRAY".to_vec(),
+            "/http10" => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             "/big-head" => {
                 let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
                 for i in 0..100 {
@@ -599,6 +600,14 @@ async fn informational_and_malformed_upstream_answers() {
         .await;
         assert!(reply.starts_with("HTTP/1.1 103"), "{front}: {reply}");
         assert!(reply.contains("\r\n\r\nHTTP/1.1 200"), "{front}: {reply}");
+        // An HTTP/1.0 upstream is answered as HTTP/1.1, so the client does not fall back.
+        let reply = exchange(
+            &p,
+            b"GET /http10 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{front}: {reply}");
         // "Until close": the client must be able to tell where the body ends.
         let reply = exchange(
             &p,
