@@ -13,6 +13,17 @@ FUZZ_FLAGS := --sanitizer none
 # build's time, and ten seconds of fuzzing need no speed. `make fuzz` builds optimised.
 FUZZ_SMOKE_FLAGS := $(FUZZ_FLAGS) --dev
 
+# $(call fuzz_all,FLAGS,SECONDS): build every target once, run each for SECONDS, then fail
+# naming the ones that crashed.
+define fuzz_all
+	cargo +nightly fuzz build $(1)
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(2) s)"; \
+	  cargo +nightly fuzz run $(1) $$t -- -max_total_time=$(2) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
+endef
+
 .PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools
 
 all: build
@@ -44,21 +55,11 @@ fuzz-tools:
 ## Each fuzz target for FUZZ_SMOKE_SECONDS from its seed corpus (fuzz/corpus/<target>).
 ## One build of every target first; `cargo fuzz run` then finds them up to date.
 fuzz-smoke: deps fuzz-tools
-	cargo +nightly fuzz build $(FUZZ_SMOKE_FLAGS)
-	@failed=; for t in $(FUZZ_TARGETS); do \
-	  echo "== fuzz $$t ($(FUZZ_SMOKE_SECONDS) s)"; \
-	  cargo +nightly fuzz run $(FUZZ_SMOKE_FLAGS) $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) || failed="$$failed $$t"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
+	$(call fuzz_all,$(FUZZ_SMOKE_FLAGS),$(FUZZ_SMOKE_SECONDS))
 
 ## Each fuzz target for FUZZ_SECONDS; crashes land in fuzz/artifacts/<target>/.
 fuzz: deps fuzz-tools
-	cargo +nightly fuzz build $(FUZZ_FLAGS)
-	@failed=; for t in $(FUZZ_TARGETS); do \
-	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
-	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t -- -max_total_time=$(FUZZ_SECONDS) || failed="$$failed $$t"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
+	$(call fuzz_all,$(FUZZ_FLAGS),$(FUZZ_SECONDS))
 
 ## Side-by-side benchmark (direct vs itproxy vs nginx) plus the criterion micro-benchmarks.
 bench: deps

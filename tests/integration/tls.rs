@@ -141,15 +141,11 @@ async fn routes_are_served_over_trusted_https_with_http2() {
     );
 }
 
-#[tokio::test]
-async fn a_rustls_client_trusting_only_our_root_accepts_the_certificate() {
-    let api = Backend::start("api").await;
-    let p = Itproxy::start();
-    p.ok(&["route", "web", &api.target()]);
-
+/// A rustls client that trusts only `p`'s root.
+fn rustls_client(p: &Itproxy) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_file(root(&p)).unwrap())
+        .add(CertificateDer::from_pem_file(root(p)).unwrap())
         .unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -158,9 +154,17 @@ async fn a_rustls_client_trusting_only_our_root_accepts_the_certificate() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn a_rustls_client_trusting_only_our_root_accepts_the_certificate() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "web", &api.target()]);
+
     let tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
-    let mut tls = connector
+    let mut tls = rustls_client(&p)
         .connect(ServerName::try_from("web.test").unwrap(), tcp)
         .await
         .expect("the certificate verifies against our root alone");
@@ -459,20 +463,8 @@ fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
 /// A TLS handshake (rustls, trusting only our root) for `name`; the certificate's first DNS
 /// name, or the handshake error.
 async fn handshake(p: &Itproxy, name: &str) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(root(p)).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
-    let tls = connector
+    let tls = rustls_client(p)
         .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
