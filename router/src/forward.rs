@@ -219,7 +219,12 @@ impl Forwarder {
     ) -> Self {
         // Its own: a pipeline whose service stops (Pingora's, when it has no listener)
         // refuses keepalive from then on.
-        let pipeline = Arc::new(pingora::proxy::http_proxy(conf, router.clone()));
+        let mut pipeline = pingora::proxy::http_proxy(conf, router.clone());
+        // An idle HTTP/2 connection ends like an idle HTTP/1 one.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(limits.keepalive_timeout);
+        pipeline.server_options = Some(options);
+        let pipeline = Arc::new(pipeline);
         Forwarder {
             router,
             forwards,
@@ -445,11 +450,19 @@ impl Forwarder {
                 Ok(body) => body,
                 Err(refusal) => return Parsed::Refuse(Page::BadRequest(refusal)),
             };
-        if let Some(host) = self
-            .router
-            .loop_in(req.headers.iter().map(|h| (h.name, h.value)))
-        {
-            return Parsed::Refuse(Page::Loop { host });
+        let via = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("via"));
+        if self.router.passed_here(via.map(|h| h.value)) {
+            let host = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"));
+            let host = host.map(|h| String::from_utf8_lossy(h.value).into_owned());
+            return Parsed::Refuse(Page::Loop {
+                host: host.unwrap_or_default(),
+            });
         }
         if !self.forwards || version != 1 || method == "CONNECT" || !path.starts_with('/') {
             return Parsed::HandOver;
@@ -1075,14 +1088,7 @@ where
         send(client, &buf[..take], timeouts.client).await?;
     }
     // Buffered streams (TLS, a connection the pipeline served before) send on flush.
-    tokio::time::timeout(timeouts.client, client.flush())
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client stopped reading its response",
-            )
-        })??;
+    within(timeouts.client, client.flush()).await?;
     Ok(clean)
 }
 
@@ -1099,14 +1105,20 @@ async fn send<C: AsyncWrite + Unpin>(
     bytes: &[u8],
     timeout: Duration,
 ) -> std::io::Result<()> {
-    tokio::time::timeout(timeout, client.write_all(bytes))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client stopped reading its response",
-            )
-        })?
+    within(timeout, client.write_all(bytes)).await
+}
+
+/// A write (or flush) to the client, unless it takes longer than `timeout`.
+async fn within(
+    timeout: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, write).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading its response",
+        )
+    })?
 }
 
 /// Whether a `Connection` header among `headers` names `name` as hop-by-hop (never one
@@ -1182,18 +1194,24 @@ impl ServerApp for Forwarder {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.pipeline.process_new(stream, shutdown).await;
-        }
-        let tls = stream.get_ssl_digest().is_some();
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let mut conn = Conn::new(stream, peer, tls);
+        // HTTP/2 connections count against the client's connections too.
         let slot = peer.map(|ip| self.clients.take(ip, self.limits.connections_per_client));
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        if h2 && !matches!(slot, Some(None)) {
+            self.pipeline.process_new(stream, shutdown).await;
+            return None;
+        }
+        let tls = stream.get_ssl_digest().is_some();
+        let mut conn = Conn::new(stream, peer, tls);
         if let Some(None) = slot {
-            self.refuse(&mut conn, &Page::TooManyConnections, None)
-                .await;
+            // Over HTTP/2 the TLS connection just closes: there is no HTTP/1 to answer in.
+            if !h2 {
+                self.refuse(&mut conn, &Page::TooManyConnections, None)
+                    .await;
+            }
             return None;
         }
         if let Outcome::HandOver = self.serve(&mut conn, shutdown, true).await {

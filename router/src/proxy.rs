@@ -82,23 +82,11 @@ impl HostRouter {
         &self.via
     }
 
-    /// If these request headers show the request passed through this proxy before (its own
-    /// `Via` entry), the host it asked for: the route loops back to us.
-    pub(crate) fn loop_in<'h>(
-        &self,
-        headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
-    ) -> Option<String> {
+    /// Whether a request with these `Via` values passed through this proxy before (its own
+    /// entry): its route loops back to us.
+    pub(crate) fn passed_here<'h>(&self, mut via: impl Iterator<Item = &'h [u8]>) -> bool {
         let token = &self.via.as_bytes()[4..];
-        let looped = headers.clone().any(|(name, value)| {
-            name.eq_ignore_ascii_case("via") && value.windows(token.len()).any(|w| w == token)
-        });
-        looped.then(|| {
-            headers
-                .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .next()
-                .unwrap_or_default()
-        })
+        via.any(|value| value.windows(token.len()).any(|w| w == token))
     }
 
     /// The request as the upstream gets it: origin-form with a Host header, and
@@ -267,27 +255,17 @@ impl ProxyHttp for HostRouter {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
-        // The forwarder checked HTTP/1 heads already; connections read by Pingora alone (no
-        // fast path) get the same rule here. HTTP/2's codec enforces its own framing.
-        let (refusal, looped) = {
-            let req = session.req_header();
-            let fields: Vec<(&str, &[u8])> = req
+        // Every HTTP/1 head passed the forwarder's gate (`message`) before it got here, loops
+        // included; HTTP/2 requests come straight from Pingora's codec, which checks framing,
+        // but a loop through another proxy can arrive over HTTP/2 too.
+        let looped = self.passed_here(
+            session
+                .req_header()
                 .headers
+                .get_all(header::VIA)
                 .iter()
-                .map(|(n, v)| (n.as_str(), v.as_bytes()))
-                .collect();
-            let headers = || fields.iter().copied();
-            let refusal = match req.version {
-                http::Version::HTTP_10 => message::check_request(0, headers()).err(),
-                http::Version::HTTP_11 => message::check_request(1, headers()).err(),
-                _ => None,
-            };
-            (refusal, self.loop_in(headers()).is_some())
-        };
-        if let Some(refusal) = refusal {
-            send_page(session, Page::BadRequest(refusal)).await?;
-            return Ok(true);
-        }
+                .map(|v| v.as_bytes()),
+        );
         if looped {
             let host = request_authority(session.req_header())
                 .unwrap_or_default()

@@ -143,18 +143,20 @@ async fn routes_are_served_over_trusted_https_with_http2() {
 
 /// A rustls client that trusts only `p`'s root.
 fn rustls_client(p: &Itproxy) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(Arc::new(rustls_config(p)))
+}
+
+/// The settings of [`rustls_client`].
+fn rustls_config(p: &Itproxy) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(root(p)).unwrap())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 #[tokio::test]
@@ -547,4 +549,33 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_ends_at_the_keepalive_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[proxy]\nkeepalive_timeout = \"1s\"\n");
+    let p = Itproxy::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut config = rustls_config(&p);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("api.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The connection preface and an empty SETTINGS frame, then nothing.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("an idle HTTP/2 connection is still open after 5 s"),
+        }
+    }
 }
