@@ -112,7 +112,7 @@ pub struct Status {
 }
 
 /// The local CA, as `status` shows it.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct CaInfo {
     /// The root certificate file.
     pub root: String,

@@ -9,34 +9,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use itproxy_certs::{trust_env, write_bundle, Authority, TrustFiles};
 
-/// The CA's directory inside the state directory.
-pub fn ca_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("ca")
-}
-
-/// The trust files of the CA in `state_dir`.
-pub fn trust_files(state_dir: &Path) -> TrustFiles {
-    TrustFiles {
-        root: ca_dir(state_dir).join("root.pem"),
-        bundle: ca_dir(state_dir).join("bundle.pem"),
-    }
-}
-
-/// The first 16 hex digits of the root's fingerprint, lower case: names files per root.
-fn short_fingerprint(authority: &Authority) -> String {
-    let fp: String = authority
-        .fingerprint()
-        .replace(':', "")
-        .chars()
-        .take(16)
-        .collect();
-    fp.to_ascii_lowercase()
-}
-
-/// Leaves are cached per root, so a rotated root never serves a leaf of the old one.
-pub fn leaf_cache_dir(state_dir: &Path, authority: &Authority) -> PathBuf {
-    state_dir.join("certs").join(short_fingerprint(authority))
-}
+use crate::state_dir::StateDir;
 
 /// `itproxy local CA (user@host)`.
 fn subject() -> String {
@@ -52,27 +25,26 @@ fn subject() -> String {
 
 /// Loads the CA (creating it on first use) and rewrites the trust bundle.
 pub fn load_or_create(
-    state_dir: &Path,
+    state_dir: &StateDir,
     domains: &[String],
 ) -> anyhow::Result<(Authority, TrustFiles, bool)> {
-    crate::state::ensure_dir(state_dir)?;
-    let dir = ca_dir(state_dir);
+    state_dir.ensure()?;
     let (authority, created) =
-        Authority::load_or_create(&dir, domains, &subject(), SystemTime::now())?;
-    let files = trust_files(state_dir);
+        Authority::load_or_create(&state_dir.ca_dir(), domains, &subject(), SystemTime::now())?;
+    let files = state_dir.trust_files();
     write_bundle(authority.root_pem(), &files.bundle)?;
     Ok((authority, files, created))
 }
 
 /// `ca path`.
-pub fn path(state_dir: &Path, domains: &[String]) -> anyhow::Result<()> {
+pub fn path(state_dir: &StateDir, domains: &[String]) -> anyhow::Result<()> {
     let (_, files, _) = load_or_create(state_dir, domains)?;
     println!("{}", files.root.display());
     Ok(())
 }
 
 /// `ca env`: shell `export` lines, or JSON.
-pub fn env(state_dir: &Path, domains: &[String], json: bool) -> anyhow::Result<()> {
+pub fn env(state_dir: &StateDir, domains: &[String], json: bool) -> anyhow::Result<()> {
     let (_, files, _) = load_or_create(state_dir, domains)?;
     let vars = trust_env(&files);
     if json {
@@ -100,8 +72,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// `ca rotate`: a new root (for a changed domain list, or a key that leaked).
-pub fn rotate(state_dir: &Path, domains: &[String], yes: bool) -> anyhow::Result<()> {
-    let dir = ca_dir(state_dir);
+pub fn rotate(state_dir: &StateDir, domains: &[String], yes: bool) -> anyhow::Result<()> {
+    let dir = state_dir.ca_dir();
     if dir.join("root.pem").exists() && !yes {
         eprint!(
             "This replaces the CA in {} with a new one permitting {} and localhost.\n\
@@ -120,11 +92,11 @@ pub fn rotate(state_dir: &Path, domains: &[String], yes: bool) -> anyhow::Result
             bail!("not rotated (pass --yes to skip the question)");
         }
     }
-    crate::state::ensure_dir(state_dir)?;
+    state_dir.ensure()?;
     let authority = Authority::create(&dir, domains, &subject(), SystemTime::now())?;
-    let files = trust_files(state_dir);
+    let files = state_dir.trust_files();
     write_bundle(authority.root_pem(), &files.bundle)?;
-    let _ = std::fs::remove_dir_all(state_dir.join("certs"));
+    let _ = std::fs::remove_dir_all(state_dir.leaf_caches());
     println!("new root: {}", files.root.display());
     println!("fingerprint (SHA-256): {}", authority.fingerprint());
     println!("permits: {}", authority.permitted().join(", "));
@@ -135,7 +107,10 @@ pub fn rotate(state_dir: &Path, domains: &[String], yes: bool) -> anyhow::Result
 const SYSTEM_ANCHORS: &str = "/usr/local/share/ca-certificates";
 
 fn anchor_path(authority: &Authority) -> PathBuf {
-    PathBuf::from(SYSTEM_ANCHORS).join(format!("itproxy-{}.crt", short_fingerprint(authority)))
+    PathBuf::from(SYSTEM_ANCHORS).join(format!(
+        "itproxy-{}.crt",
+        crate::state_dir::root_id(authority)
+    ))
 }
 
 fn nss_databases() -> Vec<PathBuf> {
@@ -178,7 +153,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// `ca install` / `ca uninstall`: the system store (Debian's update-ca-certificates) and the
 /// NSS databases of Chromium and Firefox, each step reported.
-pub fn install(state_dir: &Path, domains: &[String], remove: bool) -> anyhow::Result<()> {
+pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow::Result<()> {
     let (authority, files, _) = load_or_create(state_dir, domains)?;
     let nick = format!("itproxy local CA {}", &authority.fingerprint()[..11]);
     let mut did = 0;

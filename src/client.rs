@@ -62,7 +62,7 @@ impl Client {
     pub fn new(state_dir: &Path) -> Self {
         Client {
             state_dir: state_dir.to_path_buf(),
-            socket: state_dir.join(crate::daemon::CONTROL_SOCKET),
+            socket: crate::state_dir::StateDir::new(state_dir).control_socket(),
         }
     }
 

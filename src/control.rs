@@ -1,6 +1,12 @@
 //! The control API over the Unix socket: HTTP+JSON, documented in `docs/api.yaml`.
+//!
+//! This is the only place that speaks HTTP about the daemon's state: the state model returns
+//! [`ChangeError`], the app supervisor [`AppError`], and [`ErrorCode`] turns each into a status
+//! and the stable code scripts match on (the single source of the list in `docs/api.yaml`).
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -11,24 +17,266 @@ use axum::{Json, Router};
 use http::StatusCode;
 
 use crate::api::{self, ErrorBody, ErrorDetail, PutRoute};
-use crate::daemon::{ApiError, Daemon};
+use crate::state::{ChangeError, StateHandle};
+use crate::state_dir::StateDir;
+use crate::supervisor::{AppError, AppSupervisor};
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
+/// The stable error codes of the API, each with its HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A route name that is not a host name below the domains (400).
+    InvalidName,
+    /// A target that cannot be parsed (400).
+    InvalidTarget,
+    /// A body that is not the JSON the endpoint takes (400, or 413 when too large).
+    BadBody,
+    /// A `timeout` that is not a duration (400).
+    InvalidTimeout,
+    /// No route for the host (404).
+    NoRoute,
+    /// No app of that name (404).
+    NoApp,
+    /// The daemon runs no environment (404).
+    NoEnvironment,
+    /// No such endpoint or app action (404).
+    NotFound,
+    /// The endpoint does not take the method (405).
+    MethodNotAllowed,
+    /// A restore of a host with only an override (409).
+    NothingToRestore,
+    /// A start by hand of an app whose dependency is not ready (409).
+    DependencyNotReady,
+    /// A target whose host name does not resolve (422).
+    UnresolvableTarget,
+    /// A target that is itproxy's own listener (422).
+    RouteToItself,
+    /// The change could not be persisted; nothing changed (500).
+    PersistFailed,
+    /// The Docker engine refused an operation (502).
+    EngineError,
+    /// An app did not start or become ready (503).
+    NotReady,
+}
+
+impl ErrorCode {
+    /// Every code, for the documentation test.
+    #[cfg(test)]
+    const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidTarget,
+        ErrorCode::BadBody,
+        ErrorCode::InvalidTimeout,
+        ErrorCode::NoRoute,
+        ErrorCode::NoApp,
+        ErrorCode::NoEnvironment,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NothingToRestore,
+        ErrorCode::DependencyNotReady,
+        ErrorCode::UnresolvableTarget,
+        ErrorCode::RouteToItself,
+        ErrorCode::PersistFailed,
+        ErrorCode::EngineError,
+        ErrorCode::NotReady,
+    ];
+
+    /// The code as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::BadBody => "bad_body",
+            ErrorCode::InvalidTimeout => "invalid_timeout",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::NoApp => "no_app",
+            ErrorCode::NoEnvironment => "no_environment",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NothingToRestore => "nothing_to_restore",
+            ErrorCode::DependencyNotReady => "dependency_not_ready",
+            ErrorCode::UnresolvableTarget => "unresolvable_target",
+            ErrorCode::RouteToItself => "route_to_itself",
+            ErrorCode::PersistFailed => "persist_failed",
+            ErrorCode::EngineError => "engine_error",
+            ErrorCode::NotReady => "not_ready",
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidName
+            | ErrorCode::InvalidTarget
+            | ErrorCode::BadBody
+            | ErrorCode::InvalidTimeout => StatusCode::BAD_REQUEST,
+            ErrorCode::NoRoute
+            | ErrorCode::NoApp
+            | ErrorCode::NoEnvironment
+            | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::NothingToRestore | ErrorCode::DependencyNotReady => StatusCode::CONFLICT,
+            ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorCode::PersistFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::EngineError => StatusCode::BAD_GATEWAY,
+            ErrorCode::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 }
 
-type Shared = State<Arc<Daemon>>;
+/// An API failure: a code and a message for the person.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    /// Set only where the status differs from the code's usual one (a body too large).
+    status: Option<StatusCode>,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            status: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        let code = match &e {
+            ChangeError::InvalidName { .. } => ErrorCode::InvalidName,
+            ChangeError::InvalidTarget(_) => ErrorCode::InvalidTarget,
+            ChangeError::Unresolvable(_) => ErrorCode::UnresolvableTarget,
+            ChangeError::RouteToItself { .. } => ErrorCode::RouteToItself,
+            ChangeError::NoRoute(_) => ErrorCode::NoRoute,
+            ChangeError::NothingToRestore(_) => ErrorCode::NothingToRestore,
+            ChangeError::Persist(_) => {
+                tracing::error!(error = %e, "could not persist a route change");
+                ErrorCode::PersistFailed
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let code = match &e {
+            AppError::NoApp { .. } => ErrorCode::NoApp,
+            AppError::NotReady { .. } => ErrorCode::NotReady,
+            AppError::Engine(_) => ErrorCode::EngineError,
+            AppError::InvalidTimeout { .. } => ErrorCode::InvalidTimeout,
+            AppError::UnknownAction(_) => ErrorCode::NotFound,
+            AppError::DependencyNotReady { .. } => ErrorCode::DependencyNotReady,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status.unwrap_or(self.code.status());
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_string(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// What the status endpoint reports that the state does not hold: set once at start-up.
+pub struct DaemonInfo {
+    /// When the daemon started.
+    pub started: Instant,
+    /// The state directory.
+    pub state_dir: StateDir,
+    /// The config file, if any.
+    pub config_file: Option<PathBuf>,
+    /// The environment's name, if any.
+    pub env: Option<String>,
+    /// The local CA.
+    pub ca: api::CaInfo,
+    /// What the daemon listens on, known once the proxy and the DNS run.
+    pub listening: OnceLock<Listening>,
+}
+
+/// What the daemon serves on.
+#[derive(Default, Clone)]
+pub struct Listening {
+    /// HTTP listeners.
+    pub http: Vec<String>,
+    /// HTTPS listeners.
+    pub https: Vec<String>,
+    /// DNS listeners.
+    pub dns: Vec<String>,
+    /// Where the DNS forwards names outside the domains.
+    pub dns_upstreams: Vec<String>,
+}
+
+/// Everything the API's handlers reach.
+pub struct Control {
+    /// The desired state.
+    pub state: Arc<StateHandle>,
+    /// The environment's apps, if the daemon runs an environment.
+    pub apps: Option<Arc<AppSupervisor>>,
+    /// The daemon's fixed facts.
+    pub info: DaemonInfo,
+    /// Notified when `POST /v1/shutdown` asks the daemon to stop.
+    pub stop: tokio::sync::Notify,
+}
+
+impl Control {
+    fn apps(&self) -> Result<&Arc<AppSupervisor>, ApiError> {
+        self.apps.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NoEnvironment,
+                "this daemon runs no environment; declare [env] name and [[app]]s in itproxy.toml",
+            )
+        })
+    }
+
+    /// The daemon's status.
+    pub async fn status(&self) -> api::Status {
+        let info = &self.info;
+        let (routes, overrides, domains) = self
+            .state
+            .read(|s| {
+                let domains = s.domains().iter().map(|d| d.to_string()).collect();
+                (s.route_count(), s.override_count(), domains)
+            })
+            .await;
+        let listening = info.listening.get().cloned().unwrap_or_default();
+        api::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_seconds: info.started.elapsed().as_secs_f64(),
+            state_dir: info.state_dir.to_string(),
+            config_file: info.config_file.as_ref().map(|p| p.display().to_string()),
+            domains,
+            env: info.env.clone(),
+            listeners: api::Listeners {
+                http: listening.http,
+                https: listening.https,
+                dns: listening.dns,
+                control: info.state_dir.control_socket().display().to_string(),
+            },
+            dns_upstreams: listening.dns_upstreams,
+            ca: Some(info.ca.clone()),
+            routes,
+            overrides,
+        }
+    }
+}
+
+type Shared = State<Arc<Control>>;
 
 /// The API's routes.
-pub fn app(daemon: Arc<Daemon>) -> Router {
+pub fn app(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/routes", get(list))
@@ -44,86 +292,103 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
-        .with_state(daemon)
+        .with_state(control)
 }
 
-async fn status(State(d): Shared) -> Json<api::Status> {
-    Json(d.status().await)
+async fn status(State(c): Shared) -> Json<api::Status> {
+    Json(c.status().await)
 }
 
-async fn list(State(d): Shared) -> Json<Vec<api::RouteView>> {
-    Json(d.list().await)
+async fn list(State(c): Shared) -> Json<Vec<api::RouteView>> {
+    Json(c.state.read(|s| s.views()).await)
 }
 
 async fn get_route(
-    State(d): Shared,
+    State(c): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<api::RouteView>, ApiError> {
-    d.get(&name).await.map(Json)
+    Ok(Json(c.state.route(&name).await?))
 }
 
 async fn put_route(
-    State(d): Shared,
+    State(c): Shared,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<api::RouteView>, ApiError> {
     let body = read_body(body)?;
     let put = PutRoute::from_body(&body).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
+            ErrorCode::BadBody,
             format!("the body must be JSON like {{\"target\": \"localhost:8000\"}}: {e}"),
         )
     })?;
-    d.put(&name, put).await.map(Json)
+    Ok(Json(c.state.set_route(&name, put).await?))
 }
 
 async fn delete_route(
-    State(d): Shared,
+    State(c): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<api::Removed>, ApiError> {
-    d.delete(&name).await.map(Json)
+    let view = c.state.unroute(&name).await?;
+    Ok(Json(api::Removed {
+        host: view.host,
+        target: view.target,
+    }))
 }
 
 async fn restore_route(
-    State(d): Shared,
+    State(c): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<api::Restored>, ApiError> {
-    d.restore(&name).await.map(Json)
+    let (changed, route) = c.state.restore(&name).await?;
+    Ok(Json(api::Restored { changed, route }))
 }
 
-async fn apps(State(d): Shared) -> Json<api::AppsView> {
-    Json(d.apps_view().await)
+async fn apps(State(c): Shared) -> Json<api::AppsView> {
+    Json(match &c.apps {
+        Some(apps) => apps.apps_view().await,
+        None => api::AppsView {
+            env: c.info.env.clone(),
+            phase: api::EnvPhase::Idle,
+            error: None,
+            ready_after_ms: None,
+            apps: Vec::new(),
+        },
+    })
 }
 
 async fn get_app(
-    State(d): Shared,
+    State(c): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<api::AppView>, ApiError> {
-    d.app(&name).await.map(Json)
+    Ok(Json(c.apps()?.app(&name).await?))
 }
 
 async fn app_action(
-    State(d): Shared,
+    State(c): Shared,
     Path((name, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<api::AppView>), ApiError> {
     let body = read_body(body)?;
     let action_body = api::AppAction::from_body(&body).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
+            ErrorCode::BadBody,
             format!(
                 "the body must be empty or JSON like {{\"wait\": true, \"timeout\": \"30s\"}}: {e}"
             ),
         )
     })?;
-    let (status, view) = d.app_action(&name, &action, action_body).await?;
-    Ok((status, Json(view)))
+    let done = c.apps()?.app_action(&name, &action, action_body).await?;
+    let status = if done.finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(done.view)))
 }
 
-async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
-    d.stop();
+async fn shutdown(State(c): Shared) -> (StatusCode, Json<serde_json::Value>) {
+    c.stop.notify_one();
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "stopping": true, "pid": std::process::id() })),
@@ -131,27 +396,61 @@ async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
 }
 
 fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "bad_body",
-            format!("cannot read the request body: {}", e.body_text()),
-        )
+    body.map_err(|e| ApiError {
+        code: ErrorCode::BadBody,
+        status: Some(e.status()),
+        message: format!("cannot read the request body: {}", e.body_text()),
     })
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint; see docs/api.yaml",
-    )
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see docs/api.yaml")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method; see docs/api.yaml",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// The code list in docs/api.yaml is this enum, no more and no less.
+    #[test]
+    fn every_error_code_is_documented_in_api_yaml() {
+        let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.yaml"))
+            .expect("docs/api.yaml");
+        let line = yaml
+            .lines()
+            .find(|l| l.trim_start().starts_with("code: { type: string, enum:"))
+            .expect("docs/api.yaml lists the error codes as an enum of Error.error.code");
+        let listed: Vec<&str> = line[line.find('[').unwrap() + 1..line.find(']').unwrap()]
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        for c in &codes {
+            assert!(
+                listed.contains(c),
+                "{c} is not in docs/api.yaml's code enum"
+            );
+        }
+        for l in &listed {
+            assert!(
+                codes.contains(l),
+                "docs/api.yaml lists {l}, which the API never answers"
+            );
+        }
+        for c in ErrorCode::ALL {
+            let status = c.status().as_u16().to_string();
+            assert!(
+                yaml.contains(&format!("{} ({status})", c.as_str())),
+                "docs/api.yaml does not say {} is answered with {status}",
+                c.as_str()
+            );
+        }
+    }
 }

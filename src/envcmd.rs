@@ -13,11 +13,10 @@ use crate::api::{self, AppState, EnvPhase};
 use crate::cli::{AppActionArgs, AppCommand, LogsArgs};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
+use crate::state_dir::StateDir;
 
 /// Set in the detached daemon's environment, so it runs in the foreground.
 const DETACHED_CHILD: &str = "ITPROXY_DETACHED_CHILD";
-/// The detached daemon's log, in the state directory.
-pub const DAEMON_LOG: &str = "itproxy.log";
 /// The longest `up --detach` waits for the environment (each app has its own timeout too).
 const DETACH_LIMIT: Duration = Duration::from_secs(30 * 60);
 
@@ -30,7 +29,7 @@ pub fn is_detached_child() -> bool {
 /// the state directory), then waits until its apps are ready, or reports why not.
 pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    crate::state::ensure_dir(state_dir)?;
+    StateDir::new(state_dir).ensure()?;
     // Checked here too: otherwise the old daemon's answers would pass for the new one's.
     if let Ok(status) = Client::new(state_dir)
         .call::<api::Status>(Method::GET, "/v1/status", None)
@@ -44,7 +43,7 @@ pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
             status.pid
         );
     }
-    let log_path = state_dir.join(DAEMON_LOG);
+    let log_path = StateDir::new(state_dir).daemon_log();
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create the daemon's log {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the itproxy executable to start")?;
@@ -385,7 +384,7 @@ pub async fn down(config: &Config, env: Option<String>, state_dir: &Path) -> any
             client
                 .call::<serde_json::Value>(Method::POST, "/v1/shutdown", None)
                 .await?;
-            let socket: PathBuf = state_dir.join(crate::daemon::CONTROL_SOCKET);
+            let socket: PathBuf = StateDir::new(state_dir).control_socket();
             let deadline = Instant::now() + Duration::from_secs(15);
             while socket.exists() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,8 +9,11 @@ mod control;
 mod daemon;
 mod envcmd;
 mod hostdns;
+mod persist;
 mod resolve;
 mod state;
+mod state_dir;
+mod supervisor;
 
 use itproxy::{api, config};
 
@@ -210,6 +213,7 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
 }
 
 fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
+    let state_dir = &state_dir::StateDir::new(state_dir);
     let rotate_domains = match &cmd {
         CaCommand::Rotate { domain, .. } => domain.clone(),
         _ => Vec::new(),

@@ -1,15 +1,72 @@
-//! The environment's declared apps inside the daemon: steps, dependencies, readiness, and
-//! their endpoints published as routes (HTTP) and DNS records (TCP).
+//! The environment's declared apps inside the daemon: [`AppSupervisor`] runs the steps, waits
+//! for dependencies and readiness, watches for exits, and publishes each app's endpoints as
+//! [`Change::AppUp`]/[`Change::AppDown`] through the state handle: routes for HTTP endpoints,
+//! DNS records for TCP ones.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
 use itproxy_orchestrator::{AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan};
 
-use super::{ApiError, Daemon, RouteSpec};
 use crate::api::{self, AppState, EnvPhase};
+use crate::config::Domains;
+use crate::state::{Change, Endpoint, StateHandle};
+
+/// Why an app operation was refused or failed; the control API maps each to a code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No app of that name.
+    #[error("there is no app {name:?} in this environment (apps: {known})")]
+    NoApp {
+        /// The name asked for.
+        name: String,
+        /// The apps there are, joined, or "none".
+        known: String,
+    },
+    /// The app could not be started or did not become ready.
+    #[error("app {app}: {message}")]
+    NotReady {
+        /// The app.
+        app: AppName,
+        /// Why.
+        message: String,
+    },
+    /// The Docker engine refused an operation.
+    #[error("{0}")]
+    Engine(String),
+    /// A `timeout` that is not a duration.
+    #[error("timeout {given:?}: {reason}; use e.g. 30s")]
+    InvalidTimeout {
+        /// The value given.
+        given: String,
+        /// Why it is not a duration.
+        reason: String,
+    },
+    /// An action other than start, stop and restart.
+    #[error("unknown app action {0:?}; use start, stop or restart")]
+    UnknownAction(String),
+    /// A start by hand of an app whose dependency is not ready.
+    #[error(
+        "app {app} depends on {dependency}, which is not ready; start it first with \
+         `itproxy app start {dependency} --wait`"
+    )]
+    DependencyNotReady {
+        /// The app.
+        app: String,
+        /// The dependency.
+        dependency: AppName,
+    },
+}
+
+/// What an app action answers: the app, and whether it finished (a start without `wait` is
+/// accepted and goes on in the background).
+pub struct ActionDone {
+    /// The app after the action (or as it starts).
+    pub view: api::AppView,
+    /// False when the start goes on in the background.
+    pub finished: bool,
+}
 
 /// Grace period for an app's containers to stop before they are killed.
 const STOP_GRACE_SECONDS: i32 = 10;
@@ -27,8 +84,13 @@ struct Phase {
     ready_after: Option<Duration>,
 }
 
-/// The apps of the environment and what is known of them.
-pub struct Apps {
+/// The apps of the environment, what is known of them, and the state handle their endpoints
+/// are published through.
+pub struct AppSupervisor {
+    state: Arc<StateHandle>,
+    domains: Domains,
+    /// When the daemon started: the environment's readiness is timed from it.
+    started: Instant,
     engine: Engine,
     environment: Environment,
     plan: Plan,
@@ -40,8 +102,15 @@ pub struct Apps {
     phase: std::sync::Mutex<Phase>,
 }
 
-impl Apps {
-    pub fn new(engine: Engine, environment: Environment, plan: Plan) -> Self {
+impl AppSupervisor {
+    /// A supervisor for `plan`'s apps; nothing starts until [`AppSupervisor::bring_up`].
+    pub fn new(
+        state: Arc<StateHandle>,
+        domains: Domains,
+        engine: Engine,
+        environment: Environment,
+        plan: Plan,
+    ) -> Self {
         let status = plan
             .apps()
             .map(|a| {
@@ -64,7 +133,10 @@ impl Apps {
         } else {
             EnvPhase::Starting
         };
-        Apps {
+        AppSupervisor {
+            state,
+            domains,
+            started: Instant::now(),
             engine,
             environment,
             plan,
@@ -128,28 +200,13 @@ impl Apps {
             .get(app)
             .map_or(AppState::Pending, |s| s.state)
     }
-}
-
-impl Daemon {
-    fn apps(&self) -> Result<&Apps, ApiError> {
-        self.apps.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_environment",
-                "this daemon runs no environment; declare [env] name and [[app]]s in itproxy.toml",
-            )
-        })
-    }
 
     /// Runs the steps in order (only `selected` ones if any are given; the apps of the others
     /// are adopted if they already run). A step's apps start together, each once its
     /// dependencies are ready; a failed app stops the steps after its own.
     pub async fn bring_up(self: Arc<Self>, selected: Vec<String>) {
-        let Some(apps) = self.apps.as_ref() else {
-            return;
-        };
         let mut failed: Vec<String> = Vec::new();
-        for step in apps.plan.steps() {
+        for step in self.plan.steps() {
             if !selected.is_empty() && !selected.contains(&step.name) {
                 for app in &step.apps {
                     self.adopt(app).await;
@@ -164,7 +221,7 @@ impl Daemon {
             .await;
             for r in results {
                 if let Err(e) = r {
-                    failed.push(e.message);
+                    failed.push(e.to_string());
                 }
             }
             if !failed.is_empty() {
@@ -173,7 +230,7 @@ impl Daemon {
             }
             tracing::info!(step = %step.name, took_ms = began.elapsed().as_millis() as u64, "step ready");
         }
-        let mut phase = apps.phase.lock().expect("phase lock");
+        let mut phase = self.phase.lock().expect("phase lock");
         if failed.is_empty() {
             let took = self.started.elapsed();
             phase.phase = EnvPhase::Ready;
@@ -183,51 +240,48 @@ impl Daemon {
             phase.phase = EnvPhase::Failed;
             phase.error = Some(failed.join("\n"));
         }
-        apps.changed.send_modify(|n| *n += 1);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// An app of a step that was not selected: routed if its containers already run.
     async fn adopt(&self, app: &AppSpec) {
-        let apps = self.apps.as_ref().expect("apps");
         let mut containers = Vec::new();
-        for (_, name) in apps.containers_of(app) {
-            match apps.engine.container(&name).await {
+        for (_, name) in self.containers_of(app) {
+            match self.engine.container(&name).await {
                 Ok(Some(c)) if c.running() => containers.push(c),
                 _ => {
-                    apps.set(&app.name, AppState::Stopped, None, None);
+                    self.set(&app.name, AppState::Stopped, None, None);
                     return;
                 }
             }
         }
         self.publish_app(app, &containers).await;
-        apps.set(&app.name, AppState::Ready, None, None);
+        self.set(&app.name, AppState::Ready, None, None);
         tracing::info!(app = %app.name, "step not selected; adopted the running app");
     }
 
     /// Starts `app`'s containers once its dependencies are ready, waits for its readiness
     /// check, then routes its endpoints.
-    async fn start_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), ApiError> {
-        let apps = self.apps()?;
-        let _one_at_a_time = apps.locks[&app.name].lock().await;
+    async fn start_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
+        let _one_at_a_time = self.locks[&app.name].lock().await;
         let fail = |message: String| {
-            apps.set(&app.name, AppState::Failed, Some(message.clone()), None);
+            self.set(&app.name, AppState::Failed, Some(message.clone()), None);
             tracing::error!(app = %app.name, "{message}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("app {}: {message}", app.name),
-            )
+            AppError::NotReady {
+                app: app.name.clone(),
+                message,
+            }
         };
-        apps.set(&app.name, AppState::Pending, None, None);
+        self.set(&app.name, AppState::Pending, None, None);
         if let Err(m) = self.wait_for_dependencies(app).await {
             return Err(fail(m));
         }
-        apps.set(&app.name, AppState::Starting, None, None);
+        self.set(&app.name, AppState::Starting, None, None);
         let began = Instant::now();
         // The endpoints' containers start together.
         let started = futures_util::future::join_all(
             (0..app.endpoints.len())
-                .map(|i| apps.engine.ensure_container(&apps.environment, app, i)),
+                .map(|i| self.engine.ensure_container(&self.environment, app, i)),
         )
         .await;
         let mut containers = Vec::new();
@@ -245,7 +299,7 @@ impl Daemon {
             check.ready.timeout = t;
         }
         let checked = &containers[app.ready.endpoint];
-        if let Err(e) = apps.engine.wait_ready(&check, checked).await {
+        if let Err(e) = self.engine.wait_ready(&check, checked).await {
             let message = match e {
                 itproxy_orchestrator::Error::NotReady { .. } => {
                     e.to_string()
@@ -257,18 +311,17 @@ impl Daemon {
         }
         let took = began.elapsed();
         self.publish_app(app, &containers).await;
-        apps.set(&app.name, AppState::Ready, None, Some(took));
+        self.set(&app.name, AppState::Ready, None, Some(took));
         tracing::info!(app = %app.name, took_ms = took.as_millis() as u64, check = %app.ready.check, "app ready");
         Ok(())
     }
 
     async fn wait_for_dependencies(&self, app: &AppSpec) -> Result<(), String> {
-        let apps = self.apps.as_ref().expect("apps");
-        let mut changes = apps.changed.subscribe();
+        let mut changes = self.changed.subscribe();
         loop {
             let mut waiting = false;
             for dep in &app.depends_on {
-                match apps.state(dep) {
+                match self.state(dep) {
                     AppState::Ready => {}
                     AppState::Failed => return Err(format!("its dependency {dep} failed")),
                     AppState::Stopped => {
@@ -291,58 +344,53 @@ impl Daemon {
     /// Routes the app's HTTP endpoints to its containers and points its TCP endpoints' names
     /// at them.
     async fn publish_app(&self, app: &AppSpec, containers: &[Container]) {
-        let mut routes = self.routes.lock().await;
-        routes.apps.retain(|_, (a, _)| a != &app.name);
-        routes.direct.retain(|_, (a, _)| a != &app.name);
+        let mut endpoints = Vec::new();
         for (e, c) in app.endpoints.iter().zip(containers) {
             let (Some((port, kind)), Some(ip)) = (e.port, c.ip) else {
                 continue;
             };
-            let host = match self.config.domains.qualify(e.name.as_str()) {
+            let host = match self.domains.qualify(e.name.as_str()) {
                 Ok(h) => h,
                 Err(m) => {
                     tracing::warn!(app = %app.name, "endpoint not routed: {m}");
                     continue;
                 }
             };
-            match kind {
-                EndpointKind::Http => {
-                    let addr = std::net::SocketAddr::new(ip, port);
-                    let target = itproxy_router::UpstreamSpec::parse(&addr.to_string())
-                        .expect("a socket address is a valid target");
-                    let routed =
-                        routes.build(RouteSpec::to(target), vec![addr], &self.config.timeouts);
-                    routes.apps.insert(host, (app.name.clone(), routed));
-                }
-                EndpointKind::Tcp => {
-                    routes.direct.insert(host, (app.name.clone(), ip));
-                }
-            }
+            let endpoint = match kind {
+                EndpointKind::Http => Endpoint::Http(std::net::SocketAddr::new(ip, port)),
+                EndpointKind::Tcp => Endpoint::Tcp(ip),
+            };
+            endpoints.push((host, endpoint));
         }
-        self.publish(&routes);
+        let change = Change::AppUp {
+            app: app.name.clone(),
+            endpoints,
+        };
+        if let Err(e) = self.state.apply(change).await {
+            tracing::error!(app = %app.name, "cannot publish the app's endpoints: {e}");
+        }
     }
 
     async fn unpublish_app(&self, app: &AppSpec) {
-        let mut routes = self.routes.lock().await;
-        routes.apps.retain(|_, (a, _)| a != &app.name);
-        routes.direct.retain(|_, (a, _)| a != &app.name);
-        self.publish(&routes);
+        let change = Change::AppDown {
+            app: app.name.clone(),
+        };
+        if let Err(e) = self.state.apply(change).await {
+            tracing::error!(app = %app.name, "cannot remove the app's endpoints: {e}");
+        }
     }
 
     /// Stops an app: its routes and records go first, then its containers.
-    async fn stop_app(&self, app: &AppSpec) -> Result<(), ApiError> {
-        let apps = self.apps()?;
-        let _one_at_a_time = apps.locks[&app.name].lock().await;
+    async fn stop_app(&self, app: &AppSpec) -> Result<(), AppError> {
+        let _one_at_a_time = self.locks[&app.name].lock().await;
         self.unpublish_app(app).await;
-        for (_, name) in apps.containers_of(app) {
-            apps.engine
+        for (_, name) in self.containers_of(app) {
+            self.engine
                 .stop(&name, STOP_GRACE_SECONDS)
                 .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "engine_error", e.to_string())
-                })?;
+                .map_err(|e| AppError::Engine(e.to_string()))?;
         }
-        apps.set(&app.name, AppState::Stopped, None, None);
+        self.set(&app.name, AppState::Stopped, None, None);
         tracing::info!(app = %app.name, "app stopped");
         Ok(())
     }
@@ -352,14 +400,11 @@ impl Daemon {
     /// stream ends, it is watched again.
     pub async fn watch_exits(self: Arc<Self>) {
         use futures_util::StreamExt;
-        let Some(apps) = self.apps.as_ref() else {
-            return;
-        };
         loop {
             let since = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let mut exits = std::pin::pin!(apps.engine.watch_exits(&apps.environment.env, since));
+            let mut exits = std::pin::pin!(self.engine.watch_exits(&self.environment.env, since));
             while let Some(exit) = exits.next().await {
                 let exit = match exit {
                     Ok(e) => e,
@@ -372,15 +417,15 @@ impl Daemon {
                     continue;
                 };
                 // A start, stop or restart in progress owns the app's state.
-                let Some(Ok(_idle)) = apps.locks.get(&app).map(|l| l.try_lock()) else {
+                let Some(Ok(_idle)) = self.locks.get(&app).map(|l| l.try_lock()) else {
                     continue;
                 };
-                if apps.state(&app) != AppState::Ready {
+                if self.state(&app) != AppState::Ready {
                     continue;
                 }
                 // Only this very container, stopped for good: not a late event from an earlier
                 // stop (it runs again), nor from a container since recreated (another id).
-                match apps.engine.container(&exit.name).await {
+                match self.engine.container(&exit.name).await {
                     Ok(Some(c)) if c.id == exit.id && !c.running() => {}
                     Ok(None) if !exit.name.is_empty() => {}
                     _ => continue,
@@ -392,7 +437,7 @@ impl Daemon {
                     exit.name
                 );
                 tracing::warn!(%app, "{message}");
-                apps.set(&app, AppState::Failed, Some(message), None);
+                self.set(&app, AppState::Failed, Some(message), None);
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -404,45 +449,35 @@ impl Daemon {
         name: &str,
         action: &str,
         body: api::AppAction,
-    ) -> Result<(StatusCode, api::AppView), ApiError> {
-        let apps = self.apps()?;
-        let app = apps
+    ) -> Result<ActionDone, AppError> {
+        let app = self
             .plan
             .app(name)
             .cloned()
-            .ok_or_else(|| no_app(apps, name))?;
-        let timeout = body.timeout().map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_timeout",
-                format!(
-                    "timeout {:?}: {e}; use e.g. 30s",
-                    body.timeout.as_deref().unwrap_or("")
-                ),
-            )
+            .ok_or_else(|| self.no_app(name))?;
+        let timeout = body.timeout().map_err(|e| AppError::InvalidTimeout {
+            given: body.timeout.clone().unwrap_or_default(),
+            reason: e.to_string(),
         })?;
+        let done = |view| ActionDone {
+            view,
+            finished: true,
+        };
         match action {
             "stop" => {
                 self.stop_app(&app).await?;
-                return Ok((StatusCode::OK, self.app_view(&app).await));
+                return Ok(done(self.app_view(&app).await));
             }
             "start" | "restart" => {}
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("unknown app action {action:?}; use start, stop or restart"),
-                ))
-            }
+            _ => return Err(AppError::UnknownAction(action.to_string())),
         }
         // Dependencies must already be ready: a start by hand does not cascade.
         for dep in &app.depends_on {
-            if apps.state(dep) != AppState::Ready {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "dependency_not_ready",
-                    format!("app {name} depends on {dep}, which is not ready; start it first with `itproxy app start {dep} --wait`"),
-                ));
+            if self.state(dep) != AppState::Ready {
+                return Err(AppError::DependencyNotReady {
+                    app: name.to_string(),
+                    dependency: dep.clone(),
+                });
             }
         }
         if action == "restart" {
@@ -450,39 +485,33 @@ impl Daemon {
         }
         if body.wait {
             self.start_app(&app, timeout).await?;
-            Ok((StatusCode::OK, self.app_view(&app).await))
+            Ok(done(self.app_view(&app).await))
         } else {
-            apps.set(&app.name, AppState::Starting, None, None);
-            let daemon = self.clone();
+            self.set(&app.name, AppState::Starting, None, None);
+            let supervisor = self.clone();
             let spec = app.clone();
             tokio::spawn(async move {
-                let _ = daemon.start_app(&spec, timeout).await;
+                let _ = supervisor.start_app(&spec, timeout).await;
             });
-            Ok((StatusCode::ACCEPTED, self.app_view(&app).await))
+            Ok(ActionDone {
+                view: self.app_view(&app).await,
+                finished: false,
+            })
         }
     }
 
     /// `GET /v1/apps`: states, with the containers as the engine reports them now.
     pub async fn apps_view(&self) -> api::AppsView {
-        let Some(apps) = self.apps.as_ref() else {
-            return api::AppsView {
-                env: self.config.env.as_ref().map(|e| e.to_string()),
-                phase: EnvPhase::Idle,
-                error: None,
-                ready_after_ms: None,
-                apps: Vec::new(),
-            };
-        };
         // One listing for all apps, not an inspection per container.
-        let listed = apps.listed().await;
-        let views: Vec<api::AppView> = apps
+        let listed = self.listed().await;
+        let views: Vec<api::AppView> = self
             .plan
             .apps()
             .map(|app| self.app_view_from(app, &listed))
             .collect();
-        let phase = apps.phase.lock().expect("phase lock");
+        let phase = self.phase.lock().expect("phase lock");
         api::AppsView {
-            env: Some(apps.environment.env.to_string()),
+            env: Some(self.environment.env.to_string()),
             phase: phase.phase,
             error: phase.error.clone(),
             ready_after_ms: phase.ready_after.map(|d| d.as_millis() as u64),
@@ -491,32 +520,28 @@ impl Daemon {
     }
 
     /// `GET /v1/apps/{name}`.
-    pub async fn app(&self, name: &str) -> Result<api::AppView, ApiError> {
-        let apps = self.apps()?;
-        let app = apps.plan.app(name).ok_or_else(|| no_app(apps, name))?;
+    pub async fn app(&self, name: &str) -> Result<api::AppView, AppError> {
+        let app = self.plan.app(name).ok_or_else(|| self.no_app(name))?;
         Ok(self.app_view(app).await)
     }
 
     async fn app_view(&self, app: &AppSpec) -> api::AppView {
-        let apps = self.apps.as_ref().expect("apps");
-        let listed = apps.listed().await;
+        let listed = self.listed().await;
         self.app_view_from(app, &listed)
     }
 
     /// The app as `listed` (the environment's containers) shows it.
     fn app_view_from(&self, app: &AppSpec, listed: &[Container]) -> api::AppView {
-        let apps = self.apps.as_ref().expect("apps");
-        let status = apps
+        let status = self
             .status
             .lock()
             .expect("status lock")
             .get(&app.name)
             .cloned();
         let mut containers = Vec::new();
-        for (e, name) in apps.containers_of(app) {
+        for (e, name) in self.containers_of(app) {
             let c = listed.iter().find(|c| c.name == name);
             let host = self
-                .config
                 .domains
                 .qualify(e.name.as_str())
                 .map(|h| h.to_string())
@@ -549,20 +574,16 @@ impl Daemon {
             containers,
         }
     }
-}
 
-fn no_app(apps: &Apps, name: &str) -> ApiError {
-    let names: Vec<&str> = apps.plan.apps().map(|a| a.name.as_str()).collect();
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no_app",
-        format!(
-            "there is no app {name:?} in this environment (apps: {})",
-            if names.is_empty() {
+    fn no_app(&self, name: &str) -> AppError {
+        let names: Vec<&str> = self.plan.apps().map(|a| a.name.as_str()).collect();
+        AppError::NoApp {
+            name: name.to_string(),
+            known: if names.is_empty() {
                 "none".to_string()
             } else {
                 names.join(", ")
-            }
-        ),
-    )
+            },
+        }
+    }
 }

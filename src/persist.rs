@@ -1,4 +1,4 @@
-//! Route overrides that survive restarts: `<state-dir>/routes.json`.
+//! Route overrides that survive restarts: `<state-dir>/routes.json` (`StateDir::routes_file`).
 //!
 //! Every change is written to a temporary file, fsynced, renamed over the old file and the
 //! directory fsynced, before the API acknowledges it. A crash or `kill -9` at any moment leaves
@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use itproxy_router::{HostName, UpstreamSpec};
@@ -15,8 +15,6 @@ use itproxy_router::{HostName, UpstreamSpec};
 use crate::config::RouteSpec;
 use serde::{Deserialize, Serialize};
 
-/// The file name inside the state directory.
-pub const ROUTES_FILE: &str = "routes.json";
 const FORMAT_VERSION: u32 = 1;
 
 /// What went wrong reading or writing the state.
@@ -84,19 +82,9 @@ struct Entry {
     insecure_upstream: bool,
 }
 
-/// Creates the state directory (mode 0700) if needed.
-pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
-    let err = |error| StateError::Dir {
-        path: dir.to_path_buf(),
-        error,
-    };
-    fs::create_dir_all(dir).map_err(err)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)
-}
-
-/// Reads the overrides; a missing file means none.
-pub fn load(dir: &Path) -> Result<Overrides, StateError> {
-    let path = dir.join(ROUTES_FILE);
+/// Reads the overrides from `path`; a missing file means none.
+pub fn load(path: &Path) -> Result<Overrides, StateError> {
+    let path = path.to_path_buf();
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::new()),
@@ -142,10 +130,14 @@ pub fn load(dir: &Path) -> Result<Overrides, StateError> {
     Ok(out)
 }
 
-/// Writes the overrides atomically and durably.
-pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
-    let path = dir.join(ROUTES_FILE);
-    let tmp = dir.join(format!(".{ROUTES_FILE}.tmp"));
+/// Writes the overrides to `path` atomically and durably (a temporary file beside it, then
+/// a rename, then the directory synced).
+pub fn save(path: &Path, overrides: &Overrides) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or("routes.json".into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.tmp"));
     let file = RoutesFile {
         version: FORMAT_VERSION,
         routes: overrides
@@ -189,7 +181,7 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
     f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("write", &tmp))?;
     drop(f);
-    fs::rename(&tmp, &path).map_err(io("write", &path))?;
+    fs::rename(&tmp, path).map_err(io("write", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("write", dir))
@@ -198,6 +190,7 @@ pub fn save(dir: &Path, overrides: &Overrides) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn host(s: &str) -> HostName {
         HostName::parse(s).unwrap()
@@ -206,7 +199,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path()).unwrap().is_empty());
+        let path = dir.path().join("routes.json");
+        assert!(load(&path).unwrap().is_empty());
         let mut o = Overrides::new();
         o.insert(
             host("api.test"),
@@ -219,12 +213,9 @@ mod tests {
             }),
         );
         o.insert(host("web.test"), Override::Removed);
-        save(dir.path(), &o).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), o);
-        let mode = fs::metadata(dir.path().join(ROUTES_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        save(&path, &o).unwrap();
+        assert_eq!(load(&path).unwrap(), o);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(".routes.json.tmp").exists());
     }
@@ -232,7 +223,7 @@ mod tests {
     #[test]
     fn damaged_file_is_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(ROUTES_FILE);
+        let path = dir.path().join("routes.json");
         for bad in [
             "{",
             "[]",
@@ -243,7 +234,7 @@ mod tests {
             r#"{"version":1,"routes":{},"extra":1}"#,
         ] {
             fs::write(&path, bad).unwrap();
-            let e = load(dir.path()).unwrap_err().to_string();
+            let e = load(&path).unwrap_err().to_string();
             assert!(
                 e.contains("damaged") && e.contains("routes.json"),
                 "{bad}: {e}"

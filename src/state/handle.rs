@@ -1,0 +1,189 @@
+//! The daemon's shared copy of the desired state: one lock, one way in ([`StateHandle::apply`]),
+//! persistence before acknowledgement, and publication of each change's [`Snapshot`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use itproxy_router::{HostName, RouteTable, UpstreamSpec};
+use tokio::sync::Mutex;
+
+use super::{Applied, Change, ChangeError, DesiredState, Snapshot};
+use crate::api::{self, RouteView};
+use crate::config::RouteSpec;
+
+/// The desired state behind a lock, and the published values the proxy and the DNS read.
+pub struct StateHandle {
+    state: Mutex<DesiredState>,
+    table: Arc<ArcSwap<RouteTable>>,
+    zone: Arc<ArcSwap<itproxy_dns::Zone>>,
+    /// Where the overrides are persisted (`StateDir::routes_file`).
+    routes_file: PathBuf,
+    /// The proxy's own HTTP and HTTPS sockets, once bound: no route may point at them.
+    own_listeners: OnceLock<Vec<SocketAddr>>,
+}
+
+impl StateHandle {
+    /// Publishes `state`'s first snapshot.
+    pub fn new(state: DesiredState, routes_file: PathBuf) -> Self {
+        let Snapshot { table, zone } = state.snapshot();
+        StateHandle {
+            state: Mutex::new(state),
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            zone: Arc::new(ArcSwap::from_pointee(zone)),
+            routes_file,
+            own_listeners: OnceLock::new(),
+        }
+    }
+
+    /// The route table the proxy reads.
+    pub fn table(&self) -> Arc<ArcSwap<RouteTable>> {
+        self.table.clone()
+    }
+
+    /// The zone the DNS server reads.
+    pub fn zone(&self) -> Arc<ArcSwap<itproxy_dns::Zone>> {
+        self.zone.clone()
+    }
+
+    /// Records the proxy's own listeners once they are bound.
+    pub fn set_own_listeners(&self, listeners: Vec<SocketAddr>) {
+        let _ = self.own_listeners.set(listeners);
+    }
+
+    /// Applies `change`: persisted first if it changes the overrides, then published (the
+    /// proxy's table first, then the zone: a name never resolves before its route works).
+    pub async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        let mut state = self.state.lock().await;
+        self.apply_locked(&mut state, change)
+    }
+
+    fn apply_locked(
+        &self,
+        state: &mut DesiredState,
+        change: Change,
+    ) -> Result<Applied, ChangeError> {
+        let applied = state.apply(change, |o| crate::persist::save(&self.routes_file, o))?;
+        if applied == Applied::Changed {
+            let Snapshot { table, zone } = state.snapshot();
+            self.table.store(Arc::new(table));
+            self.zone.store(Arc::new(zone));
+        }
+        Ok(applied)
+    }
+
+    /// Reads the state under its lock.
+    pub async fn read<R>(&self, f: impl FnOnce(&DesiredState) -> R) -> R {
+        f(&*self.state.lock().await)
+    }
+
+    /// Qualifies a route name given by a person or a label.
+    pub async fn qualify(&self, name: &str) -> Result<HostName, ChangeError> {
+        self.read(|s| s.qualify(name)).await
+    }
+
+    /// One route.
+    pub async fn route(&self, name: &str) -> Result<RouteView, ChangeError> {
+        let host = self.qualify(name).await?;
+        self.read(|s| s.view(&host))
+            .await
+            .ok_or(ChangeError::NoRoute(host))
+    }
+
+    /// Routes `name` to `put.target` (an override): the target is parsed and resolved, and
+    /// refused if it is one of itproxy's own listeners.
+    pub async fn set_route(
+        &self,
+        name: &str,
+        put: api::PutRoute,
+    ) -> Result<RouteView, ChangeError> {
+        let host = self.qualify(name).await?;
+        let target = UpstreamSpec::parse(&put.target)
+            .map_err(|e| ChangeError::InvalidTarget(e.to_string()))?;
+        let addrs = target
+            .resolve()
+            .await
+            .map_err(|e| ChangeError::Unresolvable(e.to_string()))?;
+        if let Some((addr, listener)) = self
+            .own_listeners
+            .get()
+            .and_then(|l| own_listener(&addrs, l))
+        {
+            return Err(ChangeError::RouteToItself {
+                target: target.to_string(),
+                addr,
+                listener,
+            });
+        }
+        let spec = RouteSpec {
+            target,
+            redirect_https: put.redirect_https,
+            insecure_upstream: put.insecure_upstream,
+            connect_timeout: None,
+            read_timeout: None,
+        };
+        let mut state = self.state.lock().await;
+        self.apply_locked(
+            &mut state,
+            Change::SetRoute {
+                host: host.clone(),
+                spec,
+                addrs,
+            },
+        )?;
+        tracing::info!(%host, target = %put.target, "route set");
+        Ok(state.view(&host).expect("a route just set is in force"))
+    }
+
+    /// Removes `name`'s route, whatever routes it; returns the route it had.
+    pub async fn unroute(&self, name: &str) -> Result<RouteView, ChangeError> {
+        let host = self.qualify(name).await?;
+        let mut state = self.state.lock().await;
+        let view = state
+            .view(&host)
+            .ok_or(ChangeError::NoRoute(host.clone()))?;
+        self.apply_locked(&mut state, Change::Unroute { host: host.clone() })?;
+        tracing::info!(%host, "route removed");
+        Ok(view)
+    }
+
+    /// Drops `name`'s override; returns whether there was one, and the route now in force.
+    pub async fn restore(&self, name: &str) -> Result<(bool, RouteView), ChangeError> {
+        let host = self.qualify(name).await?;
+        let mut state = self.state.lock().await;
+        let applied = self.apply_locked(&mut state, Change::Restore { host: host.clone() })?;
+        if applied == Applied::Changed {
+            tracing::info!(%host, "route restored to its declared target");
+        }
+        let view = state
+            .view_or_endpoint(&host)
+            .expect("a restored host has a route or an app's endpoint");
+        Ok((applied == Applied::Changed, view))
+    }
+}
+
+/// The first of `targets` that is one of the proxy's own `listeners`, with that listener: the
+/// same address, a wildcard listener on the target's port of an address of this machine, or
+/// a wildcard target (which reaches this machine).
+fn own_listener(
+    targets: &[SocketAddr],
+    listeners: &[SocketAddr],
+) -> Option<(SocketAddr, SocketAddr)> {
+    let is_local = |ip: std::net::IpAddr| {
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+    };
+    targets.iter().find_map(|t| {
+        listeners
+            .iter()
+            .find(|l| {
+                l.port() == t.port()
+                    && (l.ip() == t.ip()
+                        || (l.ip().is_unspecified() && is_local(t.ip()))
+                        || (t.ip().is_unspecified() && (l.ip().is_loopback() || is_local(l.ip()))))
+            })
+            .map(|l| (*t, *l))
+    })
+}

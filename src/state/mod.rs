@@ -1,0 +1,516 @@
+//! The desired state and the one way it changes.
+//!
+//! ```text
+//!   config file ─┐
+//!   routes.json ─┤                          ┌─> Snapshot.table ─> proxy  (ArcSwap, first)
+//!   API ─────────┼─> Change ─> DesiredState ┤
+//!   discovery ───┤      apply()             └─> Snapshot.zone  ─> DNS    (ArcSwap, second)
+//!   apps ────────┘
+//! ```
+//!
+//! [`DesiredState`] holds every source of routes: the config's declared routes, the apps'
+//! endpoints, labelled containers, and the overrides set through the API (the only part that is
+//! persisted). Precedence, lowest first: declared < app < container < override; an override
+//! may also remove a host. A [`Change`] is the only way to alter it ([`DesiredState::apply`]),
+//! and [`DesiredState::snapshot`] derives the route table and the DNS zone from it together, so
+//! the two cannot disagree. [`StateHandle`] is the shared, locked copy the daemon's tasks use:
+//! it applies, persists when the overrides changed, then publishes.
+//!
+//! The model does no I/O: targets are resolved before a change is built, and persistence is
+//! the handle's. That is what lets `tests.rs` pin precedence, restore and generations without
+//! a binary or Docker.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use itproxy_orchestrator::AppName;
+use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamOptions};
+
+use crate::api::{RouteSource, RouteView};
+use crate::config::{Domains, RouteSpec, Timeouts};
+use crate::persist::{Override, Overrides};
+
+mod handle;
+#[cfg(test)]
+mod tests;
+
+pub use handle::StateHandle;
+
+/// What went wrong with a change; the control API maps each to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// A route name that is not a host name below the configured domains.
+    #[error("invalid route name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A target that cannot be parsed.
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// A target whose host name does not resolve.
+    #[error("{0}; check the host name, or use an IP address")]
+    Unresolvable(String),
+    /// A target that is one of itproxy's own listeners.
+    #[error(
+        "{target} ({addr}) is itproxy's own listener {listener}: every request would come back \
+         to itproxy itself; route to the service's address instead"
+    )]
+    RouteToItself {
+        /// The target as given.
+        target: String,
+        /// The address it resolved to.
+        addr: SocketAddr,
+        /// The listener it hits.
+        listener: SocketAddr,
+    },
+    /// No route for this host.
+    #[error("there is no route for {0}; `itproxy routes` lists them")]
+    NoRoute(HostName),
+    /// A restore of a host that has only an override.
+    #[error(
+        "{0} has no declared target to go back to (it is not in the config file, not a running \
+         app's endpoint, nor a running labelled container); remove it with `itproxy unroute {0}`"
+    )]
+    NothingToRestore(HostName),
+    /// The overrides could not be written; nothing changed.
+    #[error("the change was not applied: {0}")]
+    Persist(#[from] crate::persist::StateError),
+}
+
+/// One change to the desired state. Targets come resolved: the model does no I/O.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Route a host to a target (an override, persisted), over whatever else routes it.
+    SetRoute {
+        /// The host.
+        host: HostName,
+        /// Its target and options.
+        spec: RouteSpec,
+        /// The target's addresses.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Remove a host's route, whatever routes it (persisted).
+    Unroute {
+        /// The host.
+        host: HostName,
+    },
+    /// Drop a host's override: it goes back to its declared, app or container route.
+    Restore {
+        /// The host.
+        host: HostName,
+    },
+    /// A labelled container runs: its host routes to it (not persisted: the container is the
+    /// state).
+    ContainerUp {
+        /// The container's id.
+        id: String,
+        /// Its `itproxy.host` label, qualified.
+        host: HostName,
+        /// Its address and `itproxy.port`.
+        addr: SocketAddr,
+    },
+    /// A labelled container stopped: its routes go.
+    ContainerDown {
+        /// The container's id.
+        id: String,
+    },
+    /// An app's containers are ready: its endpoints replace whatever it published before.
+    AppUp {
+        /// The app.
+        app: AppName,
+        /// Its endpoints with their containers' addresses.
+        endpoints: Vec<(HostName, Endpoint)>,
+    },
+    /// An app stopped: its routes and names go.
+    AppDown {
+        /// The app.
+        app: AppName,
+    },
+}
+
+/// Where an app's endpoint is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An HTTP endpoint: its name routes through the proxy to this address.
+    Http(SocketAddr),
+    /// A TCP endpoint: its name resolves to the container itself.
+    Tcp(IpAddr),
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed and must be published.
+    Changed,
+    /// Nothing to do (e.g. a container that was not routed stopped, or a restore of a host
+    /// with no override).
+    Unchanged,
+}
+
+/// The routes and names in force, derived once per change from the desired state.
+pub struct Snapshot {
+    /// What the proxy routes.
+    pub table: RouteTable,
+    /// What the DNS server answers.
+    pub zone: itproxy_dns::Zone,
+}
+
+/// A route's spec and the upstream built from it (with its own generation).
+#[derive(Clone)]
+pub struct BuiltRoute {
+    spec: RouteSpec,
+    upstream: Arc<Upstream>,
+}
+
+/// An override: a route set through the API, or the host's route removed.
+#[derive(Clone)]
+enum OverrideState {
+    Target(BuiltRoute),
+    Removed,
+}
+
+/// Every source of routes, and the defaults new upstreams are built with.
+#[derive(Clone)]
+pub struct DesiredState {
+    domains: Domains,
+    defaults: Timeouts,
+    dns_ttl: u32,
+    declared: BTreeMap<HostName, BuiltRoute>,
+    /// Labelled containers' routes, with the containers' ids.
+    discovered: BTreeMap<HostName, (String, BuiltRoute)>,
+    /// Apps' HTTP endpoints, with their app.
+    apps: BTreeMap<HostName, (AppName, BuiltRoute)>,
+    /// Apps' TCP endpoints: names that resolve to the container itself.
+    direct: BTreeMap<HostName, (AppName, IpAddr)>,
+    overrides: BTreeMap<HostName, OverrideState>,
+    /// Bumped for every upstream built, so pooled connections never cross routes' lives; also
+    /// the zone's serial.
+    generation: u64,
+}
+
+impl DesiredState {
+    /// An empty state: routes come from [`DesiredState::declare`] and [`Change`]s.
+    pub fn new(domains: Domains, defaults: Timeouts, dns_ttl: u32) -> Self {
+        DesiredState {
+            domains,
+            defaults,
+            dns_ttl,
+            declared: BTreeMap::new(),
+            discovered: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            direct: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Adds a route from the config file (at start-up only: the config does not change while
+    /// the daemon runs).
+    pub fn declare(&mut self, host: HostName, spec: RouteSpec, addrs: Vec<SocketAddr>) {
+        let built = self.build(spec, addrs);
+        self.declared.insert(host, built);
+    }
+
+    /// Adds an override read back from the state directory (at start-up only).
+    pub fn restore_persisted(&mut self, host: HostName, o: Override, addrs: Vec<SocketAddr>) {
+        let state = match o {
+            Override::Target(spec) => OverrideState::Target(self.build(spec, addrs)),
+            Override::Removed => OverrideState::Removed,
+        };
+        self.overrides.insert(host, state);
+    }
+
+    /// The configured domains.
+    pub fn domains(&self) -> &Domains {
+        &self.domains
+    }
+
+    /// The full host name for a route name given by a person or a label.
+    pub fn qualify(&self, name: &str) -> Result<HostName, ChangeError> {
+        self.domains
+            .qualify(name)
+            .map_err(|reason| ChangeError::InvalidName {
+                name: name.to_string(),
+                reason,
+            })
+    }
+
+    /// Applies one change. A change to the overrides is handed to `persist` before it counts:
+    /// if that fails, the state is as it was and the error says so. On any error nothing
+    /// changed.
+    pub fn apply(
+        &mut self,
+        change: Change,
+        persist: impl FnOnce(&Overrides) -> Result<(), crate::persist::StateError>,
+    ) -> Result<Applied, ChangeError> {
+        if !Self::is_persisted(&change) {
+            return self.apply_in_memory(change);
+        }
+        let (before, generation) = (self.overrides.clone(), self.generation);
+        let applied = self.apply_in_memory(change)?;
+        if applied == Applied::Changed {
+            if let Err(e) = persist(&self.persisted()) {
+                self.overrides = before;
+                self.generation = generation;
+                return Err(ChangeError::Persist(e));
+            }
+        }
+        Ok(applied)
+    }
+
+    fn apply_in_memory(&mut self, change: Change) -> Result<Applied, ChangeError> {
+        match change {
+            Change::SetRoute { host, spec, addrs } => {
+                let built = self.build(spec, addrs);
+                self.overrides.insert(host, OverrideState::Target(built));
+            }
+            Change::Unroute { host } => {
+                if self.view(&host).is_none() {
+                    return Err(ChangeError::NoRoute(host));
+                }
+                if self.base(&host).is_some() {
+                    self.overrides.insert(host, OverrideState::Removed);
+                } else {
+                    self.overrides.remove(&host);
+                }
+            }
+            Change::Restore { host } => {
+                let has_base = self.base(&host).is_some() || self.direct.contains_key(&host);
+                match (self.overrides.contains_key(&host), has_base) {
+                    (false, true) => return Ok(Applied::Unchanged),
+                    (false, false) => return Err(ChangeError::NoRoute(host)),
+                    (true, false) => return Err(ChangeError::NothingToRestore(host)),
+                    (true, true) => {
+                        self.overrides.remove(&host);
+                    }
+                }
+            }
+            Change::ContainerUp { id, host, addr } => {
+                let built = self.build(RouteSpec::to(target_of(addr)), vec![addr]);
+                self.discovered.insert(host, (id, built));
+            }
+            Change::ContainerDown { id } => {
+                let before = self.discovered.len();
+                self.discovered.retain(|_, (cid, _)| *cid != id);
+                if self.discovered.len() == before {
+                    return Ok(Applied::Unchanged);
+                }
+            }
+            Change::AppUp { app, endpoints } => {
+                self.remove_app(&app);
+                for (host, endpoint) in endpoints {
+                    match endpoint {
+                        Endpoint::Http(addr) => {
+                            let built = self.build(RouteSpec::to(target_of(addr)), vec![addr]);
+                            self.apps.insert(host, (app.clone(), built));
+                        }
+                        Endpoint::Tcp(ip) => {
+                            self.direct.insert(host, (app.clone(), ip));
+                        }
+                    }
+                }
+            }
+            Change::AppDown { app } => self.remove_app(&app),
+        }
+        Ok(Applied::Changed)
+    }
+
+    /// Whether `change` alters what is persisted (the overrides).
+    fn is_persisted(change: &Change) -> bool {
+        matches!(
+            change,
+            Change::SetRoute { .. } | Change::Unroute { .. } | Change::Restore { .. }
+        )
+    }
+
+    /// The table and the zone in force.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            table: self.table(),
+            zone: self.zone(),
+        }
+    }
+
+    /// The overrides as they are persisted.
+    pub fn persisted(&self) -> Overrides {
+        self.overrides
+            .iter()
+            .map(|(h, a)| {
+                let o = match a {
+                    OverrideState::Target(r) => Override::Target(r.spec.clone()),
+                    OverrideState::Removed => Override::Removed,
+                };
+                (h.clone(), o)
+            })
+            .collect()
+    }
+
+    /// One host's route as the API shows it.
+    pub fn view(&self, host: &HostName) -> Option<RouteView> {
+        let (route, source) = self.effective_one(host)?;
+        Some(RouteView {
+            host: host.to_string(),
+            target: route.spec.target.to_string(),
+            source,
+            declared: match source {
+                RouteSource::Override => self.base(host).map(|d| d.spec.target.to_string()),
+                _ => None,
+            },
+            redirect_https: route.spec.redirect_https,
+            insecure_upstream: route.spec.insecure_upstream,
+            addresses: route.upstream.addrs().map(|a| a.to_string()).collect(),
+        })
+    }
+
+    /// One host's route, or for an app's TCP endpoint (which the proxy does not route) the
+    /// container its name resolves to.
+    pub fn view_or_endpoint(&self, host: &HostName) -> Option<RouteView> {
+        self.view(host).or_else(|| {
+            let (_, ip) = self.direct.get(host)?;
+            Some(RouteView {
+                host: host.to_string(),
+                target: ip.to_string(),
+                source: RouteSource::App,
+                declared: None,
+                redirect_https: false,
+                insecure_upstream: false,
+                addresses: vec![ip.to_string()],
+            })
+        })
+    }
+
+    /// Every route in force, sorted by host.
+    pub fn views(&self) -> Vec<RouteView> {
+        self.effective()
+            .filter_map(|(h, _, _)| self.view(h))
+            .collect()
+    }
+
+    /// How many routes are in force.
+    pub fn route_count(&self) -> usize {
+        self.effective().count()
+    }
+
+    /// How many overrides there are.
+    pub fn override_count(&self) -> usize {
+        self.overrides.len()
+    }
+
+    /// The ids of the containers that have routes.
+    pub fn container_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&String> =
+            self.discovered.values().map(|(id, _)| id).collect();
+        ids.into_iter().cloned().collect()
+    }
+
+    /// The generation of the latest upstream built.
+    #[cfg(test)]
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn remove_app(&mut self, app: &AppName) {
+        self.apps.retain(|_, (a, _)| a != app);
+        self.direct.retain(|_, (a, _)| a != app);
+    }
+
+    /// The routes in force, by host: declared, then apps', then containers' over them, then
+    /// overrides.
+    fn effective(&self) -> impl Iterator<Item = (&HostName, &BuiltRoute, RouteSource)> {
+        let mut all: BTreeMap<&HostName, (&BuiltRoute, RouteSource)> = BTreeMap::new();
+        for (h, r) in &self.declared {
+            all.insert(h, (r, RouteSource::Config));
+        }
+        for (h, (_, r)) in &self.apps {
+            all.insert(h, (r, RouteSource::App));
+        }
+        for (h, (_, r)) in &self.discovered {
+            all.insert(h, (r, RouteSource::Discovered));
+        }
+        for (h, a) in &self.overrides {
+            match a {
+                OverrideState::Target(r) => all.insert(h, (r, RouteSource::Override)),
+                OverrideState::Removed => all.remove(h),
+            };
+        }
+        all.into_iter().map(|(h, (r, s))| (h, r, s))
+    }
+
+    /// One host's route in force, by the same precedence as `effective`.
+    fn effective_one(&self, host: &HostName) -> Option<(&BuiltRoute, RouteSource)> {
+        match self.overrides.get(host) {
+            Some(OverrideState::Target(r)) => Some((r, RouteSource::Override)),
+            Some(OverrideState::Removed) => None,
+            None => self
+                .discovered
+                .get(host)
+                .map(|(_, r)| (r, RouteSource::Discovered))
+                .or_else(|| self.apps.get(host).map(|(_, r)| (r, RouteSource::App)))
+                .or_else(|| self.declared.get(host).map(|r| (r, RouteSource::Config))),
+        }
+    }
+
+    /// What a host goes back to without its override: a container, else an app's endpoint,
+    /// else the config.
+    fn base(&self, host: &HostName) -> Option<&BuiltRoute> {
+        self.discovered
+            .get(host)
+            .map(|(_, r)| r)
+            .or_else(|| self.apps.get(host).map(|(_, r)| r))
+            .or_else(|| self.declared.get(host))
+    }
+
+    fn table(&self) -> RouteTable {
+        RouteTable::new(self.effective().map(|(h, r, _)| {
+            Route::new(h.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
+        }))
+    }
+
+    /// The DNS view of the same routes: every routed host resolves to the proxy, a TCP
+    /// endpoint's name to its container (unless an override routes it).
+    fn zone(&self) -> itproxy_dns::Zone {
+        let domains: Vec<String> = self.domains.iter().map(|d| d.to_string()).collect();
+        let hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
+        let direct = self
+            .direct
+            .iter()
+            .filter(|(h, _)| !self.overrides.contains_key(*h))
+            .map(|(h, (_, ip))| (h.as_str(), vec![*ip]));
+        itproxy_dns::Zone::new(
+            domains.iter().map(String::as_str),
+            hosts,
+            direct,
+            self.generation as u32,
+            self.dns_ttl,
+        )
+        // HostName and Domains only hold names that are valid DNS names.
+        .expect("validated host names are valid DNS names")
+    }
+
+    /// Builds the upstream for `spec` with a fresh generation.
+    fn build(&mut self, spec: RouteSpec, addrs: Vec<SocketAddr>) -> BuiltRoute {
+        self.generation += 1;
+        let options = UpstreamOptions {
+            connect_timeout: spec.connect_timeout.unwrap_or(self.defaults.connect),
+            read_timeout: spec.read_timeout.unwrap_or(self.defaults.read),
+            verify_tls: !spec.insecure_upstream,
+        };
+        let upstream = Arc::new(Upstream::new(
+            spec.target.clone(),
+            addrs,
+            self.generation,
+            &options,
+        ));
+        BuiltRoute { spec, upstream }
+    }
+}
+
+/// A container's or app's address as a route target.
+fn target_of(addr: SocketAddr) -> itproxy_router::UpstreamSpec {
+    itproxy_router::UpstreamSpec::parse(&addr.to_string())
+        .expect("a socket address is a valid target")
+}

@@ -1,0 +1,468 @@
+//! The desired state's rules, without a daemon, a socket or Docker: precedence of the route
+//! sources, unroute and restore, persistence before a change counts, and generations.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+
+use itproxy_dns::proto::rr::{LowerName, Name, RData, RecordType};
+use itproxy_dns::{Answer, ProxyAddrs};
+use itproxy_router::{HostName, UpstreamSpec};
+
+use super::*;
+use crate::persist::StateError;
+
+fn host(s: &str) -> HostName {
+    HostName::parse(s).unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn spec(target: &str) -> RouteSpec {
+    RouteSpec::to(UpstreamSpec::parse(target).unwrap())
+}
+
+/// `test` is the domain; `api.test` is declared to 127.0.0.1:8001.
+fn state() -> DesiredState {
+    let domains = Domains::new(vec![host("test")]).unwrap();
+    let mut s = DesiredState::new(domains, Timeouts::default(), 5);
+    s.declare(
+        host("api.test"),
+        spec("127.0.0.1:8001"),
+        vec![addr("127.0.0.1:8001")],
+    );
+    s
+}
+
+/// Applies `change`, recording what would be persisted.
+fn apply(
+    s: &mut DesiredState,
+    change: Change,
+) -> (Result<Applied, ChangeError>, Option<Overrides>) {
+    let saved = RefCell::new(None);
+    let r = s.apply(change, |o| {
+        *saved.borrow_mut() = Some(o.clone());
+        Ok(())
+    });
+    (r, saved.into_inner())
+}
+
+fn ok(s: &mut DesiredState, change: Change) -> Applied {
+    apply(s, change).0.expect("change applies")
+}
+
+/// Where the published table sends `host`, if anywhere.
+fn routed_to(s: &DesiredState, h: &str) -> Option<String> {
+    let snap = s.snapshot();
+    snap.table
+        .lookup(h)
+        .map(|r| r.upstream().spec().to_string())
+}
+
+fn source(s: &DesiredState, h: &str) -> Option<RouteSource> {
+    s.view(&host(h)).map(|v| v.source)
+}
+
+fn set(h: &str, target: &str) -> Change {
+    Change::SetRoute {
+        host: host(h),
+        spec: spec(target),
+        addrs: vec![addr(target)],
+    }
+}
+
+fn fqdn(name: &str) -> LowerName {
+    let mut name = Name::from_ascii(name).unwrap();
+    name.set_fqdn(true);
+    LowerName::new(&name)
+}
+
+/// The addresses the zone answers for `name`'s A record (as seen from loopback).
+fn resolves_to(s: &DesiredState, name: &str) -> Vec<IpAddr> {
+    let zone = s.snapshot().zone;
+    let view = ProxyAddrs {
+        v4: Some("127.0.0.1".parse().unwrap()),
+        v6: None,
+    };
+    match zone.answer(&fqdn(name), RecordType::A, &view) {
+        Answer::Authoritative { answers, .. } => answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect(),
+        Answer::NotOurs => Vec::new(),
+    }
+}
+
+#[test]
+fn an_override_wins_over_a_container_which_wins_over_an_app_which_wins_over_the_config() {
+    let mut s = state();
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:8001")
+    );
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Config));
+
+    ok(
+        &mut s,
+        Change::AppUp {
+            app: "api".parse().unwrap(),
+            endpoints: vec![(host("api.test"), Endpoint::Http(addr("172.18.0.2:80")))],
+        },
+    );
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://172.18.0.2:80")
+    );
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::App));
+
+    ok(
+        &mut s,
+        Change::ContainerUp {
+            id: "c1".into(),
+            host: host("api.test"),
+            addr: addr("172.18.0.3:8080"),
+        },
+    );
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://172.18.0.3:8080")
+    );
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Discovered));
+
+    ok(&mut s, set("api.test", "127.0.0.1:9000"));
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:9000")
+    );
+    let view = s.view(&host("api.test")).unwrap();
+    assert_eq!(view.source, RouteSource::Override);
+    assert_eq!(view.declared.as_deref(), Some("http://172.18.0.3:8080"));
+
+    // Each layer, removed, uncovers the one below.
+    ok(
+        &mut s,
+        Change::Restore {
+            host: host("api.test"),
+        },
+    );
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Discovered));
+    ok(&mut s, Change::ContainerDown { id: "c1".into() });
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::App));
+    ok(
+        &mut s,
+        Change::AppDown {
+            app: "api".parse().unwrap(),
+        },
+    );
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:8001")
+    );
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Config));
+}
+
+#[test]
+fn unrouting_a_declared_host_persists_its_removal_and_restore_brings_it_back() {
+    let mut s = state();
+    let (r, saved) = apply(
+        &mut s,
+        Change::Unroute {
+            host: host("api.test"),
+        },
+    );
+    assert_eq!(r.unwrap(), Applied::Changed);
+    assert_eq!(routed_to(&s, "api.test"), None);
+    assert!(
+        resolves_to(&s, "api.test").is_empty(),
+        "an unrouted name stops resolving"
+    );
+    let saved = saved.expect("the removal is persisted");
+    assert_eq!(saved.get(&host("api.test")), Some(&Override::Removed));
+
+    let (r, saved) = apply(
+        &mut s,
+        Change::Restore {
+            host: host("api.test"),
+        },
+    );
+    assert_eq!(r.unwrap(), Applied::Changed);
+    assert!(saved.expect("the restore is persisted").is_empty());
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:8001")
+    );
+    assert_eq!(
+        resolves_to(&s, "api.test"),
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn a_route_set_only_through_the_api_is_gone_for_good_when_unrouted() {
+    let mut s = state();
+    ok(&mut s, set("web.test", "127.0.0.1:9001"));
+    assert_eq!(s.persisted().len(), 1);
+    assert!(matches!(
+        apply(
+            &mut s,
+            Change::Restore {
+                host: host("web.test")
+            }
+        )
+        .0,
+        Err(ChangeError::NothingToRestore(_))
+    ));
+    let (_, saved) = apply(
+        &mut s,
+        Change::Unroute {
+            host: host("web.test"),
+        },
+    );
+    assert!(
+        saved.unwrap().is_empty(),
+        "no removal marker for a host nothing else routes"
+    );
+    assert_eq!(routed_to(&s, "web.test"), None);
+    assert!(matches!(
+        apply(
+            &mut s,
+            Change::Restore {
+                host: host("web.test")
+            }
+        )
+        .0,
+        Err(ChangeError::NoRoute(_))
+    ));
+    assert!(matches!(
+        apply(
+            &mut s,
+            Change::Unroute {
+                host: host("web.test")
+            }
+        )
+        .0,
+        Err(ChangeError::NoRoute(_))
+    ));
+}
+
+#[test]
+fn restoring_a_host_without_an_override_changes_nothing_and_persists_nothing() {
+    let mut s = state();
+    let generation = s.generation();
+    let (r, saved) = apply(
+        &mut s,
+        Change::Restore {
+            host: host("api.test"),
+        },
+    );
+    assert_eq!(r.unwrap(), Applied::Unchanged);
+    assert!(saved.is_none());
+    assert_eq!(s.generation(), generation);
+}
+
+#[test]
+fn a_change_that_cannot_be_persisted_leaves_the_state_as_it_was() {
+    let mut s = state();
+    ok(&mut s, set("web.test", "127.0.0.1:9001"));
+    let (generation, persisted) = (s.generation(), s.persisted());
+    let r = s.apply(set("api.test", "127.0.0.1:9002"), |_| {
+        Err(StateError::Dir {
+            path: "/nonexistent".into(),
+            error: std::io::Error::other("disk full"),
+        })
+    });
+    let e = r.unwrap_err();
+    assert!(matches!(e, ChangeError::Persist(_)));
+    assert!(e.to_string().contains("the change was not applied"), "{e}");
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:8001")
+    );
+    assert_eq!(s.persisted(), persisted);
+    assert_eq!(s.generation(), generation);
+}
+
+#[test]
+fn containers_and_apps_are_never_persisted() {
+    let mut s = state();
+    let (_, saved) = apply(
+        &mut s,
+        Change::ContainerUp {
+            id: "c1".into(),
+            host: host("db.test"),
+            addr: addr("172.18.0.9:5432"),
+        },
+    );
+    assert!(saved.is_none());
+    let (_, saved) = apply(
+        &mut s,
+        Change::AppUp {
+            app: "web".parse().unwrap(),
+            endpoints: vec![(host("web.test"), Endpoint::Http(addr("172.18.0.4:80")))],
+        },
+    );
+    assert!(saved.is_none());
+    assert!(s.persisted().is_empty());
+}
+
+#[test]
+fn a_stopped_container_takes_only_its_own_routes() {
+    let mut s = state();
+    for (id, h, a) in [
+        ("c1", "one.test", "172.18.0.2:80"),
+        ("c2", "two.test", "172.18.0.3:80"),
+    ] {
+        ok(
+            &mut s,
+            Change::ContainerUp {
+                id: id.into(),
+                host: host(h),
+                addr: addr(a),
+            },
+        );
+    }
+    assert_eq!(s.container_ids(), vec!["c1".to_string(), "c2".to_string()]);
+    assert_eq!(
+        ok(&mut s, Change::ContainerDown { id: "c9".into() }),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        ok(&mut s, Change::ContainerDown { id: "c1".into() }),
+        Applied::Changed
+    );
+    assert_eq!(routed_to(&s, "one.test"), None);
+    assert_eq!(
+        routed_to(&s, "two.test").as_deref(),
+        Some("http://172.18.0.3:80")
+    );
+}
+
+#[test]
+fn an_app_republished_replaces_its_endpoints_and_its_tcp_names_resolve_to_the_container() {
+    let mut s = state();
+    let app: AppName = "db".parse().unwrap();
+    ok(
+        &mut s,
+        Change::AppUp {
+            app: app.clone(),
+            endpoints: vec![
+                (
+                    host("db.test"),
+                    Endpoint::Tcp("172.18.0.5".parse().unwrap()),
+                ),
+                (host("admin.test"), Endpoint::Http(addr("172.18.0.5:8080"))),
+            ],
+        },
+    );
+    assert_eq!(
+        resolves_to(&s, "db.test"),
+        vec!["172.18.0.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        routed_to(&s, "db.test"),
+        None,
+        "a TCP endpoint is not proxied"
+    );
+    assert_eq!(
+        resolves_to(&s, "admin.test"),
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+    );
+
+    // Restarted on another address, without its HTTP endpoint.
+    ok(
+        &mut s,
+        Change::AppUp {
+            app: app.clone(),
+            endpoints: vec![(
+                host("db.test"),
+                Endpoint::Tcp("172.18.0.7".parse().unwrap()),
+            )],
+        },
+    );
+    assert_eq!(
+        resolves_to(&s, "db.test"),
+        vec!["172.18.0.7".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(routed_to(&s, "admin.test"), None);
+
+    // An override routes the TCP name through the proxy instead.
+    ok(&mut s, set("db.test", "127.0.0.1:15432"));
+    assert_eq!(
+        resolves_to(&s, "db.test"),
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+    );
+
+    // Restored, the name goes back to the container (an app's endpoint is a base to go back
+    // to, even one the proxy does not route).
+    assert_eq!(
+        ok(
+            &mut s,
+            Change::Restore {
+                host: host("db.test")
+            }
+        ),
+        Applied::Changed
+    );
+    assert_eq!(
+        resolves_to(&s, "db.test"),
+        vec!["172.18.0.7".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        s.view_or_endpoint(&host("db.test")).unwrap().target,
+        "172.18.0.7"
+    );
+    ok(&mut s, Change::AppDown { app });
+    assert!(resolves_to(&s, "db.test").is_empty());
+}
+
+#[test]
+fn every_upstream_built_gets_a_new_generation_and_the_zone_serial_follows() {
+    let mut s = state();
+    let g0 = s.generation();
+    ok(&mut s, set("web.test", "127.0.0.1:9001"));
+    let g1 = s.generation();
+    // The same target again: a new upstream, so no pooled connection crosses the change.
+    ok(&mut s, set("web.test", "127.0.0.1:9001"));
+    let g2 = s.generation();
+    assert!(g0 < g1 && g1 < g2, "{g0} {g1} {g2}");
+    let table = s.snapshot().table;
+    let first = table.lookup("web.test").unwrap().upstream().clone();
+    ok(&mut s, set("web.test", "127.0.0.1:9001"));
+    let second = s
+        .snapshot()
+        .table
+        .lookup("web.test")
+        .unwrap()
+        .upstream()
+        .clone();
+    assert!(!std::sync::Arc::ptr_eq(&first, &second));
+    let serial = |s: &DesiredState| match s.snapshot().zone.answer(
+        &fqdn("test"),
+        RecordType::SOA,
+        &ProxyAddrs { v4: None, v6: None },
+    ) {
+        Answer::Authoritative { answers, .. } => match &answers[0].data {
+            RData::SOA(soa) => soa.serial,
+            other => panic!("{other:?}"),
+        },
+        Answer::NotOurs => panic!("test is our domain"),
+    };
+    assert_eq!(serial(&s) as u64, s.generation());
+}
+
+#[test]
+fn names_are_qualified_below_the_domains() {
+    let s = state();
+    assert_eq!(s.qualify("api").unwrap(), host("api.test"));
+    assert_eq!(s.qualify("api.test").unwrap(), host("api.test"));
+    let e = s.qualify("api.example").unwrap_err();
+    assert!(matches!(e, ChangeError::InvalidName { .. }));
+    assert!(
+        e.to_string().contains("not below the configured domains"),
+        "{e}"
+    );
+}
