@@ -19,13 +19,13 @@ use anyhow::Context;
 use itproxy_router::{RouteTable, RouterConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
 use crate::config::{Config, MintPolicy};
 use crate::control::{Control, DaemonInfo, Listening};
 use crate::persist::{self, Overrides};
 use crate::state::{Change, DesiredState, StateHandle};
 use crate::state_dir::StateDir;
 use crate::supervisor::AppSupervisor;
+use crate::tls::Tls;
 
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
 /// environment, brings up its apps (of the `steps` given, else all).
@@ -34,7 +34,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
     let dir = StateDir::new(state_dir);
     claim_state_dir(&dir).await?;
     let overrides = persist::load(&dir.routes_file())?;
-    let tls = setup_tls(&config, &dir)?;
+    let tls = crate::tls::setup(&config, &dir)?;
     let env = open_environment(&config).await?;
     let listen = Listen::new(&config, env.as_ref());
 
@@ -172,57 +172,6 @@ async fn claim_state_dir(dir: &StateDir) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The CA as the daemon uses it.
-struct Tls {
-    files: itproxy_certs::TrustFiles,
-    info: api::CaInfo,
-    resolver: Arc<itproxy_certs::CertResolver>,
-}
-
-/// Loads or creates the CA, refreshes the trust bundle and prepares the certificate resolver.
-fn setup_tls(config: &Config, dir: &StateDir) -> anyhow::Result<Tls> {
-    let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
-    let (authority, files, created) = crate::ca::load_or_create(dir, &domains)?;
-    let fingerprint = authority.fingerprint();
-    if created {
-        tracing::info!(
-            root = %files.root.display(),
-            %fingerprint,
-            "created a local CA; trust it with `itproxy ca install`, or `eval \"$(itproxy ca env)\"` per shell"
-        );
-    }
-    let missing: Vec<&String> = domains.iter().filter(|d| !authority.permits(d)).collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            "the CA only permits {}; HTTPS for {} will fail until you run `itproxy ca rotate`",
-            authority.permitted().join(", "),
-            missing
-                .iter()
-                .map(|d| d.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let info = api::CaInfo {
-        root: files.root.display().to_string(),
-        bundle: files.bundle.display().to_string(),
-        fingerprint,
-        permitted: authority.permitted().to_vec(),
-    };
-    let cache = dir.leaf_cache(&authority);
-    let resolver = itproxy_certs::CertResolver::new(
-        Arc::new(authority),
-        &cache,
-        config.leaf_validity,
-        Arc::new(std::time::SystemTime::now),
-    )?;
-    Ok(Tls {
-        files,
-        info,
-        resolver: Arc::new(resolver),
-    })
 }
 
 /// The environment's Docker network, opened before the proxy starts: Pingora's listeners are

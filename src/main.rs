@@ -1,33 +1,26 @@
 //! The `itproxy` binary: CLI, daemon wiring, configuration, state and the control API.
 //! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
 
-mod bench;
-mod ca;
 mod cli;
 mod client;
+mod commands;
 mod control;
 mod daemon;
-mod envcmd;
-mod hostdns;
 mod persist;
-mod resolve;
 mod state;
 mod state_dir;
 mod supervisor;
+mod tls;
 
 use itproxy::{api, config};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use http::Method;
 
-use crate::api::RouteView;
-use crate::cli::{CaCommand, Cli, Command, RouteArgs, UpArgs};
-use crate::client::Client;
+use crate::cli::{CaCommand, Cli, Command, UpArgs};
 use crate::config::Config;
 
 fn main() -> ExitCode {
@@ -105,13 +98,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         Err(e)
                     }
                 })?;
-            runtime()?.block_on(envcmd::down(&c, env, &state_dir))
+            runtime()?.block_on(commands::env::down(&c, env, &state_dir))
         }
-        Command::Apps { json } => runtime()?.block_on(envcmd::apps(&state_dir, json)),
-        Command::App(cmd) => runtime()?.block_on(envcmd::app(&state_dir, cmd)),
+        Command::Apps { json } => runtime()?.block_on(commands::env::apps(&state_dir, json)),
+        Command::App(cmd) => runtime()?.block_on(commands::env::app(&state_dir, cmd)),
         Command::Logs(args) => {
             let c = Config::load(config_path(config).as_deref(), &Default::default())?;
-            runtime()?.block_on(envcmd::logs(&c, args))
+            runtime()?.block_on(commands::env::logs(&c, args))
         }
         Command::Dns(cmd) => {
             let c = Config::load(
@@ -119,17 +112,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &config::Overrides::default(),
             )?;
             match cmd {
-                cli::DnsCommand::Setup { apply } => hostdns::setup(&c, apply, false),
-                cli::DnsCommand::Teardown { apply } => hostdns::setup(&c, apply, true),
+                cli::DnsCommand::Setup { apply } => commands::dns::setup(&c, apply, false),
+                cli::DnsCommand::Teardown { apply } => commands::dns::setup(&c, apply, true),
             }
         }
         Command::Resolve {
             name,
             record_type,
             json,
-        } => runtime()?.block_on(resolve::run(&state_dir, &name, &record_type, json)),
+        } => runtime()?.block_on(commands::resolve::run(
+            &state_dir,
+            &name,
+            &record_type,
+            json,
+        )),
         Command::Bench(a) => {
-            let opts = bench::BenchOptions {
+            let opts = commands::bench::BenchOptions {
                 route: a.route,
                 path: a.path,
                 duration: a.duration,
@@ -151,40 +149,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(bench::run(opts, &state_dir))
+                .block_on(commands::bench::run(opts, &state_dir))
         }
-        Command::Route(args) => runtime()?.block_on(route(args, &state_dir)),
-        Command::Unroute { name, json } => runtime()?.block_on(async {
-            let removed: api::Removed = Client::new(&state_dir)
-                .call(Method::DELETE, &route_path(&name)?, None)
-                .await?;
-            if json {
-                print_json(&removed)
-            } else {
-                println!("removed {} (was {})", removed.host, removed.target);
-                Ok(())
-            }
-        }),
-        Command::Routes { json } => runtime()?.block_on(async {
-            let routes: Vec<RouteView> = Client::new(&state_dir)
-                .call(Method::GET, "/v1/routes", None)
-                .await?;
-            if json {
-                print_json(&routes)
-            } else {
-                print_routes(&routes)
-            }
-        }),
-        Command::Status { json } => runtime()?.block_on(async {
-            let s: api::Status = Client::new(&state_dir)
-                .call(Method::GET, "/v1/status", None)
-                .await?;
-            if json {
-                print_json(&s)
-            } else {
-                print_status(&s)
-            }
-        }),
+        Command::Route(args) => runtime()?.block_on(commands::route(args, &state_dir)),
+        Command::Unroute { name, json } => {
+            runtime()?.block_on(commands::unroute(&name, json, &state_dir))
+        }
+        Command::Routes { json } => runtime()?.block_on(commands::routes(json, &state_dir)),
+        Command::Status { json } => runtime()?.block_on(commands::status(json, &state_dir)),
     }
 }
 
@@ -201,8 +173,8 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
     };
     let path = config_path(config);
     let config = Config::load(path.as_deref(), &overrides)?;
-    if args.detach && !envcmd::is_detached_child() {
-        return runtime()?.block_on(envcmd::up_detached(&state_dir));
+    if args.detach && !commands::env::is_detached_child() {
+        return runtime()?.block_on(commands::env::up_detached(&state_dir));
     }
     if let Some(p) = &config.source {
         tracing::info!("using config file {}", p.display());
@@ -225,11 +197,11 @@ fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyh
     let c = Config::load(config_path(config).as_deref(), &overrides)?;
     let domains: Vec<String> = c.domains.iter().map(|d| d.to_string()).collect();
     match cmd {
-        CaCommand::Path => ca::path(state_dir, &domains),
-        CaCommand::Env { json } => ca::env(state_dir, &domains, json),
-        CaCommand::Install => ca::install(state_dir, &domains, false),
-        CaCommand::Uninstall => ca::install(state_dir, &domains, true),
-        CaCommand::Rotate { yes, .. } => ca::rotate(state_dir, &domains, yes),
+        CaCommand::Path => commands::ca::path(state_dir, &domains),
+        CaCommand::Env { json } => commands::ca::env(state_dir, &domains, json),
+        CaCommand::Install => commands::ca::install(state_dir, &domains, false),
+        CaCommand::Uninstall => commands::ca::install(state_dir, &domains, true),
+        CaCommand::Rotate { yes, .. } => commands::ca::rotate(state_dir, &domains, yes),
     }
 }
 
@@ -271,124 +243,5 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
-}
-
-/// The API path for a route name; the daemon validates the name itself.
-fn route_path(name: &str) -> anyhow::Result<String> {
-    if name.trim().is_empty() {
-        anyhow::bail!("the route name is empty; give an app name such as `api`");
-    }
-    let mut p = String::from("/v1/routes/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            p.push(b as char);
-        } else {
-            p.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(p)
-}
-
-async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let client = Client::new(state_dir);
-    let path = route_path(&args.name)?;
-    if args.restore {
-        let r: api::Restored = client
-            .call(Method::POST, &format!("{path}/restore"), None)
-            .await?;
-        if args.json {
-            return print_json(&r);
-        }
-        let what = if r.changed {
-            "restored"
-        } else {
-            "already at its declared target:"
-        };
-        println!("{what} {} -> {}", r.route.host, r.route.target);
-        return Ok(());
-    }
-    let target = args
-        .target
-        .expect("clap requires a target without --restore");
-    let body = serde_json::json!({
-        "target": target,
-        "redirect_https": args.redirect_https,
-        "insecure_upstream": args.insecure_upstream,
-    });
-    let r: RouteView = client.call(Method::PUT, &path, Some(body)).await?;
-    if args.json {
-        return print_json(&r);
-    }
-    match &r.declared {
-        Some(d) => println!("{} -> {} (overrides {d})", r.host, r.target),
-        None => println!("{} -> {}", r.host, r.target),
-    }
-    Ok(())
-}
-
-pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
-    if routes.is_empty() {
-        println!("no routes; add one with `itproxy route NAME TARGET`");
-        return Ok(());
-    }
-    let hw = routes
-        .iter()
-        .map(|r| r.host.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let tw = routes
-        .iter()
-        .map(|r| r.target.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    println!("{:hw$}  {:tw$}  SOURCE", "HOST", "TARGET");
-    for r in routes {
-        let source = match (&r.source, &r.declared) {
-            (api::RouteSource::Config, _) => "config".to_string(),
-            (api::RouteSource::Discovered, _) => "container".to_string(),
-            (api::RouteSource::App, _) => "app".to_string(),
-            (api::RouteSource::Override, None) => "override".to_string(),
-            (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),
-        };
-        println!("{:hw$}  {:tw$}  {source}", r.host, r.target);
-    }
-    Ok(())
-}
-
-fn print_status(s: &api::Status) -> anyhow::Result<()> {
-    let up = humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64));
-    println!("itproxy {} (pid {}), up {up}", s.version, s.pid);
-    println!("  http:      {}", s.listeners.http.join(", "));
-    println!("  https:     {}", s.listeners.https.join(", "));
-    println!("  dns:       {}", s.listeners.dns.join(", "));
-    if !s.listeners.dns.is_empty() {
-        let up = if s.dns_upstreams.is_empty() {
-            "none".to_string()
-        } else {
-            s.dns_upstreams.join(", ")
-        };
-        println!("  upstream:  {up}");
-    }
-    println!("  control:   {}", s.listeners.control);
-    println!("  domains:   {}", s.domains.join(", "));
-    if let Some(env) = &s.env {
-        println!("  env:       {env} (Docker network itproxy-{env})");
-    }
-    println!("  routes:    {} ({} overrides)", s.routes, s.overrides);
-    println!("  state dir: {}", s.state_dir);
-    println!(
-        "  config:    {}",
-        s.config_file.as_deref().unwrap_or("(built-in defaults)")
-    );
     Ok(())
 }

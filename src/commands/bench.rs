@@ -383,7 +383,7 @@ fn plot(path: &Path, targets: &[Target], stats: &[Stats]) -> anyhow::Result<()> 
 /// Runs the benchmark against the daemon behind `state_dir`.
 pub async fn run(opts: BenchOptions, state_dir: &Path) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(state_dir));
-    let route_path = crate::route_path(&opts.route)?;
+    let route_path = super::route_path(&opts.route)?;
     let route: RouteView = client.call(Method::GET, &route_path, None).await?;
     let status: api::Status = client.call(Method::GET, "/v1/status", None).await?;
     let proxy: SocketAddr = status

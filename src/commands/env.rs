@@ -147,7 +147,7 @@ pub async fn apps(state_dir: &Path, json: bool) -> anyhow::Result<()> {
         .call(Method::GET, "/v1/apps", None)
         .await?;
     if json {
-        return crate::print_json(&view);
+        return super::print_json(&view);
     }
     let Some(env) = &view.env else {
         println!(
@@ -249,7 +249,7 @@ pub async fn app(state_dir: &Path, cmd: AppCommand) -> anyhow::Result<()> {
         )
         .await?;
     if args.json {
-        return crate::print_json(&view);
+        return super::print_json(&view);
     }
     let took = view
         .ready_in_ms

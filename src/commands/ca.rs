@@ -7,45 +7,20 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use itproxy_certs::{trust_env, write_bundle, Authority, TrustFiles};
+use itproxy_certs::{trust_env, write_bundle, Authority};
 
 use crate::state_dir::StateDir;
 
-/// `itproxy local CA (user@host)`.
-fn subject() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("itproxy local CA ({user}@{host})")
-}
-
-/// Loads the CA (creating it on first use) and rewrites the trust bundle.
-pub fn load_or_create(
-    state_dir: &StateDir,
-    domains: &[String],
-) -> anyhow::Result<(Authority, TrustFiles, bool)> {
-    state_dir.ensure()?;
-    let (authority, created) =
-        Authority::load_or_create(&state_dir.ca_dir(), domains, &subject(), SystemTime::now())?;
-    let files = state_dir.trust_files();
-    write_bundle(authority.root_pem(), &files.bundle)?;
-    Ok((authority, files, created))
-}
-
 /// `ca path`.
 pub fn path(state_dir: &StateDir, domains: &[String]) -> anyhow::Result<()> {
-    let (_, files, _) = load_or_create(state_dir, domains)?;
+    let (_, files, _) = crate::tls::load_or_create(state_dir, domains)?;
     println!("{}", files.root.display());
     Ok(())
 }
 
 /// `ca env`: shell `export` lines, or JSON.
 pub fn env(state_dir: &StateDir, domains: &[String], json: bool) -> anyhow::Result<()> {
-    let (_, files, _) = load_or_create(state_dir, domains)?;
+    let (_, files, _) = crate::tls::load_or_create(state_dir, domains)?;
     let vars = trust_env(&files);
     if json {
         let map: serde_json::Map<String, serde_json::Value> = vars
@@ -93,7 +68,7 @@ pub fn rotate(state_dir: &StateDir, domains: &[String], yes: bool) -> anyhow::Re
         }
     }
     state_dir.ensure()?;
-    let authority = Authority::create(&dir, domains, &subject(), SystemTime::now())?;
+    let authority = Authority::create(&dir, domains, &crate::tls::ca_subject(), SystemTime::now())?;
     let files = state_dir.trust_files();
     write_bundle(authority.root_pem(), &files.bundle)?;
     let _ = std::fs::remove_dir_all(state_dir.leaf_caches());
@@ -154,7 +129,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// `ca install` / `ca uninstall`: the system store (Debian's update-ca-certificates) and the
 /// NSS databases of Chromium and Firefox, each step reported.
 pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow::Result<()> {
-    let (authority, files, _) = load_or_create(state_dir, domains)?;
+    let (authority, files, _) = crate::tls::load_or_create(state_dir, domains)?;
     let nick = format!("itproxy local CA {}", &authority.fingerprint()[..11]);
     let mut did = 0;
     let anchor = anchor_path(&authority);

@@ -1,0 +1,173 @@
+//! The CLI's subcommands other than `up`: each file is one command family and talks to the
+//! daemon through `Client` (or, for `ca`, `dns` and `logs`, works without one).
+
+use std::io::Write;
+use std::path::Path;
+
+use http::Method;
+
+use crate::api::{self, RouteView};
+use crate::cli::RouteArgs;
+use crate::client::Client;
+
+pub mod bench;
+pub mod ca;
+pub mod dns;
+pub mod env;
+pub mod resolve;
+
+/// The API path for a route name; the daemon validates the name itself.
+pub fn route_path(name: &str) -> anyhow::Result<String> {
+    if name.trim().is_empty() {
+        anyhow::bail!("the route name is empty; give an app name such as `api`");
+    }
+    let mut p = String::from("/v1/routes/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(p)
+}
+
+pub async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let client = Client::new(state_dir);
+    let path = route_path(&args.name)?;
+    if args.restore {
+        let r: api::Restored = client
+            .call(Method::POST, &format!("{path}/restore"), None)
+            .await?;
+        if args.json {
+            return print_json(&r);
+        }
+        let what = if r.changed {
+            "restored"
+        } else {
+            "already at its declared target:"
+        };
+        println!("{what} {} -> {}", r.route.host, r.route.target);
+        return Ok(());
+    }
+    let target = args
+        .target
+        .expect("clap requires a target without --restore");
+    let body = serde_json::json!({
+        "target": target,
+        "redirect_https": args.redirect_https,
+        "insecure_upstream": args.insecure_upstream,
+    });
+    let r: RouteView = client.call(Method::PUT, &path, Some(body)).await?;
+    if args.json {
+        return print_json(&r);
+    }
+    match &r.declared {
+        Some(d) => println!("{} -> {} (overrides {d})", r.host, r.target),
+        None => println!("{} -> {}", r.host, r.target),
+    }
+    Ok(())
+}
+
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
+    if routes.is_empty() {
+        println!("no routes; add one with `itproxy route NAME TARGET`");
+        return Ok(());
+    }
+    let hw = routes
+        .iter()
+        .map(|r| r.host.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = routes
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    println!("{:hw$}  {:tw$}  SOURCE", "HOST", "TARGET");
+    for r in routes {
+        let source = match (&r.source, &r.declared) {
+            (api::RouteSource::Config, _) => "config".to_string(),
+            (api::RouteSource::Discovered, _) => "container".to_string(),
+            (api::RouteSource::App, _) => "app".to_string(),
+            (api::RouteSource::Override, None) => "override".to_string(),
+            (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),
+        };
+        println!("{:hw$}  {:tw$}  {source}", r.host, r.target);
+    }
+    Ok(())
+}
+
+fn print_status(s: &api::Status) -> anyhow::Result<()> {
+    let up = humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds as u64));
+    println!("itproxy {} (pid {}), up {up}", s.version, s.pid);
+    println!("  http:      {}", s.listeners.http.join(", "));
+    println!("  https:     {}", s.listeners.https.join(", "));
+    println!("  dns:       {}", s.listeners.dns.join(", "));
+    if !s.listeners.dns.is_empty() {
+        let up = if s.dns_upstreams.is_empty() {
+            "none".to_string()
+        } else {
+            s.dns_upstreams.join(", ")
+        };
+        println!("  upstream:  {up}");
+    }
+    println!("  control:   {}", s.listeners.control);
+    println!("  domains:   {}", s.domains.join(", "));
+    if let Some(env) = &s.env {
+        println!("  env:       {env} (Docker network itproxy-{env})");
+    }
+    println!("  routes:    {} ({} overrides)", s.routes, s.overrides);
+    println!("  state dir: {}", s.state_dir);
+    println!(
+        "  config:    {}",
+        s.config_file.as_deref().unwrap_or("(built-in defaults)")
+    );
+    Ok(())
+}
+
+/// `itproxy unroute NAME`.
+pub async fn unroute(name: &str, json: bool, state_dir: &Path) -> anyhow::Result<()> {
+    let removed: api::Removed = Client::new(state_dir)
+        .call(Method::DELETE, &route_path(name)?, None)
+        .await?;
+    if json {
+        print_json(&removed)
+    } else {
+        println!("removed {} (was {})", removed.host, removed.target);
+        Ok(())
+    }
+}
+
+/// `itproxy routes`.
+pub async fn routes(json: bool, state_dir: &Path) -> anyhow::Result<()> {
+    let routes: Vec<RouteView> = Client::new(state_dir)
+        .call(Method::GET, "/v1/routes", None)
+        .await?;
+    if json {
+        print_json(&routes)
+    } else {
+        print_routes(&routes)
+    }
+}
+
+/// `itproxy status`.
+pub async fn status(json: bool, state_dir: &Path) -> anyhow::Result<()> {
+    let s: api::Status = Client::new(state_dir)
+        .call(Method::GET, "/v1/status", None)
+        .await?;
+    if json {
+        print_json(&s)
+    } else {
+        print_status(&s)
+    }
+}
