@@ -15,21 +15,77 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use itproxy_router::{RouteTable, RouterConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MintPolicy};
 use crate::control::{Control, DaemonInfo, Listening};
-use crate::persist::{self, Overrides};
+use crate::persist::{self, Overrides, StateError};
 use crate::state::{Change, DesiredState, StateHandle};
 use crate::state_dir::StateDir;
 use crate::supervisor::AppSupervisor;
 use crate::tls::Tls;
 
+/// Why the daemon could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A `--step` that the plan does not have.
+    #[error("--step {step}: there is no such step (steps: {known})")]
+    UnknownStep {
+        /// The step asked for.
+        step: String,
+        /// The plan's steps, or why there are none.
+        known: String,
+    },
+    /// The state directory or the persisted routes cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another daemon answers on this state directory's control socket.
+    #[error(
+        "another itproxy daemon is already running with this state directory (its control \
+         socket {} answers); stop it, or give this one its own --state-dir",
+        .socket.display()
+    )]
+    AnotherDaemon {
+        /// The control socket.
+        socket: PathBuf,
+    },
+    /// The control socket cannot be removed, created or restricted.
+    #[error("cannot {action} the control socket {}: {error}", .path.display())]
+    ControlSocket {
+        /// "remove the stale", "create" or "restrict".
+        action: &'static str,
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The control API stopped with an error.
+    #[error("the control API failed: {0}")]
+    Control(std::io::Error),
+    /// The local CA.
+    #[error(transparent)]
+    Ca(#[from] crate::tls::CaError),
+    /// Docker.
+    #[error(transparent)]
+    Docker(#[from] itproxy_orchestrator::Error),
+    /// The environment's network has no gateway address for the listeners.
+    #[error("the Docker network {0} has no IPv4 gateway to listen on")]
+    NoGateway(String),
+    /// The proxy.
+    #[error(transparent)]
+    Proxy(#[from] itproxy_router::Error),
+    /// The proxy's start-up task panicked.
+    #[error("the proxy start-up task failed: {0}")]
+    ProxyTask(tokio::task::JoinError),
+    /// The DNS server.
+    #[error(transparent)]
+    Dns(#[from] itproxy_dns::Error),
+}
+
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
 /// environment, brings up its apps (of the `steps` given, else all).
-pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyhow::Result<()> {
+pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Result<(), StartError> {
     check_steps(&config, &steps)?;
     let dir = StateDir::new(state_dir);
     claim_state_dir(&dir).await?;
@@ -129,7 +185,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
 }
 
 /// `--step` names must be steps of the plan.
-fn check_steps(config: &Config, steps: &[String]) -> anyhow::Result<()> {
+fn check_steps(config: &Config, steps: &[String]) -> Result<(), StartError> {
     let known: Vec<&str> = config
         .apps
         .steps()
@@ -137,37 +193,35 @@ fn check_steps(config: &Config, steps: &[String]) -> anyhow::Result<()> {
         .map(|s| s.name.as_str())
         .collect();
     if let Some(unknown) = steps.iter().find(|s| !known.contains(&s.as_str())) {
-        anyhow::bail!(
-            "--step {unknown}: there is no such step (steps: {})",
-            if known.is_empty() {
+        return Err(StartError::UnknownStep {
+            step: unknown.clone(),
+            known: if known.is_empty() {
                 "none; no apps are declared".to_string()
             } else {
                 known.join(", ")
-            }
-        );
+            },
+        });
     }
     Ok(())
 }
 
 /// Creates the state directory and makes this daemon its only one: refuses when another
 /// daemon's control socket answers, removes a stale one.
-async fn claim_state_dir(dir: &StateDir) -> anyhow::Result<()> {
+async fn claim_state_dir(dir: &StateDir) -> Result<(), StartError> {
     dir.ensure()?;
     raise_fd_limit();
     let sock = dir.control_socket();
     if tokio::net::UnixStream::connect(&sock).await.is_ok() {
-        anyhow::bail!(
-            "another itproxy daemon is already running with this state directory (its control socket {} answers); \
-             stop it, or give this one its own --state-dir",
-            sock.display()
-        );
+        return Err(StartError::AnotherDaemon { socket: sock });
     }
     match std::fs::remove_file(&sock) {
         Ok(()) => tracing::debug!(socket = %sock.display(), "removed a stale control socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("cannot remove the stale control socket {}", sock.display())
+        Err(error) => {
+            return Err(StartError::ControlSocket {
+                action: "remove the stale",
+                path: sock,
+                error,
             })
         }
     }
@@ -183,18 +237,15 @@ struct OpenEnvironment {
     gateway: IpAddr,
 }
 
-async fn open_environment(config: &Config) -> anyhow::Result<Option<OpenEnvironment>> {
+async fn open_environment(config: &Config) -> Result<Option<OpenEnvironment>, StartError> {
     let Some(env) = &config.env else {
         return Ok(None);
     };
     let engine = itproxy_orchestrator::Engine::connect().await?;
     let network = engine.ensure_network(env).await?;
-    let gateway = network.gateway.with_context(|| {
-        format!(
-            "the Docker network {} has no IPv4 gateway to listen on",
-            network.name
-        )
-    })?;
+    let gateway = network
+        .gateway
+        .ok_or_else(|| StartError::NoGateway(network.name.clone()))?;
     tracing::info!(
         network = %network.name,
         %gateway,
@@ -217,7 +268,7 @@ impl OpenEnvironment {
         config: &Config,
         tls: &Tls,
         state: Arc<StateHandle>,
-    ) -> anyhow::Result<AppSupervisor> {
+    ) -> Result<AppSupervisor, StartError> {
         let env = config.env.clone().expect("an open environment has a name");
         Ok(AppSupervisor::new(
             state,
@@ -350,7 +401,7 @@ async fn start_proxy(
     listen: &Listen,
     tls: &Tls,
     table: Arc<arc_swap::ArcSwap<RouteTable>>,
-) -> anyhow::Result<itproxy_router::RunningRouter> {
+) -> Result<itproxy_router::RunningRouter, StartError> {
     let router_config = RouterConfig {
         http: listen.http.clone(),
         https: listen.https.clone(),
@@ -373,7 +424,7 @@ async fn start_proxy(
     Ok(
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
             .await
-            .context("the proxy start-up task failed")??,
+            .map_err(StartError::ProxyTask)??,
     )
 }
 
@@ -388,7 +439,7 @@ async fn start_dns(
     config: &Config,
     listen: &Listen,
     zone: Arc<arc_swap::ArcSwap<itproxy_dns::Zone>>,
-) -> anyhow::Result<Option<itproxy_dns::RunningDns>> {
+) -> Result<Option<itproxy_dns::RunningDns>, StartError> {
     if listen.dns.is_empty() {
         return Ok(None);
     }
@@ -414,12 +465,16 @@ fn log_listening(listening: &Listening) {
 }
 
 /// Binds the control socket, readable by this user only.
-async fn bind_control(dir: &StateDir) -> anyhow::Result<tokio::net::UnixListener> {
+async fn bind_control(dir: &StateDir) -> Result<tokio::net::UnixListener, StartError> {
     let sock = dir.control_socket();
-    let listener = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("cannot create the control socket {}", sock.display()))?;
+    let fail = |action, error| StartError::ControlSocket {
+        action,
+        path: sock.clone(),
+        error,
+    };
+    let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| fail("create", e))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict the control socket {}", sock.display()))?;
+        .map_err(|e| fail("restrict", e))?;
     tracing::info!("control API on {}", sock.display());
     Ok(listener)
 }
@@ -428,7 +483,7 @@ async fn bind_control(dir: &StateDir) -> anyhow::Result<tokio::net::UnixListener
 async fn serve_control(
     listener: tokio::net::UnixListener,
     control: Arc<Control>,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let stop = control.clone();
     axum::serve(listener, crate::control::app(control))
         .with_graceful_shutdown(async move {
@@ -438,7 +493,7 @@ async fn serve_control(
             }
         })
         .await
-        .context("the control API failed")
+        .map_err(StartError::Control)
 }
 
 /// Discovery of labelled containers, the apps' bring-up and their exit watcher: each stops

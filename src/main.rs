@@ -181,7 +181,7 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
     }
     // One thread for the DNS server and the control API (the proxy has its own): measured
     // faster for DNS than two workers on a 2-core machine (fewer cross-thread wake-ups).
-    runtime()?.block_on(daemon::run(config, state_dir, args.step))
+    Ok(runtime()?.block_on(daemon::run(config, state_dir, args.step))?)
 }
 
 fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {

@@ -9,7 +9,19 @@ use itproxy_certs::{write_bundle, Authority, TrustFiles};
 
 use crate::api;
 use crate::config::Config;
+use crate::persist::StateError;
 use crate::state_dir::StateDir;
+
+/// Why the CA cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The state directory cannot hold it.
+    #[error(transparent)]
+    StateDir(#[from] StateError),
+    /// The CA's files cannot be read, created or trusted.
+    #[error(transparent)]
+    Ca(#[from] itproxy_certs::Error),
+}
 
 /// `itproxy local CA (user@host)`.
 pub fn ca_subject() -> String {
@@ -27,7 +39,7 @@ pub fn ca_subject() -> String {
 pub fn load_or_create(
     state_dir: &StateDir,
     domains: &[String],
-) -> anyhow::Result<(Authority, TrustFiles, bool)> {
+) -> Result<(Authority, TrustFiles, bool), CaError> {
     state_dir.ensure()?;
     let (authority, created) = Authority::load_or_create(
         &state_dir.ca_dir(),
@@ -51,7 +63,7 @@ pub struct Tls {
 }
 
 /// Loads or creates the CA, refreshes the trust bundle and prepares the certificate resolver.
-pub fn setup(config: &Config, dir: &StateDir) -> anyhow::Result<Tls> {
+pub fn setup(config: &Config, dir: &StateDir) -> Result<Tls, CaError> {
     let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
     let (authority, files, created) = load_or_create(dir, &domains)?;
     let fingerprint = authority.fingerprint();
