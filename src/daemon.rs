@@ -132,7 +132,10 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let listening = Listening {
         http: router.http_addrs().iter().map(|a| a.to_string()).collect(),
         https: router.https_addrs().iter().map(|a| a.to_string()).collect(),
-        dns: listen.dns.iter().map(|(a, _)| a.to_string()).collect(),
+        dns: dns
+            .as_ref()
+            .map(|d| d.addrs().iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default(),
         dns_upstreams: dns
             .as_ref()
             .map(|d| d.upstreams().iter().map(|a| a.to_string()).collect())

@@ -40,9 +40,16 @@ pub struct DnsConfig {
 pub struct RunningDns {
     servers: Vec<Server<Handler>>,
     upstreams: Vec<SocketAddr>,
+    addrs: Vec<SocketAddr>,
 }
 
 impl RunningDns {
+    /// The addresses it listens on (UDP and TCP each), with the ports the system chose for
+    /// listeners configured with port 0.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     /// The upstream resolvers in use.
     pub fn upstreams(&self) -> &[SocketAddr] {
         &self.upstreams
@@ -131,6 +138,7 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
     }
     let recursion_from = Arc::new(config.recursion_from.clone());
     let mut servers = Vec::new();
+    let mut addrs = Vec::new();
     for &(addr, view) in &config.listeners {
         let udp = tokio::net::UdpSocket::bind(addr)
             .await
@@ -139,6 +147,13 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
                 proto: "UDP",
                 error,
             })?;
+        // Port 0 picks a free UDP port; TCP then listens on the same one.
+        let addr = udp.local_addr().map_err(|error| Error::Bind {
+            addr,
+            proto: "UDP",
+            error,
+        })?;
+        addrs.push(addr);
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| Error::Bind {
@@ -157,7 +172,11 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         servers.push(server);
     }
-    Ok(RunningDns { servers, upstreams })
+    Ok(RunningDns {
+        servers,
+        upstreams,
+        addrs,
+    })
 }
 
 async fn reply_code<R: ResponseHandler>(
