@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use http::StatusCode;
-use itproxy_router::{HostName, Route, RouteTable, RouterConfig, Upstream, UpstreamOptions};
+use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamOptions};
 use tokio::sync::Mutex;
 
 use crate::api::{self, RouteSource, RouteView};
@@ -150,7 +150,7 @@ impl Routes {
             hosts,
             direct,
             self.generation as u32,
-            config.dns_ttl,
+            config.dns.ttl,
         )
         .expect("validated host names are valid DNS names")
     }
@@ -212,7 +212,7 @@ impl Daemon {
         tls: TlsInfo,
         apps: Option<Apps>,
     ) -> Self {
-        let timeouts = config.timeouts;
+        let timeouts = config.proxy.timeouts;
         let mut routes = Routes {
             declared: BTreeMap::new(),
             discovered: BTreeMap::new(),
@@ -310,7 +310,11 @@ impl Daemon {
             }
         };
         let mut routes = self.routes.lock().await;
-        let routed = routes.build(RouteSpec::to(target), vec![addr], &self.config.timeouts);
+        let routed = routes.build(
+            RouteSpec::to(target),
+            vec![addr],
+            &self.config.proxy.timeouts,
+        );
         routes
             .discovered
             .insert(host.clone(), (c.id.clone(), routed));
@@ -410,7 +414,7 @@ impl Daemon {
             ));
         }
         let mut routes = self.routes.lock().await;
-        let routed = routes.build(spec, addrs, &self.config.timeouts);
+        let routed = routes.build(spec, addrs, &self.config.proxy.timeouts);
         let mut next = routes.overrides.clone();
         next.insert(host.clone(), Active::Target(routed));
         self.commit(&mut routes, next)?;
@@ -584,24 +588,6 @@ fn own_listener(
     })
 }
 
-/// The proxy's address as loopback askers reach it: its first IPv4 and IPv6 listeners
-/// (wildcards answer with the loopback address).
-fn loopback_view(listeners: &[std::net::SocketAddr]) -> itproxy_dns::ProxyAddrs {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    itproxy_dns::ProxyAddrs {
-        v4: listeners.iter().find_map(|a| match a.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => Some(Ipv4Addr::LOCALHOST),
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        }),
-        v6: listeners.iter().find_map(|a| match a.ip() {
-            IpAddr::V6(ip) if ip.is_unspecified() => Some(Ipv6Addr::LOCALHOST),
-            IpAddr::V6(ip) => Some(ip),
-            IpAddr::V4(_) => None,
-        }),
-    }
-}
-
 /// The CA as the daemon uses it.
 pub struct TlsInfo {
     files: itproxy_certs::TrustFiles,
@@ -639,7 +625,7 @@ fn setup_tls(config: &Config, state_dir: &Path) -> anyhow::Result<TlsInfo> {
     let resolver = itproxy_certs::CertResolver::new(
         Arc::new(authority),
         &cache,
-        config.leaf_validity,
+        config.tls.leaf_validity,
         Arc::new(std::time::SystemTime::now),
     )?;
     Ok(TlsInfo {
@@ -686,16 +672,12 @@ fn raise_fd_limit() {
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
 /// environment, brings up its apps (of the `steps` given, else all).
 pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyhow::Result<()> {
+    let declared = config.env.as_ref().map_or(&[][..], |e| e.apps.steps());
     if let Some(unknown) = steps
         .iter()
-        .find(|s| !config.apps.steps().iter().any(|p| &p.name == *s))
+        .find(|s| !declared.iter().any(|p| &p.name == *s))
     {
-        let known: Vec<&str> = config
-            .apps
-            .steps()
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let known: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
         anyhow::bail!(
             "--step {unknown}: there is no such step (steps: {})",
             if known.is_empty() {
@@ -712,30 +694,13 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
     let overrides = state::load(&state_dir)?;
     let tls = setup_tls(&config, &state_dir)?;
 
-    let proxy_listeners: Vec<std::net::SocketAddr> =
-        config.http.iter().chain(&config.https).copied().collect();
-    let mut dns_config = itproxy_dns::DnsConfig {
-        listeners: config
-            .dns
-            .iter()
-            .map(|a| (*a, loopback_view(&proxy_listeners)))
-            .collect(),
-        upstreams: config.dns_upstreams.clone(),
-        recursion_from: ["127.0.0.0/8", "::1/128"]
-            .iter()
-            .map(|n| n.parse().expect("valid network"))
-            .chain(config.dns_recursion_from.iter().copied())
-            .collect(),
-        forward_timeout: config.dns_forward_timeout,
-    };
     // The environment's network comes first: Pingora's listeners are fixed at start, and the
     // gateway is where containers reach the proxy and the DNS.
-    let (mut http, mut https) = (config.http.clone(), config.https.clone());
     let mut engine = None;
     let mut environment = None;
     if let Some(env) = &config.env {
         let docker = itproxy_orchestrator::Engine::connect().await?;
-        let net = docker.ensure_network(env).await?;
+        let net = docker.ensure_network(&env.name).await?;
         engine = Some(docker);
         environment = Some(net.clone());
         let gateway = net.gateway.with_context(|| {
@@ -751,48 +716,20 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
             "{} the environment's network",
             if net.created { "created" } else { "reusing" }
         );
-        // Same ports as on loopback, so `api.test:PORT` works alike from the host and from
-        // containers; DNS on port 53, the only one a container's resolv.conf can name.
-        if let Some(a) = config.http.first() {
-            http.push(std::net::SocketAddr::new(gateway, a.port()));
-        }
-        if let Some(a) = config.https.first() {
-            https.push(std::net::SocketAddr::new(gateway, a.port()));
-        }
-        if !config.dns.is_empty() {
-            let view = itproxy_dns::ProxyAddrs {
-                v4: match gateway {
-                    std::net::IpAddr::V4(v4) => Some(v4),
-                    std::net::IpAddr::V6(_) => None,
-                },
-                v6: None,
-            };
-            dns_config
-                .listeners
-                .push((std::net::SocketAddr::new(gateway, 53), view));
-            if let Some(subnet) = net.subnet.as_deref().and_then(|s| s.parse().ok()) {
-                dns_config.recursion_from.push(subnet);
-            }
-        }
     }
-    let router_config = RouterConfig {
-        http,
-        https,
-        certificates: Some(tls.resolver.clone()),
-        // `https://` upstreams are verified against the system roots plus ours.
-        upstream_roots: Some(tls.files.bundle.clone()),
-        trusted_proxies: config.trusted_proxies.clone(),
-        threads: config
-            .threads
-            .unwrap_or_else(|| RouterConfig::default().threads),
-        work_stealing: config.work_stealing,
-        fast_path: config.fast_path,
-        shutdown_timeout: config.timeouts.shutdown_grace,
-        header_timeout: config.timeouts.header,
-        keepalive_timeout: config.timeouts.keepalive,
-        send_timeout: config.timeouts.send,
-        max_connections_per_client: config.max_connections_per_client,
-    };
+    // The proxy and the DNS listen on the gateway too (see `router_config`, `dns_config`).
+    let gateway = environment.as_ref().and_then(|n| n.gateway);
+    let subnet = environment
+        .as_ref()
+        .and_then(|n| n.subnet.as_deref())
+        .and_then(|s| s.parse().ok());
+    let router_config = config.proxy.router_config(
+        &config.listen,
+        gateway,
+        tls.resolver.clone(),
+        tls.files.bundle.clone(),
+    );
+    let dns_config = config.dns.dns_config(&config.listen, gateway, subnet);
     // Declared apps get their own engine connection: discovery holds the other one.
     let apps = match (&config.env, environment) {
         (Some(env), Some(network)) => {
@@ -800,17 +737,17 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> anyh
             Some(Apps::new(
                 itproxy_orchestrator::Engine::connect().await?,
                 itproxy_orchestrator::Environment {
-                    env: env.clone(),
+                    env: env.name.clone(),
                     network,
-                    dns: gateway.filter(|_| !config.dns.is_empty()),
+                    dns: gateway.filter(|_| !config.listen.dns.is_empty()),
                     ca: Some((tls.files.bundle.clone(), tls.files.root.clone())),
                 },
-                config.apps.clone(),
+                env.apps.clone(),
             ))
         }
         _ => None,
     };
-    let mint = config.mint;
+    let mint = config.tls.mint;
     let daemon = Arc::new(Daemon::new(config, state_dir.clone(), overrides, tls, apps).await);
     let table = daemon.table.clone();
     if mint == crate::config::MintPolicy::Routed {

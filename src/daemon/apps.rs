@@ -310,8 +310,11 @@ impl Daemon {
                     let addr = std::net::SocketAddr::new(ip, port);
                     let target = itproxy_router::UpstreamSpec::parse(&addr.to_string())
                         .expect("a socket address is a valid target");
-                    let routed =
-                        routes.build(RouteSpec::to(target), vec![addr], &self.config.timeouts);
+                    let routed = routes.build(
+                        RouteSpec::to(target),
+                        vec![addr],
+                        &self.config.proxy.timeouts,
+                    );
                     routes.apps.insert(host, (app.name.clone(), routed));
                 }
                 EndpointKind::Tcp => {
