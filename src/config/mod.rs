@@ -700,4 +700,23 @@ mod tests {
             .to_string()
             .contains("--domain"));
     }
+
+    #[test]
+    fn env_flag_gives_the_apps_an_environment() {
+        let apps = "[[app]]\nname = \"a\"\nimage = \"i\"\n";
+        let cli = CliOverrides {
+            env: Some("ci-1".into()),
+            ..Default::default()
+        };
+        let c = Config::from_str(apps, &cli).unwrap();
+        let env = c.env.unwrap();
+        assert_eq!(env.name.to_string(), "ci-1");
+        assert!(env.apps.app("a").is_some());
+        let bad = CliOverrides {
+            env: Some("Not Valid".into()),
+            ..Default::default()
+        };
+        let e = Config::from_str("", &bad).unwrap_err().to_string();
+        assert!(e.starts_with("invalid configuration: --env"), "{e}");
+    }
 }

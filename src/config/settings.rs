@@ -235,3 +235,110 @@ fn loopback_view(listeners: &[SocketAddr]) -> ProxyAddrs {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CliOverrides, Config};
+
+    fn config(text: &str) -> Config {
+        Config::from_str(text, &CliOverrides::default()).unwrap()
+    }
+
+    const LISTEN: &str = "[listen]\nhttp = [\"0.0.0.0:8080\", \"[::1]:8080\"]\nhttps = \"127.0.0.1:8443\"\ndns = \"127.0.0.1:5353\"\n";
+
+    #[test]
+    fn dns_config_answers_loopback_askers_with_the_proxy() {
+        let c = config(&format!(
+            "{LISTEN}[dns]\nupstreams = [\"1.1.1.1\"]\nforward_timeout = \"2s\"\nrecursion_from = [\"10.0.0.0/8\"]\n"
+        ));
+        let d = c.dns.dns_config(&c.listen, None, None);
+        let loopback = ProxyAddrs {
+            v4: Some(Ipv4Addr::LOCALHOST),
+            v6: Some(Ipv6Addr::LOCALHOST),
+        };
+        assert_eq!(d.listeners, [("127.0.0.1:5353".parse().unwrap(), loopback)]);
+        assert_eq!(d.upstreams, ["1.1.1.1:53".parse().unwrap()]);
+        assert_eq!(d.forward_timeout, Duration::from_secs(2));
+        let nets: Vec<String> = d.recursion_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn dns_config_listens_on_the_gateway_port_53_unless_dns_is_off() {
+        let c = config(LISTEN);
+        let gateway: IpAddr = "172.18.0.1".parse().unwrap();
+        let subnet: IpNet = "172.18.0.0/16".parse().unwrap();
+        let d = c.dns.dns_config(&c.listen, Some(gateway), Some(subnet));
+        assert_eq!(d.listeners.len(), 2);
+        assert_eq!(
+            d.listeners[1],
+            (
+                "172.18.0.1:53".parse().unwrap(),
+                ProxyAddrs {
+                    v4: Some("172.18.0.1".parse().unwrap()),
+                    v6: None
+                }
+            )
+        );
+        assert_eq!(d.recursion_from.last(), Some(&subnet));
+
+        let off = Listen {
+            dns: Vec::new(),
+            ..c.listen.clone()
+        };
+        let d = c.dns.dns_config(&off, Some(gateway), Some(subnet));
+        assert!(d.listeners.is_empty());
+        assert!(!d.recursion_from.contains(&subnet));
+    }
+
+    #[test]
+    fn router_config_adds_the_gateway_on_the_first_ports() {
+        let c = config(&format!(
+            "{LISTEN}[proxy]\nthreads = 3\nshutdown_grace = \"1s\"\nmax_connections_per_client = 7\nfast_path = false\n"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = itproxy_certs::Authority::load_or_create(
+            &dir.path().join("ca"),
+            &["test".into()],
+            "t",
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let certs = Arc::new(
+            itproxy_certs::CertResolver::new(
+                Arc::new(ca),
+                &dir.path().join("certs"),
+                c.tls.leaf_validity,
+                Arc::new(std::time::SystemTime::now),
+            )
+            .unwrap(),
+        );
+        let bundle = dir.path().join("bundle.pem");
+
+        let r = c
+            .proxy
+            .router_config(&c.listen, None, certs.clone(), bundle.clone());
+        assert_eq!(r.http, c.listen.http);
+        assert_eq!(r.https, c.listen.https);
+        assert!(r.certificates.is_some());
+        assert_eq!(r.upstream_roots.as_ref(), Some(&bundle));
+        assert_eq!(
+            (r.threads, r.max_connections_per_client, r.fast_path),
+            (3, 7, false)
+        );
+        assert_eq!(r.shutdown_timeout, Duration::from_secs(1));
+        assert_eq!(r.header_timeout, c.proxy.timeouts.header);
+
+        let r = c.proxy.router_config(
+            &c.listen,
+            Some("172.18.0.1".parse().unwrap()),
+            certs,
+            bundle,
+        );
+        let http: Vec<String> = r.http.iter().map(|a| a.to_string()).collect();
+        let https: Vec<String> = r.https.iter().map(|a| a.to_string()).collect();
+        assert_eq!(http, ["0.0.0.0:8080", "[::1]:8080", "172.18.0.1:8080"]);
+        assert_eq!(https, ["127.0.0.1:8443", "172.18.0.1:8443"]);
+    }
+}
