@@ -49,7 +49,7 @@ fn key_error(app: &AppName, key: &'static str, message: impl Into<String>) -> Ap
     })
 }
 
-/// One `[[app]]`, its keys checked in the order they are documented.
+/// One `[[app]]`: its image, endpoints, env, `ready`, log patterns and step.
 fn app_spec(a: FileApp) -> Result<AppSpec, AppsError> {
     let name = a.name.0;
     if a.image.trim().is_empty() {

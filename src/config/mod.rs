@@ -194,19 +194,7 @@ impl Config {
         let routes = routes(file.routes, &domains, &invalid)?;
         let env = env(file.env.name, file.app, file.env.steps, cli, &invalid)?;
         if let Some(env) = &env {
-            for app in env.apps.apps() {
-                for e in &app.endpoints {
-                    let host = domains
-                        .qualify(e.name.as_str())
-                        .map_err(|m| invalid(format!("app {:?}: {m}", app.name.as_str())))?;
-                    if routes.contains_key(&host) {
-                        return Err(invalid(format!(
-                            "{host} is both in [routes] and an endpoint of app {:?}; keep one",
-                            app.name.as_str()
-                        )));
-                    }
-                }
-            }
+            endpoints_apart_from_routes(&env.apps, &domains, &routes, &invalid)?;
         }
         Ok(Config {
             domains,
@@ -431,6 +419,29 @@ fn env(
                 .into(),
         )),
     }
+}
+
+/// Each app endpoint's host name lies below the domains and is not also a declared route.
+fn endpoints_apart_from_routes(
+    apps: &Plan,
+    domains: &Domains,
+    routes: &BTreeMap<HostName, RouteSpec>,
+    invalid: &impl Fn(String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for app in apps.apps() {
+        for e in &app.endpoints {
+            let host = domains
+                .qualify(e.name.as_str())
+                .map_err(|m| invalid(format!("app {:?}: {m}", app.name.as_str())))?;
+            if routes.contains_key(&host) {
+                return Err(invalid(format!(
+                    "{host} is both in [routes] and an endpoint of app {:?}; keep one",
+                    app.name.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
