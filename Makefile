@@ -43,9 +43,10 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 ## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only),
-## then a few seconds of each fuzz target.
+## the shipped example config, then a few seconds of each fuzz target.
 test: lint
 	$(CARGO) test --workspace --locked
+	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml
 	$(MAKE) fuzz-smoke
 
 fuzz-tools:

@@ -92,13 +92,18 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let overrides = persist::load(&dir.routes_file())?;
     let tls = crate::tls::setup(&config, &dir)?;
     let env = open_environment(&config).await?;
-    let listen = Listen::new(&config, env.as_ref());
+    // Containers reach the proxy and the DNS on the environment network's gateway.
+    let gateway = env.as_ref().map(|e| e.gateway);
+    let subnet = env
+        .as_ref()
+        .and_then(|e| e.network.subnet.as_deref())
+        .and_then(|s| s.parse().ok());
 
     let state = Arc::new(StateHandle::new(
         initial_state(&config, overrides).await,
         dir.routes_file(),
     ));
-    if config.mint == MintPolicy::Routed {
+    if config.tls.mint == MintPolicy::Routed {
         let table = state.table();
         tls.resolver.serve_only(Arc::new(move |name: &str| {
             table.load().lookup(name).is_some()
@@ -114,7 +119,14 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         None => (None, None),
     };
 
-    let router = start_proxy(&config, &listen, &tls, state.table()).await?;
+    let router_config = config.proxy.router_config(
+        &config.listen,
+        gateway,
+        tls.resolver.clone(),
+        // `https://` upstreams are verified against the system roots plus ours.
+        tls.files.bundle.clone(),
+    );
+    let router = start_proxy(router_config, state.table()).await?;
     let proxy_addrs: Vec<SocketAddr> = router
         .http_addrs()
         .iter()
@@ -122,7 +134,8 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         .copied()
         .collect();
     state.set_own_listeners(proxy_addrs);
-    let dns = match start_dns(&config, &listen, state.zone()).await {
+    let dns_config = config.dns.dns_config(&config.listen, gateway, subnet);
+    let dns = match start_dns(&dns_config, state.zone()).await {
         Ok(dns) => dns,
         Err(e) => {
             stop_proxy(router).await;
@@ -150,7 +163,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
             started: Instant::now(),
             state_dir: dir.clone(),
             config_file: config.source.clone(),
-            env: config.env.as_ref().map(|e| e.to_string()),
+            env: config.env.as_ref().map(|e| e.name.to_string()),
             ca: tls.info.clone(),
             listening: listening.into(),
         },
@@ -189,12 +202,8 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
 
 /// `--step` names must be steps of the plan.
 fn check_steps(config: &Config, steps: &[String]) -> Result<(), StartError> {
-    let known: Vec<&str> = config
-        .apps
-        .steps()
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let declared = config.env.as_ref().map_or(&[][..], |e| e.apps.steps());
+    let known: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
     if let Some(unknown) = steps.iter().find(|s| !known.contains(&s.as_str())) {
         return Err(StartError::UnknownStep {
             step: unknown.clone(),
@@ -245,7 +254,7 @@ async fn open_environment(config: &Config) -> Result<Option<OpenEnvironment>, St
         return Ok(None);
     };
     let engine = itproxy_orchestrator::Engine::connect().await?;
-    let network = engine.ensure_network(env).await?;
+    let network = engine.ensure_network(&env.name).await?;
     let gateway = network
         .gateway
         .ok_or_else(|| StartError::NoGateway(network.name.clone()))?;
@@ -272,93 +281,25 @@ impl OpenEnvironment {
         tls: &Tls,
         state: Arc<StateHandle>,
     ) -> Result<AppSupervisor, StartError> {
-        let env = config.env.clone().expect("an open environment has a name");
+        let env = config
+            .env
+            .as_ref()
+            .expect("an open environment is configured");
         Ok(AppSupervisor::new(
             state,
             config.domains.clone(),
             itproxy_orchestrator::Engine::connect().await?,
             itproxy_orchestrator::Environment {
-                env,
+                env: env.name.clone(),
                 network: self.network.clone(),
-                dns: self.network.gateway.filter(|_| !config.dns.is_empty()),
+                dns: self
+                    .network
+                    .gateway
+                    .filter(|_| !config.listen.dns.is_empty()),
                 ca: Some((tls.files.bundle.clone(), tls.files.root.clone())),
             },
-            config.apps.clone(),
+            env.apps.clone(),
         ))
-    }
-}
-
-/// Every address the daemon listens on: the configured ones, plus the environment's gateway.
-struct Listen {
-    http: Vec<SocketAddr>,
-    https: Vec<SocketAddr>,
-    /// DNS listeners with the proxy address each answers with.
-    dns: Vec<(SocketAddr, itproxy_dns::ProxyAddrs)>,
-    /// Networks the DNS forwards names outside the domains for.
-    dns_recursion_from: Vec<ipnet::IpNet>,
-}
-
-impl Listen {
-    fn new(config: &Config, env: Option<&OpenEnvironment>) -> Self {
-        let proxy: Vec<SocketAddr> = config.http.iter().chain(&config.https).copied().collect();
-        let mut listen = Listen {
-            http: config.http.clone(),
-            https: config.https.clone(),
-            dns: config
-                .dns
-                .iter()
-                .map(|a| (*a, loopback_view(&proxy)))
-                .collect(),
-            dns_recursion_from: ["127.0.0.0/8", "::1/128"]
-                .iter()
-                .map(|n| n.parse().expect("valid network"))
-                .chain(config.dns_recursion_from.iter().copied())
-                .collect(),
-        };
-        let Some(env) = env else {
-            return listen;
-        };
-        // Same ports as on loopback, so `api.test:PORT` works alike from the host and from
-        // containers; DNS on port 53, the only one a container's resolv.conf can name.
-        let gateway = env.gateway;
-        if let Some(a) = config.http.first() {
-            listen.http.push(SocketAddr::new(gateway, a.port()));
-        }
-        if let Some(a) = config.https.first() {
-            listen.https.push(SocketAddr::new(gateway, a.port()));
-        }
-        if !config.dns.is_empty() {
-            let view = itproxy_dns::ProxyAddrs {
-                v4: match gateway {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                },
-                v6: None,
-            };
-            listen.dns.push((SocketAddr::new(gateway, 53), view));
-            if let Some(subnet) = env.network.subnet.as_deref().and_then(|s| s.parse().ok()) {
-                listen.dns_recursion_from.push(subnet);
-            }
-        }
-        listen
-    }
-}
-
-/// The proxy's address as loopback askers reach it: its first IPv4 and IPv6 listeners
-/// (wildcards answer with the loopback address).
-fn loopback_view(listeners: &[SocketAddr]) -> itproxy_dns::ProxyAddrs {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    itproxy_dns::ProxyAddrs {
-        v4: listeners.iter().find_map(|a| match a.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => Some(Ipv4Addr::LOCALHOST),
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        }),
-        v6: listeners.iter().find_map(|a| match a.ip() {
-            IpAddr::V6(ip) if ip.is_unspecified() => Some(Ipv6Addr::LOCALHOST),
-            IpAddr::V6(ip) => Some(ip),
-            IpAddr::V4(_) => None,
-        }),
     }
 }
 
@@ -366,7 +307,11 @@ fn loopback_view(listeners: &[SocketAddr]) -> itproxy_dns::ProxyAddrs {
 /// A target that does not resolve stays routed (it answers 502 explaining why), so a persisted
 /// route is never dropped.
 async fn initial_state(config: &Config, overrides: Overrides) -> DesiredState {
-    let mut state = DesiredState::new(config.domains.clone(), config.timeouts, config.dns_ttl);
+    let mut state = DesiredState::new(
+        config.domains.clone(),
+        config.proxy.timeouts,
+        config.dns.ttl,
+    );
     for (host, spec) in &config.routes {
         let addrs = resolve_or_warn(host, &spec.target).await;
         state.declare(host.clone(), spec.clone(), addrs);
@@ -398,31 +343,11 @@ async fn resolve_or_warn(
     })
 }
 
-/// Starts the proxy on `listen`'s addresses and waits until each accepts connections.
+/// Starts the proxy and waits until each listener accepts connections.
 async fn start_proxy(
-    config: &Config,
-    listen: &Listen,
-    tls: &Tls,
+    router_config: RouterConfig,
     table: Arc<arc_swap::ArcSwap<RouteTable>>,
 ) -> Result<itproxy_router::RunningRouter, StartError> {
-    let router_config = RouterConfig {
-        http: listen.http.clone(),
-        https: listen.https.clone(),
-        certificates: Some(tls.resolver.clone()),
-        // `https://` upstreams are verified against the system roots plus ours.
-        upstream_roots: Some(tls.files.bundle.clone()),
-        trusted_proxies: config.trusted_proxies.clone(),
-        threads: config
-            .threads
-            .unwrap_or_else(|| RouterConfig::default().threads),
-        work_stealing: config.work_stealing,
-        fast_path: config.fast_path,
-        shutdown_timeout: config.timeouts.shutdown_grace,
-        header_timeout: config.timeouts.header,
-        keepalive_timeout: config.timeouts.keepalive,
-        send_timeout: config.timeouts.send,
-        max_connections_per_client: config.max_connections_per_client,
-    };
     // Pingora's start-up blocks (it binds and spawns its threads).
     Ok(
         tokio::task::spawn_blocking(move || itproxy_router::start(&router_config, table))
@@ -439,20 +364,13 @@ async fn stop_proxy(mut router: itproxy_router::RunningRouter) {
 
 /// Starts the DNS listeners, if any.
 async fn start_dns(
-    config: &Config,
-    listen: &Listen,
+    dns_config: &itproxy_dns::DnsConfig,
     zone: Arc<arc_swap::ArcSwap<itproxy_dns::Zone>>,
 ) -> Result<Option<itproxy_dns::RunningDns>, StartError> {
-    if listen.dns.is_empty() {
+    if dns_config.listeners.is_empty() {
         return Ok(None);
     }
-    let dns_config = itproxy_dns::DnsConfig {
-        listeners: listen.dns.clone(),
-        upstreams: config.dns_upstreams.clone(),
-        recursion_from: listen.dns_recursion_from.clone(),
-        forward_timeout: config.dns_forward_timeout,
-    };
-    Ok(Some(itproxy_dns::start(&dns_config, zone).await?))
+    Ok(Some(itproxy_dns::start(dns_config, zone).await?))
 }
 
 fn log_listening(listening: &Listening) {

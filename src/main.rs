@@ -109,7 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dns(cmd) => {
             let c = Config::load(
                 config_path(config).as_deref(),
-                &config::Overrides::default(),
+                &config::CliOverrides::default(),
             )?;
             match cmd {
                 cli::DnsCommand::Setup { apply } => commands::dns::setup(&c, apply, false),
@@ -161,7 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Result<()> {
-    let overrides = config::Overrides {
+    let overrides = config::CliOverrides {
         http: args.http,
         https: args.https,
         no_https: args.no_https,
@@ -190,7 +190,7 @@ fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyh
         CaCommand::Rotate { domain, .. } => domain.clone(),
         _ => Vec::new(),
     };
-    let overrides = config::Overrides {
+    let overrides = config::CliOverrides {
         domains: rotate_domains,
         ..Default::default()
     };
@@ -209,23 +209,24 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     let path = config_path(file).context(
         "no config file given and ./itproxy.toml does not exist; pass the file to check",
     )?;
-    let c = Config::load(Some(&path), &config::Overrides::default())?;
+    let c = Config::load(Some(&path), &config::CliOverrides::default())?;
     println!("{}: ok", path.display());
     println!("  domains: {}", c.domains.to_string_list());
-    let http: Vec<String> = c.http.iter().map(|a| a.to_string()).collect();
-    let https: Vec<String> = c.https.iter().map(|a| a.to_string()).collect();
+    let http: Vec<String> = c.listen.http.iter().map(|a| a.to_string()).collect();
+    let https: Vec<String> = c.listen.https.iter().map(|a| a.to_string()).collect();
     println!("  http:    {}", http.join(", "));
     println!("  https:   {}", https.join(", "));
-    let dns: Vec<String> = c.dns.iter().map(|a| a.to_string()).collect();
+    let dns: Vec<String> = c.listen.dns.iter().map(|a| a.to_string()).collect();
     println!("  dns:     {}", dns.join(", "));
     println!("  routes:  {}", c.routes.len());
     for (host, r) in &c.routes {
         println!("    {host} -> {}", r.target);
     }
-    if let Some(env) = &c.env {
-        println!("  env:     {env}");
-    }
-    for step in c.apps.steps() {
+    let Some(env) = &c.env else {
+        return Ok(());
+    };
+    println!("  env:     {}", env.name);
+    for step in env.apps.steps() {
         println!("  step {}:", step.name);
         for a in &step.apps {
             let deps: Vec<&str> = a.depends_on.iter().map(|d| d.as_str()).collect();

@@ -96,7 +96,7 @@ pub fn setup(config: &Config, dir: &StateDir) -> Result<Tls, CaError> {
     let resolver = itproxy_certs::CertResolver::new(
         Arc::new(authority),
         &cache,
-        config.leaf_validity,
+        config.tls.leaf_validity,
         Arc::new(std::time::SystemTime::now),
     )?;
     Ok(Tls {

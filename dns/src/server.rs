@@ -140,27 +140,8 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
     for &(addr, view) in &config.listeners {
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|error| Error::Bind {
-                addr,
-                proto: "UDP",
-                error,
-            })?;
-        // Port 0 picks a free UDP port; TCP then listens on the same one.
-        let addr = udp.local_addr().map_err(|error| Error::Bind {
-            addr,
-            proto: "UDP",
-            error,
-        })?;
+        let (udp, tcp, addr) = bind_pair(addr).await?;
         addrs.push(addr);
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|error| Error::Bind {
-                addr,
-                proto: "TCP",
-                error,
-            })?;
         let handler = Handler {
             zone: zone.clone(),
             view,
@@ -177,6 +158,41 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
         upstreams,
         addrs,
     })
+}
+
+/// A UDP socket and a TCP listener on the same address. With port 0, the UDP socket picks a
+/// free port and TCP takes the same one; if another program holds that port for TCP, another
+/// is tried (a few times).
+async fn bind_pair(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), Error> {
+    let mut attempts = if addr.port() == 0 { 8 } else { 1 };
+    loop {
+        attempts -= 1;
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|error| Error::Bind {
+                addr,
+                proto: "UDP",
+                error,
+            })?;
+        let bound = udp.local_addr().map_err(|error| Error::Bind {
+            addr,
+            proto: "UDP",
+            error,
+        })?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if attempts > 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(error) => {
+                return Err(Error::Bind {
+                    addr: bound,
+                    proto: "TCP",
+                    error,
+                })
+            }
+        }
+    }
 }
 
 async fn reply_code<R: ResponseHandler>(

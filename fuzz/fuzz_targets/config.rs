@@ -2,9 +2,9 @@
 //! on any text: an error for a bad file, never a panic.
 #![no_main]
 
-use itproxy::config::{Config, Overrides};
+use itproxy::config::{Config, CliOverrides};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    let _ = Config::from_str(text, &Overrides::default());
+    let _ = Config::from_str(text, &CliOverrides::default());
 });

@@ -16,7 +16,7 @@ enum Step {
 }
 
 fn plan(config: &Config, teardown: bool) -> anyhow::Result<(String, Vec<Step>)> {
-    let Some(dns) = config.dns.first() else {
+    let Some(dns) = config.listen.dns.first() else {
         bail!("DNS is disabled in this configuration (no DNS listener); nothing to set up");
     };
     let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();

@@ -265,7 +265,8 @@ fn env_of(config: &Config, env: Option<String>) -> anyhow::Result<EnvName> {
         Some(e) => Ok(e.parse()?),
         None => config
             .env
-            .clone()
+            .as_ref()
+            .map(|e| e.name.clone())
             .context("no environment: pass --env NAME or set env.name in itproxy.toml"),
     }
 }
@@ -337,8 +338,9 @@ async fn scan_errors(
             }
         } else {
             config
-                .apps
-                .app(&c.app)
+                .env
+                .as_ref()
+                .and_then(|e| e.apps.app(&c.app))
                 .map(|a| a.errors.clone())
                 .unwrap_or_default()
         };

@@ -156,6 +156,36 @@ fn bad_config_names_file_line_and_key() {
     assert!(text.contains("api.test -> http://localhost:8000"), "{text}");
 }
 
+/// The shipped example uses every section of the file and stays valid: it fails here, and in
+/// `make test`, when a key it uses is renamed or a default it states changes.
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/itproxy.toml");
+    let doc: toml::Table = std::fs::read_to_string(example).unwrap().parse().unwrap();
+    for section in [
+        "domains", "env", "listen", "proxy", "dns", "tls", "routes", "app",
+    ] {
+        assert!(doc.contains_key(section), "the example has no `{section}`");
+    }
+    let out = Command::new(BIN)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "examples/itproxy.toml: ok",
+        "domains: test, corp.internal",
+        "reports.test -> http://localhost:8100",
+        "admin.corp.internal -> https://127.0.0.1:9443",
+        "env:     shop",
+        "step infra:",
+        "web (shop/web:dev) after s3, db",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
+}
+
 #[test]
 fn damaged_state_is_reported_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,9 +95,14 @@ impl RequestHandler for Stub {
 }
 
 async fn stub_upstream() -> SocketAddr {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // UDP picks a free port; TCP takes the same one (another if a parallel test holds it).
+    let (udp, tcp, addr) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            break (udp, tcp, addr);
+        }
+    };
     let mut server = hickory_server::Server::new(Stub);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 65535);

@@ -1,0 +1,395 @@
+//! `[[app]]` → [`Plan`]: each app's keys that go together are checked here (endpoints and
+//! their ports, `ready`, log patterns, step); the plan as a whole (duplicate names, cycles,
+//! step order) is checked by [`Plan::new`].
+
+use std::time::Duration;
+
+use itproxy_orchestrator::{
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness,
+    DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+};
+
+use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, Parsed, Port};
+
+/// A mistake in the `[[app]]` tables, naming the app and the key.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AppsError {
+    /// A key of one app, or the plan as a whole.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// An endpoint's `kind` without its `port`.
+    #[error("app {app:?}, endpoint {endpoint:?}: `kind` needs a `port`")]
+    KindWithoutPort {
+        /// The app.
+        app: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+}
+
+/// Turns the `[[app]]` tables into a [`Plan`], checking what serde could not: keys that go
+/// together, and the plan as a whole (duplicates, cycles, steps).
+pub(super) fn build_plan(
+    apps: Vec<FileApp>,
+    steps: Option<Vec<String>>,
+) -> Result<Plan, AppsError> {
+    let apps = apps
+        .into_iter()
+        .map(app_spec)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan::new(apps, steps)?)
+}
+
+/// The error for `key` of app `app`.
+fn key_error(app: &AppName, key: &'static str, message: impl Into<String>) -> AppsError {
+    AppsError::Plan(PlanError {
+        app: app.as_str().to_string(),
+        key,
+        message: message.into(),
+    })
+}
+
+/// One `[[app]]`: its image, endpoints, env, `ready`, log patterns and step.
+fn app_spec(a: FileApp) -> Result<AppSpec, AppsError> {
+    let name = a.name.0;
+    if a.image.trim().is_empty() {
+        return Err(key_error(
+            &name,
+            "image",
+            "is empty; name an image on the engine, e.g. \"itproxy-test/web:latest\"",
+        ));
+    }
+    let endpoints = endpoints(&name, a.command, a.port, a.kind, a.endpoints)?;
+    for k in a.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(key_error(
+                &name,
+                "env",
+                format!("{k:?} is not a variable name"),
+            ));
+        }
+    }
+    let ready = match a.ready {
+        None => Readiness {
+            check: Check::Running,
+            endpoint: 0,
+            timeout: DEFAULT_READY_TIMEOUT,
+        },
+        Some(r) => readiness(&name, r, &endpoints)?,
+    };
+    let errors = error_scan(a.log_errors, a.log_ignore);
+    let step = a.step.unwrap_or_else(|| DEFAULT_STEP.into());
+    if step.trim().is_empty() {
+        return Err(key_error(&name, "step", "is empty"));
+    }
+    Ok(AppSpec {
+        name,
+        image: a.image,
+        step,
+        depends_on: a.depends_on.into_iter().map(|d| d.0).collect(),
+        env: a.env,
+        endpoints,
+        ready,
+        errors,
+    })
+}
+
+/// The app's containers: its `endpoints`, else one named after the app with the app's `port`
+/// and `kind`. An endpoint without a command of its own runs the app's.
+fn endpoints(
+    app: &AppName,
+    command: Option<Command>,
+    port: Option<Port>,
+    kind: Option<Kind>,
+    list: Option<Vec<FileEndpoint>>,
+) -> Result<Vec<Endpoint>, AppsError> {
+    let app_command = command.map(Command::into_argv);
+    let endpoints = match list {
+        None => vec![endpoint(app, app.clone(), None, port, kind)?],
+        Some(list) => {
+            if port.is_some() || kind.is_some() {
+                return Err(key_error(
+                    app,
+                    "port",
+                    "give ports in `endpoints` when the app has endpoints",
+                ));
+            }
+            if list.is_empty() {
+                return Err(key_error(
+                    app,
+                    "endpoints",
+                    "is empty; remove it, or list at least one",
+                ));
+            }
+            list.into_iter()
+                .map(|e| endpoint(app, e.name.0, e.command, e.port, e.kind))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(endpoints
+        .into_iter()
+        .map(|mut e| {
+            e.command = e.command.or_else(|| app_command.clone());
+            e
+        })
+        .collect())
+}
+
+/// One endpoint; `kind` needs a `port`, and a port is HTTP unless `kind = "tcp"`.
+fn endpoint(
+    app: &AppName,
+    name: AppName,
+    command: Option<Command>,
+    port: Option<Port>,
+    kind: Option<Kind>,
+) -> Result<Endpoint, AppsError> {
+    let port = match (port, kind) {
+        (Some(p), Some(Kind::Tcp)) => Some((p.0, EndpointKind::Tcp)),
+        (Some(p), _) => Some((p.0, EndpointKind::Http)),
+        (None, Some(_)) => {
+            return Err(AppsError::KindWithoutPort {
+                app: app.as_str().to_string(),
+                endpoint: name.as_str().to_string(),
+            })
+        }
+        (None, None) => None,
+    };
+    Ok(Endpoint {
+        name,
+        command: command.map(Command::into_argv),
+        port,
+    })
+}
+
+/// `ready = { ... }`: exactly one check, the keys that go with it, the endpoint it asks and
+/// its timeout.
+fn readiness(app: &AppName, r: FileReady, endpoints: &[Endpoint]) -> Result<Readiness, AppsError> {
+    let err = |key, message: String| key_error(app, key, message);
+    let endpoint = match &r.endpoint {
+        Some(e) => endpoints
+            .iter()
+            .position(|x| x.name == e.0)
+            .ok_or_else(|| {
+                err(
+                    "ready.endpoint",
+                    format!("the app has no endpoint {:?}", e.0.as_str()),
+                )
+            })?,
+        None => match r.tcp.or(r.port) {
+            // The endpoint serving that port, else the first with a port.
+            Some(p) => endpoints
+                .iter()
+                .position(|x| x.port.map(|(q, _)| q) == Some(p.0))
+                .unwrap_or(0),
+            None => endpoints.iter().position(|x| x.port.is_some()).unwrap_or(0),
+        },
+    };
+    let given = [
+        r.tcp.is_some(),
+        r.http.is_some(),
+        r.log.is_some(),
+        r.docker_health == Some(true),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(err(
+            "ready",
+            "give exactly one of `tcp = PORT`, `http = \"/path\"`, `log = \"regex\"` or `docker_health = true`".into(),
+        ));
+    }
+    if r.status.is_some() && r.http.is_none() {
+        return Err(err("ready.status", "only goes with `http`".into()));
+    }
+    if r.port.is_some() && r.http.is_none() {
+        return Err(err(
+            "ready.port",
+            "only goes with `http` (`tcp` names its port)".into(),
+        ));
+    }
+    let check = if let Some(p) = r.tcp {
+        Check::Tcp { port: p.0 }
+    } else if let Some(path) = r.http {
+        if !path.starts_with('/') {
+            return Err(err(
+                "ready.http",
+                format!("{path:?} is not a path; it starts with '/'"),
+            ));
+        }
+        let port = match r
+            .port
+            .map(|p| p.0)
+            .or(endpoints[endpoint].port.map(|(p, _)| p))
+        {
+            Some(p) => p,
+            None => {
+                return Err(err(
+                    "ready.http",
+                    format!(
+                        "endpoint {:?} has no port to ask; give `port`",
+                        endpoints[endpoint].name.as_str()
+                    ),
+                ))
+            }
+        };
+        let status = r.status.unwrap_or(200);
+        if !(100..=599).contains(&status) {
+            return Err(err(
+                "ready.status",
+                format!("{status} is not an HTTP status"),
+            ));
+        }
+        Check::Http { port, path, status }
+    } else if let Some(re) = r.log {
+        Check::Log(re.0)
+    } else {
+        Check::DockerHealth
+    };
+    let timeout = r.timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+    if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+        return Err(err("ready.timeout", "must be from 1ms to 1h".into()));
+    }
+    Ok(Readiness {
+        check,
+        endpoint,
+        timeout,
+    })
+}
+
+/// What `logs --errors` reports for the app: `log_errors` (else the default pattern), minus
+/// `log_ignore`.
+fn error_scan(
+    log_errors: Option<Vec<Parsed<regex::Regex>>>,
+    log_ignore: Vec<Parsed<regex::Regex>>,
+) -> ErrorScan {
+    let mut errors = ErrorScan::default();
+    if let Some(p) = log_errors {
+        errors.patterns = p.into_iter().map(|r| r.0).collect();
+    }
+    errors.ignore = log_ignore.into_iter().map(|r| r.0).collect();
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CliOverrides, Config};
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_str(text, &CliOverrides::default()).map_err(|e| e.to_string())
+    }
+
+    const APPS: &str = r#"
+        [env]
+        name = "demo"
+        domain = "test"
+        steps = ["infra", "apps"]
+
+        [[app]]
+        name  = "s3"
+        image = "itproxy-test/s3:latest"
+        step  = "infra"
+        env   = { HOST_NAME = "s3.test" }
+        endpoints = [{ name = "s3", port = 8000, kind = "tcp" }]
+        ready = { tcp = 8000, timeout = "30s" }
+
+        [[app]]
+        name  = "sentry"
+        image = "itproxy-test/web:latest"
+        depends_on = ["s3"]
+        endpoints = [
+          { name = "www", command = ["start", "-b", "0.0.0.0:9000"], port = 9000 },
+          { name = "wrk", command = ["worker"] },
+        ]
+        ready = { http = "/health", status = 200 }
+        log_ignore = ["expected error"]
+
+        [[app]]
+        name = "api"
+        image = "itproxy-test/web:latest"
+        command = "httpd -f -p 8080"
+        port = 8080
+        ready = { log = "listening" }
+    "#;
+
+    #[test]
+    fn apps_in_steps() {
+        let c = load(APPS).unwrap();
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(env.name.to_string(), "demo");
+        let steps: Vec<(&str, Vec<&str>)> = env
+            .apps
+            .steps()
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.apps.iter().map(|a| a.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [("infra", vec!["s3"]), ("apps", vec!["sentry", "api"])]
+        );
+        let s3 = env.apps.app("s3").unwrap();
+        assert_eq!(s3.endpoints[0].port, Some((8000, EndpointKind::Tcp)));
+        assert_eq!(s3.ready.check, Check::Tcp { port: 8000 });
+        assert_eq!(s3.ready.timeout, Duration::from_secs(30));
+        let sentry = env.apps.app("sentry").unwrap();
+        assert_eq!(sentry.endpoints[1].port, None);
+        assert_eq!(
+            sentry.endpoints[1].command.as_deref(),
+            Some(&["worker".to_string()][..])
+        );
+        assert_eq!(
+            sentry.ready.check,
+            Check::Http {
+                port: 9000,
+                path: "/health".into(),
+                status: 200
+            }
+        );
+        assert!(!sentry.errors.is_error("an expected error, fine"));
+        assert!(sentry.errors.is_error("ERROR: boom"));
+        // One endpoint named after the app; a string command runs in a shell.
+        let api = env.apps.app("api").unwrap();
+        assert_eq!(api.endpoints[0].name.as_str(), "api");
+        assert_eq!(api.endpoints[0].port, Some((8080, EndpointKind::Http)));
+        assert_eq!(
+            api.endpoints[0].command.as_ref().unwrap()[..2],
+            ["/bin/sh", "-c"]
+        );
+        assert_eq!(c.domains.to_string_list(), "test");
+    }
+
+    #[test]
+    fn bad_apps_name_the_app_and_key() {
+        let base = "[env]\nname = \"demo\"\n";
+        let cases: &[(&str, &[&str])] = &[
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\ncolour = 1\n", &["line 6", "colour"]),
+            ("[[app]]\nname = \"A b\"\nimage = \"i\"\n", &["line 4", "A b"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, timeout = \"soon\" }\n", &["line 6", "timeout"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, http = \"/\" }\n", &["app \"a\"", "`ready`", "exactly one"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { http = \"/\" }\n", &["app \"a\"", "no port"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { log = \"(\" }\n", &["line 6", "regex"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nkind = \"tcp\"\n", &["kind", "port"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nkind = \"udp\"\n", &["line 6", "udp"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nport = 0\n", &["line 6", "port 0"]),
+            (
+                "[[app]]\nname = \"a\"\nimage = \"i\"\ndepends_on = [\"b\"]\n[[app]]\nname = \"b\"\nimage = \"i\"\ndepends_on = [\"a\"]\n",
+                &["cycle", "a -> b -> a"],
+            ),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\n[[app]]\nname = \"a\"\nimage = \"j\"\n", &["app \"a\"", "two apps"]),
+            ("[[app]]\nname = \"a\"\nimage = \"\"\n", &["app \"a\"", "`image`"]),
+            ("[[app]]\nname = \"api\"\nimage = \"i\"\nport = 1\n[routes]\napi = \"localhost:1\"\n", &["api.test", "both"]),
+        ];
+        for (text, needles) in cases {
+            let text = format!("{base}{text}");
+            let e = load(&text).unwrap_err();
+            for n in *needles {
+                assert!(e.contains(n), "{text:?}: missing {n:?} in {e}");
+            }
+        }
+        let e = load("[[app]]\nname = \"a\"\nimage = \"i\"\n").unwrap_err();
+        assert!(e.contains("[env] name"), "{e}");
+    }
+}
