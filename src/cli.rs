@@ -246,7 +246,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
     /// Upstream resolver for other names (repeatable) [default: those in /etc/resolv.conf].
-    #[arg(long, value_name = "IP[:PORT]", value_parser = crate::config::parse_resolver)]
+    #[arg(long, value_name = "IP[:PORT]", value_parser = itproxy_daemon::config::parse_resolver)]
     pub dns_upstream: Vec<SocketAddr>,
     /// Domain to serve (repeatable; the first qualifies app names) [default: test].
     #[arg(long, value_name = "DOMAIN")]

@@ -9,7 +9,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use crate::api::ErrorBody;
+use itproxy_daemon::api::ErrorBody;
 
 /// How long one call may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +62,7 @@ impl Client {
     pub fn new(state_dir: &Path) -> Self {
         Client {
             state_dir: state_dir.to_path_buf(),
-            socket: crate::state_dir::StateDir::new(state_dir).control_socket(),
+            socket: itproxy_daemon::StateDir::new(state_dir).control_socket(),
         }
     }
 

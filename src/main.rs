@@ -1,18 +1,11 @@
-//! The `itproxy` binary: CLI, daemon wiring, configuration, state and the control API.
-//! Protocol work lives in the subsystem crates (`itproxy-router`, ...).
+//! The `itproxy` binary: the command line (parsing, dispatch, printing). The daemon it starts
+//! with `up` is the `itproxy-daemon` crate; protocol work lives in the subsystem crates.
 
 mod cli;
 mod client;
 mod commands;
-mod control;
-mod daemon;
-mod persist;
-mod state;
-mod state_dir;
-mod supervisor;
-mod tls;
 
-use itproxy::{api, config};
+use itproxy_daemon::config;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::cli::{CaCommand, Cli, Command, UpArgs};
-use crate::config::Config;
+use itproxy_daemon::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -181,11 +174,11 @@ fn up(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Resu
     }
     // One thread for the DNS server and the control API (the proxy has its own): measured
     // faster for DNS than two workers on a 2-core machine (fewer cross-thread wake-ups).
-    Ok(runtime()?.block_on(daemon::run(config, state_dir, args.step))?)
+    Ok(runtime()?.block_on(itproxy_daemon::run(config, state_dir, args.step))?)
 }
 
 fn ca_command(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
-    let state_dir = &state_dir::StateDir::new(state_dir);
+    let state_dir = &itproxy_daemon::StateDir::new(state_dir);
     let rotate_domains = match &cmd {
         CaCommand::Rotate { domain, .. } => domain.clone(),
         _ => Vec::new(),

@@ -8,8 +8,8 @@
 
 use std::sync::LazyLock;
 
-use itproxy::api::{AppAction, PutRoute};
-use itproxy::config::Domains;
+use itproxy_daemon::api::{AppAction, PutRoute};
+use itproxy_daemon::config::Domains;
 use itproxy_router::{HostName, UpstreamSpec};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,7 +2,7 @@
 //! on any text: an error for a bad file, never a panic.
 #![no_main]
 
-use itproxy::config::{Config, CliOverrides};
+use itproxy_daemon::config::{Config, CliOverrides};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

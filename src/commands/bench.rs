@@ -20,8 +20,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::api::{self, RouteView};
 use crate::client::Client;
+use itproxy_daemon::api::{self, RouteView};
 
 /// What to measure and how; built from the command line.
 #[derive(Debug, Clone)]

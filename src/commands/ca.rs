@@ -9,18 +9,18 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use itproxy_certs::{trust_env, write_bundle, Authority};
 
-use crate::state_dir::StateDir;
+use itproxy_daemon::StateDir;
 
 /// `ca path`.
 pub fn path(state_dir: &StateDir, domains: &[String]) -> anyhow::Result<()> {
-    let (_, files, _) = crate::tls::load_or_create(state_dir, domains)?;
+    let (_, files, _) = itproxy_daemon::tls::load_or_create(state_dir, domains)?;
     println!("{}", files.root.display());
     Ok(())
 }
 
 /// `ca env`: shell `export` lines, or JSON.
 pub fn env(state_dir: &StateDir, domains: &[String], json: bool) -> anyhow::Result<()> {
-    let (_, files, _) = crate::tls::load_or_create(state_dir, domains)?;
+    let (_, files, _) = itproxy_daemon::tls::load_or_create(state_dir, domains)?;
     let vars = trust_env(&files);
     if json {
         let map: serde_json::Map<String, serde_json::Value> = vars
@@ -68,7 +68,12 @@ pub fn rotate(state_dir: &StateDir, domains: &[String], yes: bool) -> anyhow::Re
         }
     }
     state_dir.ensure()?;
-    let authority = Authority::create(&dir, domains, &crate::tls::ca_subject(), SystemTime::now())?;
+    let authority = Authority::create(
+        &dir,
+        domains,
+        &itproxy_daemon::tls::ca_subject(),
+        SystemTime::now(),
+    )?;
     let files = state_dir.trust_files();
     write_bundle(authority.root_pem(), &files.bundle)?;
     let _ = std::fs::remove_dir_all(state_dir.leaf_caches());
@@ -84,7 +89,7 @@ const SYSTEM_ANCHORS: &str = "/usr/local/share/ca-certificates";
 fn anchor_path(authority: &Authority) -> PathBuf {
     PathBuf::from(SYSTEM_ANCHORS).join(format!(
         "itproxy-{}.crt",
-        crate::state_dir::root_id(authority)
+        itproxy_daemon::root_id(authority)
     ))
 }
 
@@ -129,7 +134,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// `ca install` / `ca uninstall`: the system store (Debian's update-ca-certificates) and the
 /// NSS databases of Chromium and Firefox, each step reported.
 pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow::Result<()> {
-    let (authority, files, _) = crate::tls::load_or_create(state_dir, domains)?;
+    let (authority, files, _) = itproxy_daemon::tls::load_or_create(state_dir, domains)?;
     let nick = format!("itproxy local CA {}", &authority.fingerprint()[..11]);
     let mut did = 0;
     let anchor = anchor_path(&authority);

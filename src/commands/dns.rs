@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::config::Config;
+use itproxy_daemon::config::Config;
 
 enum Step {
     Write(PathBuf, String),

@@ -9,11 +9,11 @@ use futures_util::StreamExt;
 use http::Method;
 use itproxy_orchestrator::{Engine, EnvName, ErrorScan, LogLine};
 
-use crate::api::{self, AppState, EnvPhase};
 use crate::cli::{AppActionArgs, AppCommand, LogsArgs};
 use crate::client::{Client, ClientError};
-use crate::config::Config;
-use crate::state_dir::StateDir;
+use itproxy_daemon::api::{self, AppState, EnvPhase};
+use itproxy_daemon::config::Config;
+use itproxy_daemon::StateDir;
 
 /// Set in the detached daemon's environment, so it runs in the foreground.
 const DETACHED_CHILD: &str = "ITPROXY_DETACHED_CHILD";

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use http::Method;
 
-use crate::api::{self, RouteView};
 use crate::cli::RouteArgs;
 use crate::client::Client;
+use itproxy_daemon::api::{self, RouteView};
 
 pub mod bench;
 pub mod ca;

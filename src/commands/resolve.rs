@@ -11,8 +11,8 @@ use itproxy_dns::proto::op::{Message, MessageType, OpCode, Query};
 use itproxy_dns::proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api;
 use crate::client::Client;
+use itproxy_daemon::api;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
