@@ -35,8 +35,8 @@ STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 DURATION = os.environ.get("BENCH_DURATION", "30s")
 WORK = tempfile.mkdtemp(prefix="itproxy-bench-")
 STATE = os.path.join(WORK, "state")
-# A second itproxy with the fast path off: every request through Pingora's full proxy
-# pipeline, to show what the fast path changes in the same run.
+# A second itproxy with the HTTP/1.1 front off: every request through Pingora's full proxy
+# pipeline, to show what the front changes in the same run.
 PIPELINE_STATE = os.path.join(WORK, "state-pipeline")
 procs = []
 
@@ -188,7 +188,7 @@ def main():
                 f"{WORK}/itproxy.log")
     pipeline_conf = os.path.join(WORK, "pipeline.toml")
     with open(pipeline_conf, "w") as f:
-        f.write("[proxy]\nfast_path = false\n")
+        f.write("[proxy]\nh1_front = false\n")
     itp_pipeline = start([BIN, "--state-dir", PIPELINE_STATE, "--config", pipeline_conf, "up", "--http",
                           f"{IP}:{PORTS['itproxy-pipeline']}", "--no-https", "--no-dns"], f"{WORK}/itproxy-pipeline.log")
     relay = os.path.exists(STREAM_MODULE)

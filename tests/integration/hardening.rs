@@ -1,5 +1,5 @@
 //! The HTTP front as a security boundary: hostile clients and misbehaving upstreams, each case
-//! run on both fronts (the forwarder, and Pingora's pipeline alone with `fast_path = false`)
+//! run on both fronts (the HTTP/1.1 front, and Pingora's pipeline alone with `h1_front = false`)
 //! and expected to behave the same.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,11 +13,11 @@ use crate::util::*;
 
 /// itproxy on each front, with `extra` lines added to `[proxy]`.
 fn fronts(extra: &str) -> Vec<(&'static str, Itproxy)> {
-    [("forwarder", "true"), ("pipeline", "false")]
+    [("h1", "true"), ("pipeline", "false")]
         .into_iter()
         .map(|(name, fast)| {
             let dir = tempfile::tempdir().unwrap().keep();
-            let cfg = write_config(&dir, &format!("[proxy]\nfast_path = {fast}\n{extra}\n"));
+            let cfg = write_config(&dir, &format!("[proxy]\nh1_front = {fast}\n{extra}\n"));
             (
                 name,
                 Itproxy::start_with(&["--config", cfg.to_str().unwrap()]),
@@ -641,14 +641,14 @@ async fn a_body_that_stops_short_is_not_waited_for_forever() {
             .await
             .unwrap();
         let reply = read_until_quiet(&mut tcp, Duration::from_secs(4)).await;
-        if front == "forwarder" {
+        if front == "h1" {
             assert_eq!(status_of(&reply), 408, "{front}: {reply}");
         }
         assert!(
             closed_within(&mut tcp, Duration::from_millis(100)).await,
             "{front}"
         );
-        if front == "forwarder" {
+        if front == "h1" {
             // Small bodies are read whole first; the pipeline streams them, as nginx does
             // with proxy_request_buffering off, and cuts the upstream request instead.
             assert_eq!(

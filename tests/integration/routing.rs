@@ -172,7 +172,7 @@ async fn upstream_connections_are_pooled_but_never_cross_a_swap() {
 async fn one_keepalive_connection_carries_every_kind_of_request() {
     let api = Backend::start("api").await;
     let pipeline_only = tempfile::tempdir().unwrap();
-    let config = write_config(pipeline_only.path(), "[proxy]\nfast_path = false\n");
+    let config = write_config(pipeline_only.path(), "[proxy]\nh1_front = false\n");
     for extra in [vec![], vec!["--config", config.to_str().unwrap()]] {
         let p = Itproxy::start_with(&extra);
         p.ok(&["route", "api", &api.target()]);

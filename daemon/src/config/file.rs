@@ -114,7 +114,9 @@ pub(super) struct ProxySection {
     pub(super) max_connections_per_client: Option<usize>,
     pub(super) threads: Option<Threads>,
     pub(super) work_stealing: Option<bool>,
-    pub(super) fast_path: Option<bool>,
+    /// `fast_path` is its name before 0.2, still read.
+    #[serde(alias = "fast_path")]
+    pub(super) h1_front: Option<bool>,
 }
 
 /// `[tls]`.

@@ -352,7 +352,7 @@ fn proxy(
         max_connections_per_client,
         threads: file.threads.map(|t| t.0),
         work_stealing: file.work_stealing.unwrap_or(false),
-        fast_path: file.fast_path.unwrap_or(true),
+        h1_front: file.h1_front.unwrap_or(true),
     })
 }
 
@@ -472,7 +472,7 @@ mod tests {
                 max_connections_per_client: DEFAULT_CONNECTIONS_PER_CLIENT,
                 threads: None,
                 work_stealing: false,
-                fast_path: true,
+                h1_front: true,
             }
         );
         assert_eq!(
@@ -555,7 +555,7 @@ mod tests {
                 max_connections_per_client: DEFAULT_CONNECTIONS_PER_CLIENT,
                 threads: Some(2),
                 work_stealing: false,
-                fast_path: true,
+                h1_front: true,
             }
         );
         assert_eq!(

@@ -35,8 +35,9 @@ pub struct ProxySettings {
     pub threads: Option<usize>,
     /// Whether proxy threads steal work from each other.
     pub work_stealing: bool,
-    /// Whether simple requests take the lean forwarding path.
-    pub fast_path: bool,
+    /// Whether HTTP/1.1 connections are read by itproxy's own HTTP/1.1 front (which lends
+    /// what it does not serve itself to Pingora), or all go through Pingora's pipeline.
+    pub h1_front: bool,
 }
 
 /// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and
@@ -167,7 +168,7 @@ impl ProxySettings {
                 .threads
                 .unwrap_or_else(|| RouterConfig::default().threads),
             work_stealing: self.work_stealing,
-            fast_path: self.fast_path,
+            fast_path: self.h1_front,
             shutdown_timeout: self.timeouts.shutdown_grace,
             header_timeout: self.timeouts.header,
             keepalive_timeout: self.timeouts.keepalive,
@@ -293,9 +294,16 @@ mod tests {
     }
 
     #[test]
+    fn the_old_fast_path_key_still_switches_the_http1_front() {
+        assert!(config(LISTEN).proxy.h1_front);
+        assert!(!config(&format!("{LISTEN}[proxy]\nfast_path = false\n")).proxy.h1_front);
+        assert!(!config(&format!("{LISTEN}[proxy]\nh1_front = false\n")).proxy.h1_front);
+    }
+
+    #[test]
     fn router_config_adds_the_gateway_on_the_first_ports() {
         let c = config(&format!(
-            "{LISTEN}[proxy]\nthreads = 3\nshutdown_grace = \"1s\"\nmax_connections_per_client = 7\nfast_path = false\n"
+            "{LISTEN}[proxy]\nthreads = 3\nshutdown_grace = \"1s\"\nmax_connections_per_client = 7\nh1_front = false\n"
         ));
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = itproxy_certs::Authority::load_or_create(
