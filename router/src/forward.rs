@@ -54,7 +54,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chunked::ChunkedEnd;
-use crate::listener::ClientStream;
+use crate::replay::ReplayStream;
 use crate::message::{self, tokens, MAX_HEAD, MAX_HEADERS};
 use crate::pages::{self, Page};
 use crate::upstream::{Scheme, Upstream};
@@ -264,7 +264,7 @@ impl Forwarder {
         let mut stream = L4Stream::from(conn.client);
         // Gives the session the client's address (X-Forwarded-For), read lazily.
         stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-        let stream = Box::new(ClientStream::new(Box::new(stream)));
+        let stream = Box::new(ReplayStream::new(Box::new(stream)));
         self.take_turns(stream, conn.buf, Some(peer.ip()), false, shutdown)
             .await;
     }

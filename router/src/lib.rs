@@ -29,6 +29,7 @@ mod listener;
 mod message;
 mod pages;
 mod proxy;
+mod replay;
 mod server;
 mod table;
 mod upstream;
