@@ -54,9 +54,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chunked::ChunkedEnd;
-use crate::replay::ReplayStream;
 use crate::message::{self, tokens, MAX_HEAD, MAX_HEADERS};
 use crate::pages::{self, Page};
+use crate::policy::{Decision, Incoming, Rewrite, RoutingPolicy};
+use crate::replay::ReplayStream;
 use crate::upstream::{Scheme, Upstream};
 use crate::{HostRouter, Route, RouteTable};
 
@@ -454,7 +455,7 @@ impl Forwarder {
             .headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("via"));
-        if self.router.passed_here(via.map(|h| h.value)) {
+        if self.router.policy().passed_here(via.map(|h| h.value)) {
             let host = req
                 .headers
                 .iter()
@@ -510,22 +511,25 @@ impl Forwarder {
         let Ok(authority) = std::str::from_utf8(host) else {
             return Parsed::HandOver;
         };
-        let route = {
-            let table = self.router.routes.load();
-            match table.lookup(authority) {
-                Some(route) => route.clone(),
-                None => return Parsed::HandOver,
-            }
+        let policy = self.router.policy();
+        let route = match policy.decide(authority, tls) {
+            Decision::Forward(route) if route.upstream().spec().scheme() == Scheme::Http => route,
+            // Redirects, unknown hosts and https:// targets.
+            _ => return Parsed::HandOver,
         };
-        if route.upstream().spec().scheme() != Scheme::Http
-            || (route.redirects_https() && self.router.https_port.is_some() && !tls)
-        {
-            return Parsed::HandOver;
-        }
-
-        let trusted = self.router.is_trusted(peer);
-        let keep_proto = trusted && forwarded_proto;
-        let keep_host = trusted && forwarded_host;
+        let forwarded = policy.forwarded(
+            peer,
+            tls,
+            Incoming {
+                forwarded_for,
+                forwarded_proto,
+                forwarded_host,
+                host: Some(host),
+            },
+        );
+        // The client's own, unless the policy keeps them.
+        let drop_proto = !matches!(forwarded.proto, Rewrite::Keep);
+        let drop_host = !matches!(forwarded.host, Rewrite::Keep);
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -534,8 +538,8 @@ impl Forwarder {
         for h in req.headers.iter() {
             let name = h.name;
             let ours = name.eq_ignore_ascii_case("x-forwarded-for")
-                || (!keep_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
-                || (!keep_host && name.eq_ignore_ascii_case("x-forwarded-host"));
+                || (drop_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
+                || (drop_host && name.eq_ignore_ascii_case("x-forwarded-host"));
             if ours
                 || HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
                 || (connection && named_by_connection(name, req.headers))
@@ -544,23 +548,18 @@ impl Forwarder {
             }
             put_header(out, name.as_bytes(), h.value);
         }
-        if let Some(ip) = peer {
+        if let Rewrite::Set(forwarded_for) = forwarded.for_ {
             out.extend_from_slice(b"X-Forwarded-For: ");
-            if let (true, Some(before)) = (trusted, forwarded_for) {
-                out.extend_from_slice(before);
-                out.extend_from_slice(b", ");
-            }
-            let _ = write!(out, "{ip}");
+            forwarded_for.write_to(out);
             out.extend_from_slice(b"\r\n");
         }
-        if !keep_proto {
-            let proto: &[u8] = if tls { b"https" } else { b"http" };
-            put_header(out, b"X-Forwarded-Proto", proto);
+        if let Rewrite::Set(proto) = forwarded.proto {
+            put_header(out, b"X-Forwarded-Proto", proto.as_bytes());
         }
-        if !keep_host {
+        if let Rewrite::Set(host) = forwarded.host {
             put_header(out, b"X-Forwarded-Host", host);
         }
-        put_header(out, b"Via", self.router.via().as_bytes());
+        put_header(out, b"Via", policy.via().as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[head_len..head_len + body_len]);
         Parsed::Forward(Prepared {
@@ -573,7 +572,7 @@ impl Forwarder {
             head_request: method == "HEAD",
             client_close,
             wants_html,
-            access: access_log_enabled().then(|| (method.into(), path.into())),
+            access: RoutingPolicy::access_log_enabled().then(|| (method.into(), path.into())),
         })
     }
 
@@ -632,32 +631,16 @@ impl Forwarder {
         C: AsyncWrite + Unpin,
     {
         let status = pages::upstream_status(e.etype());
-        tracing::warn!(
-            host = %p.route.host(),
-            target = %p.route.upstream().spec(),
-            status,
-            error = %e,
-            "upstream request failed"
-        );
+        RoutingPolicy::log_upstream_failure(Some(&p.route), status, e);
         self.refuse(conn, &Page::upstream_failed(status, &p.route, e), Some(p))
             .await;
     }
 }
 
-fn access_log_enabled() -> bool {
-    tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG)
-}
-
 /// The same access line as the pipeline's (`HostRouter::logging`).
 fn access_log(p: &Prepared, status: u16) {
     if let Some((method, uri)) = &p.access {
-        tracing::debug!(
-            target: "itproxy::access",
-            method = %method,
-            uri = %uri,
-            host = p.route.host().as_str(),
-            status,
-        );
+        RoutingPolicy::log_access(method, uri, Some(p.route.host().as_str()), status);
     }
 }
 
@@ -1325,7 +1308,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            format!("GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: API.test:80\r\nVia: {}\r\n\r\n", f.router.via())
+            format!("GET /a?b HTTP/1.1\r\nHost: API.test:80\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: API.test:80\r\nVia: {}\r\n\r\n", f.router.policy().via())
         );
         let trusted = upstream_request(
             &f,

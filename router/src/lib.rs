@@ -28,6 +28,7 @@ mod host;
 mod listener;
 mod message;
 mod pages;
+mod policy;
 mod proxy;
 mod replay;
 mod server;

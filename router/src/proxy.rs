@@ -1,18 +1,21 @@
 //! The Pingora `ProxyHttp` implementation: pick the route by host, forward, explain failures.
+//! Which route, which redirect and which `X-Forwarded-*` are the routing policy's (`policy`),
+//! the same the HTTP/1.1 front applies.
 //!
 //! ```text
-//! request ─▶ request_filter ── no Host ─────────────▶ 400
-//!              │  load() table, lookup host ─ none ──▶ 404 (lists known routes)
+//! request ─▶ request_filter ── own Via entry ───────▶ 508
+//!              │               no Host ─────────────▶ 400
+//!              │  policy.decide(host) ─ no route ───▶ 404 (lists known routes)
+//!              │                      ─ redirect ───▶ 308 to https://
 //!              ▼
 //!            upstream_peer ─▶ prepared HttpPeer (address tried last time first)
 //!              │  connect fails ─▶ fail_to_connect: next address, if any
 //!              ▼
-//!            upstream_request_filter: origin-form URI, X-Forwarded-*
+//!            upstream_request_filter: origin-form URI, Via, policy.forwarded: X-Forwarded-*
 //!              ▼
 //!            response ─▶ client         errors ─▶ fail_to_proxy: 502/504 naming route + target
 //! ```
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -27,6 +30,7 @@ use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
 
 use crate::message;
 use crate::pages::{self, Page};
+use crate::policy::{Decision, Incoming, Rewrite, RoutingPolicy};
 use crate::{Route, RouteTable};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -43,16 +47,11 @@ pub struct RequestCtx {
     peer_index: usize,
 }
 
-/// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`]; also the
-/// routing policy the forwarder (`forward`) applies before it hands a request over.
+/// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`]. Its routing
+/// policy is the HTTP/1.1 front's too (`policy`), so both fronts route alike.
 #[derive(Clone)]
 pub struct HostRouter {
-    pub(crate) routes: Arc<ArcSwap<RouteTable>>,
-    trusted_proxies: Vec<IpNet>,
-    pub(crate) https_port: Option<u16>,
-    /// This proxy's `Via` entry (`1.1 itproxy-<random>`): a request that carries it already
-    /// has been here, so its route loops.
-    via: Arc<str>,
+    policy: RoutingPolicy,
 }
 
 impl HostRouter {
@@ -64,29 +63,14 @@ impl HostRouter {
         trusted_proxies: Vec<IpNet>,
         https_port: Option<u16>,
     ) -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        // Random per process, so two itproxy instances chained on purpose are no loop.
-        let id = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish() as u32;
         HostRouter {
-            routes,
-            trusted_proxies,
-            https_port,
-            via: format!("1.1 itproxy-{id:08x}").into(),
+            policy: RoutingPolicy::new(routes, trusted_proxies, https_port),
         }
     }
 
-    /// The `Via` entry this proxy adds to every request it forwards.
-    pub(crate) fn via(&self) -> &str {
-        &self.via
-    }
-
-    /// Whether a request with these `Via` values passed through this proxy before (its own
-    /// entry): its route loops back to us.
-    pub(crate) fn passed_here<'h>(&self, mut via: impl Iterator<Item = &'h [u8]>) -> bool {
-        let token = &self.via.as_bytes()[4..];
-        via.any(|value| value.windows(token.len()).any(|w| w == token))
+    /// The routing policy this proxy applies, for the HTTP/1.1 front to apply the same.
+    pub(crate) fn policy(&self) -> &RoutingPolicy {
+        &self.policy
     }
 
     /// The request as the upstream gets it: origin-form with a Host header, and
@@ -117,7 +101,7 @@ impl HostRouter {
                 .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad Cookie"))?;
             req.insert_header(header::COOKIE, joined)?;
         }
-        req.append_header(header::VIA, &*self.via)?;
+        req.append_header(header::VIA, self.policy.via())?;
         // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
         // HTTP/1.1 upstream expects origin-form and a Host header.
         if req.uri.authority().is_some() {
@@ -139,45 +123,45 @@ impl HostRouter {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let trusted = self.is_trusted(client_ip);
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-
-        let client = client_ip.map(|ip| ip.to_string());
-        match (trusted, req.headers.get(X_FORWARDED_FOR), &client) {
-            (true, Some(prev), Some(ip)) => {
-                let mut v = prev.as_bytes().to_vec();
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(ip.as_bytes());
+        let incoming = Incoming {
+            forwarded_for: req.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            forwarded_proto: req.headers.contains_key(X_FORWARDED_PROTO),
+            forwarded_host: req.headers.contains_key(X_FORWARDED_HOST),
+            host: requested_host.as_ref().map(|h| h.as_bytes()),
+        };
+        // Taken out of the borrowed headers before they change.
+        let (forwarded_for, proto, host) = {
+            let f = self.policy.forwarded(client_ip, is_tls(session), incoming);
+            let forwarded_for = f.for_.map(|f| {
+                let mut v = Vec::with_capacity(64);
+                f.write_to(&mut v);
+                v
+            });
+            (forwarded_for, f.proto, f.host.map(|_| ()))
+        };
+        match forwarded_for {
+            Rewrite::Set(v) => {
                 let v = HeaderValue::from_bytes(&v).map_err(|_| {
                     PError::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For")
                 })?;
                 req.insert_header(X_FORWARDED_FOR, v)?;
             }
-            (_, _, Some(ip)) => req.insert_header(X_FORWARDED_FOR, ip.as_str())?,
-            (_, _, None) => {
+            Rewrite::Remove => {
                 req.remove_header(X_FORWARDED_FOR);
             }
+            Rewrite::Keep => {}
         }
-        if !(trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
-            req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        if let Rewrite::Set(proto) = proto {
+            req.insert_header(X_FORWARDED_PROTO, proto)?;
         }
-        if !(trusted && req.headers.contains_key(X_FORWARDED_HOST)) {
-            match requested_host {
-                Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
-                None => {
-                    req.remove_header(X_FORWARDED_HOST);
-                }
+        match (host, requested_host) {
+            (Rewrite::Set(()), Some(host)) => req.insert_header(X_FORWARDED_HOST, host)?,
+            (Rewrite::Keep, _) => {}
+            _ => {
+                req.remove_header(X_FORWARDED_HOST);
             }
         }
         Ok(())
-    }
-
-    /// Whether a client at `ip` may pass its own `X-Forwarded-*` headers.
-    pub(crate) fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        match ip {
-            Some(ip) => self.trusted_proxies.iter().any(|n| n.contains(&ip)),
-            None => false,
-        }
     }
 }
 
@@ -258,7 +242,7 @@ impl ProxyHttp for HostRouter {
         // Every HTTP/1 head passed the forwarder's gate (`message`) before it got here, loops
         // included; HTTP/2 requests come straight from Pingora's codec, which checks framing,
         // but a loop through another proxy can arrive over HTTP/2 too.
-        let looped = self.passed_here(
+        let looped = self.policy.passed_here(
             session
                 .req_header()
                 .headers
@@ -277,26 +261,17 @@ impl ProxyHttp for HostRouter {
             send_page(session, Page::MissingHost).await?;
             return Ok(true);
         };
-        let table = self.routes.load();
-        match table.lookup(authority) {
-            Some(route) => {
-                let route = route.clone();
-                drop(table);
-                if let (true, Some(port)) = (route.redirects_https(), self.https_port) {
-                    if !is_tls(session) {
-                        redirect_https(session, route.host().as_str(), port).await?;
-                        return Ok(true);
-                    }
-                }
+        match self.policy.decide(authority, is_tls(session)) {
+            Decision::Forward(route) => {
                 ctx.route = Some(route);
                 Ok(false)
             }
-            None => {
-                let page = Page::NoRoute {
-                    host: authority.to_string(),
-                    known: pages::known_routes(&table),
-                };
-                drop(table);
+            Decision::RedirectHttps { route, port } => {
+                redirect_https(session, route.host().as_str(), port).await?;
+                Ok(true)
+            }
+            Decision::NoRoute => {
+                let page = self.policy.no_route_page(authority);
                 send_page(session, page).await?;
                 Ok(true)
             }
@@ -470,28 +445,15 @@ impl ProxyHttp for HostRouter {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let host = ctx.route.as_ref().map(|r| r.host().as_str());
         if let Some(e) = e {
-            // Pingora's own error log is silenced by default; this line says the same once.
             if *e.esource() == ErrorSource::Upstream {
-                tracing::warn!(
-                    host,
-                    target = ctx.route.as_ref().map(|r| r.upstream().spec().to_string()),
-                    status,
-                    error = %e,
-                    "upstream request failed"
-                );
+                RoutingPolicy::log_upstream_failure(ctx.route.as_deref(), status, e);
             } else {
                 tracing::debug!(host, status, error = %e, "request failed");
             }
         }
-        if tracing::enabled!(target: "itproxy::access", tracing::Level::DEBUG) {
+        if RoutingPolicy::access_log_enabled() {
             let req = session.req_header();
-            tracing::debug!(
-                target: "itproxy::access",
-                method = %req.method,
-                uri = %req.uri,
-                host,
-                status,
-            );
+            RoutingPolicy::log_access(&req.method, &req.uri, host, status);
         }
     }
 }
