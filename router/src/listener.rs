@@ -5,7 +5,7 @@
 //! reactor: every read of half the connections then wakes two threads (seen with strace as an
 //! eventfd write per request). Here each thread has its own `SO_REUSEPORT` socket per address
 //! (the kernel spreads connections across them), accepts, and serves the connection on the
-//! same thread, through the [`Forwarder`].
+//! same thread, through the HTTP/1.1 front ([`H1Front`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +16,7 @@ use std::time::Duration;
 use pingora::apps::ServerApp;
 use tokio::sync::watch;
 
-use crate::forward::Forwarder;
+use crate::h1::H1Front;
 use crate::Error;
 
 /// The threads serving plain HTTP.
@@ -45,7 +45,7 @@ impl PlainHttp {
     pub(crate) fn start(
         addrs: &[SocketAddr],
         threads: usize,
-        app: Arc<Forwarder>,
+        app: Arc<H1Front>,
         shutdown_timeout: Duration,
     ) -> Result<PlainHttp, Error> {
         let mut sockets = Vec::with_capacity(threads);
@@ -91,7 +91,7 @@ impl PlainHttp {
 
 fn serve_thread(
     sockets: Vec<std::net::TcpListener>,
-    app: Arc<Forwarder>,
+    app: Arc<H1Front>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 ) {
@@ -159,7 +159,7 @@ impl Drop for Serving {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    app: Arc<Forwarder>,
+    app: Arc<H1Front>,
     stop: watch::Receiver<bool>,
     connections: Arc<AtomicUsize>,
 ) {

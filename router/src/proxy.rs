@@ -239,7 +239,7 @@ impl ProxyHttp for HostRouter {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
-        // Every HTTP/1 head passed the forwarder's gate (`message`) before it got here, loops
+        // Every HTTP/1 head passed the HTTP/1.1 front's gate (`message`) before it got here, loops
         // included; HTTP/2 requests come straight from Pingora's codec, which checks framing,
         // but a loop through another proxy can arrive over HTTP/2 too.
         let looped = self.policy.passed_here(
@@ -357,7 +357,7 @@ impl ProxyHttp for HostRouter {
         _ctx: &mut RequestCtx,
     ) -> PResult<()> {
         // A switch nobody asked for would turn the connection into a raw tunnel to whatever
-        // the upstream sends next; the forwarder refuses it too.
+        // the upstream sends next; the HTTP/1.1 front refuses it too.
         if upstream_response.status.as_u16() == 101 && !session.is_upgrade_req() {
             return Err(PError::explain(
                 ErrorType::InvalidHTTPHeader,
@@ -365,12 +365,12 @@ impl ProxyHttp for HostRouter {
             )
             .into_up());
         }
-        // Our version, as the forwarder answers: relaying an HTTP/1.0 upstream's status line
+        // Our version, as the HTTP/1.1 front answers: relaying an HTTP/1.0 upstream's status line
         // makes clients fall back to HTTP/1.0 for their next request.
         if upstream_response.version == http::Version::HTTP_10 {
             upstream_response.set_version(http::Version::HTTP_11);
         }
-        // The forwarder's response head limit, on this path too.
+        // The HTTP/1.1 front's response head limit, on this path too.
         let head: usize = upstream_response
             .headers
             .iter()

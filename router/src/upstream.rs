@@ -228,14 +228,12 @@ pub struct Upstream {
     preferred: AtomicUsize,
     connect_timeout: Duration,
     read_timeout: Duration,
-    /// Idle keepalive connections of the forwarder: this route's only, so they end with it.
+    /// Idle keepalive connections of the HTTP/1.1 front: this route's only, so they end with it.
     idle: std::sync::Mutex<Vec<Idle>>,
 }
 
-/// A pooled connection: the index of the address it goes to, the thread whose runtime it
-/// belongs to, and since when it is idle.
+/// A pooled connection: the thread whose runtime it belongs to, and since when it is idle.
 struct Idle {
-    index: usize,
     thread: u64,
     stream: tokio::net::TcpStream,
     since: std::time::Instant,
@@ -335,7 +333,7 @@ impl Upstream {
     /// a socket registered with another thread's reactor would have every read wake that
     /// thread, which then wakes this one (measured: one extra syscall and a cross-thread
     /// wake-up per request).
-    pub(crate) fn take_idle(&self) -> Option<(usize, tokio::net::TcpStream)> {
+    pub(crate) fn take_idle(&self) -> Option<tokio::net::TcpStream> {
         let thread = this_thread();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let i = idle.iter().rposition(|c| c.thread == thread)?;
@@ -345,16 +343,14 @@ impl Upstream {
             idle.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
             return None;
         }
-        let c = idle.remove(i);
-        Some((c.index, c.stream))
+        Some(idle.remove(i).stream)
     }
 
     /// Keeps a connection for the next request (closed instead when the pool is full).
-    pub(crate) fn put_idle(&self, index: usize, stream: tokio::net::TcpStream) {
+    pub(crate) fn put_idle(&self, stream: tokio::net::TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                index,
                 thread: this_thread(),
                 stream,
                 since: std::time::Instant::now(),
