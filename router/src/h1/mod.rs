@@ -42,13 +42,14 @@
 //! request here (see the LIFECYCLE notes and issue 6's measurements); this path does what nginx
 //! does per request and nothing more.
 //!
-//! Upstream connections are pooled per route and per thread (`Upstream::take_idle`), so none
-//! outlives or crosses a route change; a pooled one is checked before it is used, and a
-//! request is sent twice only if it is idempotent and got no response byte (`upstream_conn`).
+//! Upstream connections are pooled per route and per thread, with no lock (`pool`), so none
+//! outlives or crosses a route change; a pooled one is checked before it is used, and a request
+//! is sent twice only if it is idempotent and got no response byte (`upstream_conn`).
 
 mod body;
 pub(crate) mod chunked;
 mod client;
+mod pool;
 pub(crate) mod request;
 pub(crate) mod response;
 mod upstream_conn;
@@ -318,7 +319,7 @@ impl H1Front {
         match relayed {
             Ok(end) => {
                 if end == BodyEnd::Exact && response.reusable {
-                    upstream.put_idle(up);
+                    pool::put(upstream, up);
                 }
                 if client_keep {
                     Next::KeepAlive

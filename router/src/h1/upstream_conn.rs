@@ -8,6 +8,7 @@
 //! never sent twice, so it only ever goes on a connection the check showed open, or a new one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::{Error as PError, ErrorType};
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::body::READ_CHUNK;
 use super::client::Conn;
+use super::pool;
 use super::request::{Prepared, MAX_BODY};
 use super::response::{parse_response, ResponseHead};
 use crate::message::MAX_HEAD;
@@ -40,7 +42,7 @@ pub(super) enum Failure {
 /// passing informational responses on; leaves the client's response head in `conn.out`
 /// (without its `Connection` header).
 pub(super) async fn exchange<C>(
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     conn: &mut Conn<C>,
     p: &Prepared,
 ) -> Result<Exchanged, Failure>
@@ -53,7 +55,7 @@ where
         let idle = if fresh_only {
             None
         } else {
-            upstream.take_idle()
+            pool::take(upstream)
         };
         let reused = idle.is_some();
         let mut up = match idle {
@@ -65,7 +67,7 @@ where
                 if !p.idempotent {
                     // Not sent twice: only a new connection for this one.
                     fresh_only = true;
-                    upstream.clear_idle();
+                    pool::clear(upstream);
                 }
                 continue;
             }
@@ -90,7 +92,7 @@ where
             Err(Failure::Upstream(e)) if reused && p.idempotent && is_stale(&e) => {
                 // Closed while idle: so are its idle siblings, most likely.
                 tracing::debug!(error = %e, "a pooled upstream connection was closed; retrying on a new one");
-                upstream.clear_idle();
+                pool::clear(upstream);
                 fresh_only = true;
             }
             Err(e) => return Err(e),
