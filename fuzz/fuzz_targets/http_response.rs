@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|head: &[u8]| {
     let mut out = Vec::new();
-    if let ResponseVerdict::Incomplete | ResponseVerdict::Invalid = read_response(head, false, &mut out) {
+    if let ResponseVerdict::Incomplete | ResponseVerdict::Invalid =
+        read_response(head, false, &mut out)
+    {
         return;
     }
     let mut theirs = [httparse::EMPTY_HEADER; 128];
@@ -77,8 +79,5 @@ fuzz_target!(|head: &[u8]| {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .count();
-    assert_eq!(
-        connections, 1,
-        "only the front's own Connection: {out:?}"
-    );
+    assert_eq!(connections, 1, "only the front's own Connection: {out:?}");
 });

@@ -13,7 +13,8 @@
 //! use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamSpec};
 //!
 //! let spec = UpstreamSpec::parse("127.0.0.1:8000").unwrap();
-//! let upstream = Upstream::new(spec, vec!["127.0.0.1:8000".parse().unwrap()], 1, &Default::default());
+//! let addrs = vec!["127.0.0.1:8000".parse().unwrap()];
+//! let upstream = Upstream::new(spec, addrs, 1, &Default::default());
 //! let route = Route::new(HostName::parse("api.test").unwrap(), Arc::new(upstream));
 //! let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new([route])));
 //! let codec = RequestCodec::new(routes, vec![], None);

@@ -35,7 +35,7 @@ pub(crate) fn known_routes(table: &RouteTable) -> (Vec<KnownRoute>, usize) {
 
 pub(crate) enum Page {
     MissingHost,
-    /// A request head the front refuses (framing, size): 400 or 431.
+    /// A request head the HTTP/1.1 front refuses (framing, size): 400 or 431.
     BadRequest(crate::message::Refusal),
     /// The request's head did not arrive in time.
     RequestTimeout,

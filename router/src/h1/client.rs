@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::body::READ_CHUNK;
 use crate::pages::Page;
 
-/// Limits and timeouts of the HTTP/1.1 front, the same whichever front serves the request
-/// (see `RouterConfig`).
+/// Limits and timeouts of client connections on the HTTP/1.1 front, whichever front then
+/// serves their requests (see `RouterConfig`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientLimits {
     /// Time from a request's first byte until its head (and a small body) is complete.

@@ -39,7 +39,7 @@
 //!
 //! Why not Pingora's session for these requests too: its per-request work (header maps, two
 //! tasks joined by channels on the full path, header clones) cost 1.5-2.8x nginx's CPU per
-//! request here (see the LIFECYCLE notes and issue 6's measurements); this path does what nginx
+//! request here (see the LIFECYCLE notes and issue 6's measurements); this front does what nginx
 //! does per request and nothing more.
 //!
 //! Upstream connections are pooled per route and per thread, with no lock (`pool`), so none

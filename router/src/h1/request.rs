@@ -64,7 +64,7 @@ pub(crate) enum Parsed {
 }
 
 impl RequestRules {
-    /// Parses the request head at the start of `buf` and, if this path takes it, writes the
+    /// Parses the request head at the start of `buf` and, if this front forwards it, writes the
     /// upstream request into `out`.
     pub(crate) fn prepare(
         &self,

@@ -2,10 +2,14 @@
 //! upstream's addresses from the preferred one on), the request written, and the final
 //! response head read, informational ones passed on to the client meanwhile.
 //!
-//! The retry rules: a pooled connection is first checked with one non-blocking read
-//! ([`still_open`]). An idempotent request (GET, HEAD, PUT, DELETE, ...) that got no response
-//! byte on a reused connection is sent once more on a new one; any other (POST, PATCH) is
-//! never sent twice, so it only ever goes on a connection the check showed open, or a new one.
+//! The retry rules. An idle connection the upstream closed is found when it is reused: every
+//! pooled connection is first checked with one non-blocking read ([`still_open`]: one the
+//! upstream closed reads end-of-file; one with unasked bytes, such as a stray response or a
+//! body after a HEAD answer, must not carry another client's request), and one goes back to the
+//! pool only when its response ended exactly where its framing said (`body::BodyEnd`). An
+//! idempotent request (GET, HEAD, PUT, DELETE, ...) that got no response byte on a reused
+//! connection is sent once more on a new one; any other (POST, PATCH) is never sent twice, so
+//! it only ever goes on a connection the check showed open, or a new one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,26 +16,25 @@
 //!            response ─▶ client         errors ─▶ fail_to_proxy: 502/504 naming route + target
 //! ```
 
+mod answer;
+mod upstream_request;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
 
+use self::answer::{redirect_https, send_page};
 use crate::message;
 use crate::pages::{self, Page};
-use crate::policy::{Decision, Incoming, Rewrite, RoutingPolicy};
+use crate::policy::{Decision, RoutingPolicy};
 use crate::{Route, RouteTable};
-
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// Per-request state.
 #[derive(Default)]
@@ -72,97 +71,6 @@ impl HostRouter {
     pub(crate) fn policy(&self) -> &RoutingPolicy {
         &self.policy
     }
-
-    /// The request as the upstream gets it: origin-form with a Host header, and
-    /// `X-Forwarded-*` set (extended only for trusted proxies).
-    fn rewrite_for_upstream(&self, session: &Session, req: &mut RequestHeader) -> PResult<()> {
-        // The host the client asked for, before the URI loses its authority below.
-        let requested_host = session
-            .req_header()
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                req.uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-        // HTTP/2 clients send each cookie as its own field; an HTTP/1.1 upstream expects one
-        // Cookie header, joined with "; " (RFC 9113 8.2.3).
-        if req.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
-            let joined = req
-                .headers
-                .get_all(header::COOKIE)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect::<Vec<_>>()
-                .join(&b"; "[..]);
-            let joined = HeaderValue::from_bytes(&joined)
-                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad Cookie"))?;
-            req.insert_header(header::COOKIE, joined)?;
-        }
-        req.append_header(header::VIA, self.policy.via())?;
-        // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
-        // HTTP/1.1 upstream expects origin-form and a Host header.
-        if req.uri.authority().is_some() {
-            let authority = req.uri.authority().map(|a| a.as_str().to_string());
-            let path = req
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-            let uri = path
-                .parse()
-                .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad request URI"))?;
-            req.set_uri(uri);
-            if let Some(a) = authority {
-                req.insert_header(header::HOST, a)?;
-            }
-        }
-
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let incoming = Incoming {
-            forwarded_for: req.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()),
-            forwarded_proto: req.headers.contains_key(X_FORWARDED_PROTO),
-            forwarded_host: req.headers.contains_key(X_FORWARDED_HOST),
-            host: requested_host.as_ref().map(|h| h.as_bytes()),
-        };
-        // Taken out of the borrowed headers before they change.
-        let (forwarded_for, proto, host) = {
-            let f = self.policy.forwarded(client_ip, is_tls(session), incoming);
-            let forwarded_for = f.for_.map(|f| {
-                let mut v = Vec::with_capacity(64);
-                f.write_to(&mut v);
-                v
-            });
-            (forwarded_for, f.proto, f.host.map(|_| ()))
-        };
-        match forwarded_for {
-            Rewrite::Set(v) => {
-                let v = HeaderValue::from_bytes(&v).map_err(|_| {
-                    PError::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For")
-                })?;
-                req.insert_header(X_FORWARDED_FOR, v)?;
-            }
-            Rewrite::Remove => {
-                req.remove_header(X_FORWARDED_FOR);
-            }
-            Rewrite::Keep => {}
-        }
-        if let Rewrite::Set(proto) = proto {
-            req.insert_header(X_FORWARDED_PROTO, proto)?;
-        }
-        match (host, requested_host) {
-            (Rewrite::Set(()), Some(host)) => req.insert_header(X_FORWARDED_HOST, host)?,
-            (Rewrite::Keep, _) => {}
-            _ => {
-                req.remove_header(X_FORWARDED_HOST);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The host a request is for: the URI authority (absolute-form or HTTP/2) or the Host header.
@@ -175,59 +83,6 @@ fn request_authority(req: &RequestHeader) -> Option<&str> {
 
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// 308 to the same host and path over HTTPS.
-async fn redirect_https(session: &mut Session, host: &str, port: u16) -> PResult<()> {
-    let path = session
-        .req_header()
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
-    let location = if port == 443 {
-        format!("https://{host}{path}")
-    } else {
-        format!("https://{host}:{port}{path}")
-    };
-    let mut resp = ResponseHeader::build(308, Some(3))?;
-    resp.insert_header(header::LOCATION, location)?;
-    resp.insert_header(header::CONTENT_LENGTH, 0)?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    answer(session, resp, Bytes::new()).await
-}
-
-/// Sends a complete answer of our own. Unlike Pingora's `write_error_response`, the client
-/// keeps its connection for the next request (as nginx does after a 404 or a redirect), unless
-/// the request was bad (4xx other than 404) or a proxying error occurred.
-async fn answer(session: &mut Session, resp: ResponseHeader, body: Bytes) -> PResult<()> {
-    let status = resp.status.as_u16();
-    if (400..500).contains(&status) && status != 404 || status >= 500 {
-        return session.write_error_response(resp, body).await;
-    }
-    let empty = body.is_empty();
-    session.write_response_header(Box::new(resp), empty).await?;
-    if !empty {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
-
-fn wants_html(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"))
-}
-
-async fn send_page(session: &mut Session, page: Page) -> PResult<()> {
-    let (content_type, body) = page.render(wants_html(session));
-    let mut resp = ResponseHeader::build(page.status(), Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    answer(session, resp, Bytes::from(body)).await
 }
 
 #[async_trait]
@@ -347,7 +202,7 @@ impl ProxyHttp for HostRouter {
         req: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        self.rewrite_for_upstream(session, req)
+        upstream_request::rewrite_for_upstream(&self.policy, session, is_tls(session), req)
     }
 
     async fn upstream_response_filter(
@@ -370,7 +225,7 @@ impl ProxyHttp for HostRouter {
         if upstream_response.version == http::Version::HTTP_10 {
             upstream_response.set_version(http::Version::HTTP_11);
         }
-        // The HTTP/1.1 front's response head limit, on this path too.
+        // The HTTP/1.1 front's response head limit, in the pipeline too.
         let head: usize = upstream_response
             .headers
             .iter()
