@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the request-path route lookup, of publishing a new route table, and of
-//! rewriting request and response heads on the forwarding path.
+//! rewriting request and response heads on the HTTP/1.1 front (`itproxy_router::codec`).
 //! Run with `make bench` (or `cargo bench --bench route_table`).
 
 use std::hint::black_box;
@@ -69,10 +69,12 @@ fn publish(c: &mut Criterion) {
 }
 
 fn rewrite(c: &mut Criterion) {
-    use itproxy_router::rewrite_bench::{response, RequestRewrite};
+    use itproxy_router::codec::{read_response, RequestCodec, RequestVerdict, ResponseVerdict};
     let mut g = c.benchmark_group("rewrite");
     let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(routes(1_000))));
-    let requests = RequestRewrite::new(routes);
+    let requests = RequestCodec::new(routes, vec![], None);
+    let forwarded = |v| matches!(v, RequestVerdict::Forward { .. });
+    let relayed = |v| matches!(v, ResponseVerdict::Final { .. });
     // What a browser sends, give or take.
     let request = b"GET /api/items?page=2 HTTP/1.1\r\nHost: app500.test\r\n\
 User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
@@ -81,16 +83,16 @@ Accept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\
 Cookie: session=0123456789abcdef; theme=dark\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
     let peer = "127.0.0.1".parse().unwrap();
     let mut out = Vec::with_capacity(4096);
-    assert!(requests.rewrite(request, peer, &mut out));
+    assert!(forwarded(requests.read(request, peer, false, &mut out)));
     g.bench_function("request_head", |b| {
-        b.iter(|| requests.rewrite(black_box(request), peer, &mut out))
+        b.iter(|| forwarded(requests.read(black_box(request), peer, false, &mut out)))
     });
     let answer = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\n\
 Content-Type: application/json\r\nContent-Length: 1234\r\nConnection: keep-alive\r\n\
 Cache-Control: no-cache\r\nETag: \"abc123\"\r\n\r\n";
-    assert!(response(answer, &mut out));
+    assert!(relayed(read_response(answer, false, &mut out)));
     g.bench_function("response_head", |b| {
-        b.iter(|| response(black_box(answer), &mut out))
+        b.iter(|| relayed(read_response(black_box(answer), false, &mut out)))
     });
     g.finish();
 }

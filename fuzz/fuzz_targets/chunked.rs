@@ -5,7 +5,7 @@
 //! the body's length), then the body; a seed is `\0` followed by a chunked body.
 #![no_main]
 
-use itproxy_router::fuzz_api::ChunkedEnd;
+use itproxy_router::codec::ChunkedEnd;
 use libfuzzer_sys::fuzz_target;
 
 /// What the scanner says about `body` read in the pieces between `cuts` (sorted): the end's

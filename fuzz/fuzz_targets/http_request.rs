@@ -1,4 +1,5 @@
-//! The forwarder's request head parser and rewriter, on any bytes a client may send.
+//! The HTTP/1.1 front's request head parser and rewriter (`itproxy_router::codec`), on any
+//! bytes a client may send.
 //!
 //! Never panics, and whatever it forwards is one well-formed request head (plus the body it
 //! announced) with exactly one Host, no hop-by-hop header, and our X-Forwarded-For.
@@ -8,12 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
-use itproxy_router::rewrite_bench::RequestRewrite;
+use itproxy_router::codec::{RequestCodec, RequestVerdict};
 use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamSpec};
 use libfuzzer_sys::fuzz_target;
 
 /// The hosts the seeds use: a plain route, a TLS upstream (handed over) and a redirecting one.
-static FORWARDER: LazyLock<RequestRewrite> = LazyLock::new(|| {
+static FRONT: LazyLock<RequestCodec> = LazyLock::new(|| {
     let route = |host: &str, target: &str, redirect: bool| {
         let spec = UpstreamSpec::parse(target).unwrap();
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), spec.port());
@@ -26,7 +27,8 @@ static FORWARDER: LazyLock<RequestRewrite> = LazyLock::new(|| {
         route("secure.test", "https://127.0.0.1:8443", false),
         route("shop.test", "127.0.0.1:9000", true),
     ]);
-    RequestRewrite::new(Arc::new(ArcSwap::from_pointee(table)))
+    // No trusted proxies and no HTTPS listener (so no redirects), as before.
+    RequestCodec::new(Arc::new(ArcSwap::from_pointee(table)), vec![], None)
 });
 
 /// Headers a proxy must not pass on (RFC 9110 7.6.1), whatever the client sent.
@@ -51,9 +53,9 @@ fuzz_target!(|data: &[u8]| {
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
     };
     let mut out = Vec::new();
-    if !FORWARDER.rewrite(head, peer, &mut out) {
+    let RequestVerdict::Forward { len } = FRONT.read(head, peer, false, &mut out) else {
         return;
-    }
+    };
 
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
@@ -66,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(httparse::Status::Complete(original_len)) = original.parse(head) else {
         panic!("a head that does not parse was forwarded: {head:?}");
     };
+    assert_eq!(len, original_len + (out.len() - head_len), "{out:?}");
     assert_eq!(req.method, original.method, "the method changed");
     assert_eq!(req.path, original.path, "the target changed");
     assert_eq!(req.version, Some(1));

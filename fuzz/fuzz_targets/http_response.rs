@@ -1,17 +1,19 @@
-//! The forwarder's upstream response head parser, which decides the body's framing and writes
-//! the client's response head, on any bytes an upstream may send.
+//! The HTTP/1.1 front's upstream response head parser (`itproxy_router::codec`), which decides
+//! the body's framing and writes the client's response head, on any bytes an upstream may send.
 //!
-//! Never panics, and what it writes for a final response (once the forwarder adds its
-//! Connection header) is one well-formed response head with the upstream's status, only the
-//! forwarder's own connection headers, and never a length beside a transfer coding.
+//! Never panics, and what it writes for a final response (once the front adds its Connection
+//! header) is one well-formed response head with the upstream's status, only the front's own
+//! connection headers, and never a length beside a transfer coding.
 #![no_main]
 
-use itproxy_router::rewrite_bench;
+use itproxy_router::codec::{read_response, ResponseVerdict};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|head: &[u8]| {
     let mut out = Vec::new();
-    if !rewrite_bench::response(head, &mut out) {
+    if let ResponseVerdict::Incomplete | ResponseVerdict::Invalid =
+        read_response(head, false, &mut out)
+    {
         return;
     }
     let mut theirs = [httparse::EMPTY_HEADER; 128];
@@ -52,7 +54,7 @@ fuzz_target!(|head: &[u8]| {
             "{name} was passed on: {out:?}"
         );
     }
-    // The client frames the body as the forwarder relays it: by the upstream's transfer
+    // The client frames the body as the front relays it: by the upstream's transfer
     // coding, else by its length (equal lengths go out once, as a plain number).
     let framing = |headers: &[httparse::Header<'_>]| -> (bool, Vec<u64>) {
         let te = headers
@@ -77,8 +79,5 @@ fuzz_target!(|head: &[u8]| {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .count();
-    assert_eq!(
-        connections, 1,
-        "only the forwarder's own Connection: {out:?}"
-    );
+    assert_eq!(connections, 1, "only the front's own Connection: {out:?}");
 });

@@ -5,12 +5,14 @@
 //! itproxy answers itself (400/404/502/504), and running the proxy inside the daemon
 //! ([`start`], [`RunningRouter`]).
 //!
-//! Every HTTP/1.1 request head is read and checked by the `forward` front (one framing rule for
-//! both paths, in `message`), which forwards simple requests (no body or a small one, no
+//! Every HTTP/1.1 request head is read and checked by the HTTP/1.1 front (`h1`; one framing rule
+//! for both fronts, in `message`), which forwards simple requests (no body or a small one, no
 //! upgrade, `http://` target) itself with a per-route, per-thread connection pool, and lends
 //! the connection to Pingora's full proxy pipeline ([`HostRouter`]) one request at a time for
-//! everything else (streamed bodies, WebSocket, its own pages); HTTP/2 goes to the pipeline. Plain HTTP is accepted by one
-//! `SO_REUSEPORT` loop per proxy thread (`listener`), TLS by Pingora's listeners.
+//! everything else (streamed bodies, WebSocket, its own pages); HTTP/2 goes to the pipeline.
+//! Both fronts route by one policy (`policy`). Plain HTTP is accepted by one `SO_REUSEPORT`
+//! loop per proxy thread (`listener`), TLS by Pingora's listeners. The front's sans-io steps
+//! are public as [`codec`], for benchmarks and fuzzing.
 //!
 //! It reads no files and no environment: the daemon hands it validated values and publishes
 //! new tables through the shared `ArcSwap<RouteTable>`; one `store` is one route swap.
@@ -20,23 +22,21 @@
 //! ```
 #![warn(missing_docs, clippy::print_stdout)]
 
-mod chunked;
-mod forward;
-#[doc(hidden)]
-pub mod fuzz_api;
+pub mod codec;
+mod h1;
 mod host;
 mod listener;
 mod message;
 mod pages;
+mod policy;
 mod proxy;
+mod replay;
 mod server;
 mod table;
 mod upstream;
 
 use std::net::SocketAddr;
 
-#[doc(hidden)]
-pub use forward::bench as rewrite_bench;
 pub use host::HostName;
 pub use proxy::{HostRouter, RequestCtx};
 pub use server::{start, RouterConfig, RunningRouter};

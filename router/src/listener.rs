@@ -5,7 +5,7 @@
 //! reactor: every read of half the connections then wakes two threads (seen with strace as an
 //! eventfd write per request). Here each thread has its own `SO_REUSEPORT` socket per address
 //! (the kernel spreads connections across them), accepts, and serves the connection on the
-//! same thread, through the [`Forwarder`].
+//! same thread, through the HTTP/1.1 front ([`H1Front`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,10 +14,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
 use tokio::sync::watch;
 
-use crate::forward::Forwarder;
+use crate::h1::H1Front;
 use crate::Error;
 
 /// The threads serving plain HTTP.
@@ -46,7 +45,7 @@ impl PlainHttp {
     pub(crate) fn start(
         addrs: &[SocketAddr],
         threads: usize,
-        app: Arc<Forwarder>,
+        app: Arc<H1Front>,
         shutdown_timeout: Duration,
     ) -> Result<PlainHttp, Error> {
         let mut sockets = Vec::with_capacity(threads);
@@ -92,7 +91,7 @@ impl PlainHttp {
 
 fn serve_thread(
     sockets: Vec<std::net::TcpListener>,
-    app: Arc<Forwarder>,
+    app: Arc<H1Front>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 ) {
@@ -160,7 +159,7 @@ impl Drop for Serving {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    app: Arc<Forwarder>,
+    app: Arc<H1Front>,
     stop: watch::Receiver<bool>,
     connections: Arc<AtomicUsize>,
 ) {
@@ -181,132 +180,5 @@ async fn accept_loop(
             app.serve_plain(tcp, peer, &stop).await;
             drop(serving);
         });
-    }
-}
-
-/// A plain client connection handed to Pingora's pipeline: writes are gathered until Pingora
-/// flushes, so a response's header and a small body leave in one `send` (as Pingora's own
-/// listeners do with their 1460-byte write buffer, which streams built outside them lack).
-#[derive(Debug)]
-pub(crate) struct ClientStream {
-    inner: tokio::io::BufWriter<Stream>,
-}
-
-/// Big enough for the header and body of most API answers.
-const WRITE_BUFFER: usize = 8 * 1024;
-
-impl ClientStream {
-    pub(crate) fn new(stream: Stream) -> Self {
-        ClientStream {
-            inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
-        }
-    }
-}
-
-mod client_stream_io {
-    use std::io;
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll};
-    use std::time::Duration;
-
-    use async_trait::async_trait;
-    use pingora::protocols::raw_connect::ProxyDigest;
-    use pingora::protocols::tls::SslDigest;
-    use pingora::protocols::tls::TlsRef;
-    use pingora::protocols::{
-        GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-        TimingDigest, UniqueID, UniqueIDType, ALPN,
-    };
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-    use super::ClientStream;
-
-    impl AsyncRead for ClientStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for ClientStream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
-    #[async_trait]
-    impl Shutdown for ClientStream {
-        async fn shutdown(&mut self) {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
-        }
-    }
-
-    impl UniqueID for ClientStream {
-        fn id(&self) -> UniqueIDType {
-            self.inner.get_ref().id()
-        }
-    }
-
-    impl Ssl for ClientStream {
-        fn get_ssl(&self) -> Option<&TlsRef> {
-            self.inner.get_ref().get_ssl()
-        }
-        fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-            self.inner.get_ref().get_ssl_digest()
-        }
-        fn selected_alpn_proto(&self) -> Option<ALPN> {
-            self.inner.get_ref().selected_alpn_proto()
-        }
-    }
-
-    impl GetTimingDigest for ClientStream {
-        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-            self.inner.get_ref().get_timing_digest()
-        }
-        fn get_read_pending_time(&self) -> Duration {
-            self.inner.get_ref().get_read_pending_time()
-        }
-        fn get_write_pending_time(&self) -> Duration {
-            self.inner.get_ref().get_write_pending_time()
-        }
-    }
-
-    impl GetProxyDigest for ClientStream {
-        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-            self.inner.get_ref().get_proxy_digest()
-        }
-        fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-            self.inner.get_mut().set_proxy_digest(digest)
-        }
-    }
-
-    impl GetSocketDigest for ClientStream {
-        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-            self.inner.get_ref().get_socket_digest()
-        }
-        fn set_socket_digest(&mut self, digest: SocketDigest) {
-            self.inner.get_mut().set_socket_digest(digest)
-        }
-    }
-
-    #[async_trait]
-    impl Peek for ClientStream {
-        async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-            self.inner.get_mut().try_peek(buf).await
-        }
     }
 }

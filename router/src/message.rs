@@ -1,7 +1,9 @@
 //! What makes an HTTP/1 request head acceptable, and how its body is framed: one rule for both
-//! fronts (the forwarder checks it before it forwards or hands a connection over; the pipeline
-//! checks it again for connections it reads itself), so a message that one front would read
-//! one way never reaches an upstream that could read it another way.
+//! fronts (the HTTP/1.1 front checks every head before it forwards the request or lends the
+//! connection to Pingora's pipeline), so a message that one front would read one way never
+//! reaches an upstream that could read it another way. Also the header rules both directions
+//! share: the `Content-Length` value, hop-by-hop fields, and fields a `Connection` header may
+//! not name.
 //!
 //! The rules follow RFC 9110/9112 and, where those allow a choice, nginx: a request is refused
 //! (and its connection closed) rather than repaired when its framing is ambiguous.
@@ -23,6 +25,17 @@ const PROTECTED: [&str; 7] = [
     "x-forwarded-host",
     "x-forwarded-proto",
     "via",
+];
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
+pub(crate) const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// Why a request is refused; always answered with `status` and a closed connection.
@@ -70,7 +83,7 @@ pub(crate) fn check_request<'h>(
                     "the request has more than one Content-Length header",
                 ));
             }
-            length = Some(parse_length(value).ok_or(refuse(
+            length = Some(content_length(value).ok_or(refuse(
                 400,
                 "the request's Content-Length is not a single number",
             ))?);
@@ -125,8 +138,16 @@ pub(crate) fn check_request<'h>(
     }
 }
 
-/// A `Content-Length` value: 1 to 19 digits, nothing else (no sign, list or spaces).
-pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+/// A `Content-Length` value, the one rule for requests and responses alike: 1 to 19 ASCII
+/// digits and nothing else: no sign (`+5`), no list (`5, 5`), no inner spaces. Leading zeros
+/// are fine (`05` is 5). `value` is the field value as httparse gives it, which has already lost
+/// the optional whitespace around it (RFC 9110 5.5).
+///
+/// What differs by direction is how several fields are read: a request with two is refused
+/// (`check_request`); a response's equal ones are one length and unequal ones make it invalid
+/// (`h1::response`), as Pingora reads them. Either way an invalid value is never guessed at: a
+/// request is answered 400, a response 502.
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -144,8 +165,26 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Whether `name` may be removed because a `Connection` header names it: never a protected
 /// field, whoever sent it (an upstream's `Connection: Content-Length` must not unframe the
 /// response it relays).
-pub(crate) fn is_protected(name: &str) -> bool {
+fn is_protected(name: &str) -> bool {
     PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// Whether a `Connection` header among `headers` names `name` as hop-by-hop (never one
+/// that frames or routes the message: see [`is_protected`]).
+pub(crate) fn named_by_connection(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    !is_protected(name)
+        && headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// Appends one header line, `name: value`, to a head being written.
+pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -209,5 +248,34 @@ mod tests {
         let many = "a,".repeat(40);
         let many: &'static str = Box::leak(many.into_boxed_str());
         assert_eq!(check(&[("Connection", many)], 1), Err(400));
+    }
+
+    #[test]
+    fn one_content_length_rule() {
+        for (value, length) in [
+            ("0", Some(0)),
+            ("05", Some(5)),
+            ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+            ("", None),
+            ("+5", None),
+            ("-5", None),
+            ("5, 5", None),
+            ("5 5", None),
+            ("0x5", None),
+            ("99999999999999999999", None),
+        ] {
+            assert_eq!(content_length(value.as_bytes()), length, "{value:?}");
+        }
+        // The whitespace around a value is httparse's to remove, in both directions.
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(b"POST / HTTP/1.1\r\nContent-Length: \t5 \t\r\n\r\n")
+            .unwrap();
+        assert_eq!(content_length(req.headers[0].value), Some(5));
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(b"HTTP/1.1 200 OK\r\nContent-Length:  5  \r\n\r\n")
+            .unwrap();
+        assert_eq!(content_length(resp.headers[0].value), Some(5));
     }
 }

@@ -1,7 +1,12 @@
 //! The pages itproxy answers with itself: 400, 404 and 502/504, as HTML for browsers and JSON
-//! for everything else.
+//! for everything else; Pingora's pipeline sends them through its session, the HTTP/1.1 front
+//! as a whole response it writes itself ([`Page::write_h1`]).
+
+use std::io::Write as _;
 
 use serde_json::json;
+
+use crate::message::put_header;
 
 use crate::{RouteTable, Upstream};
 
@@ -30,7 +35,7 @@ pub(crate) fn known_routes(table: &RouteTable) -> (Vec<KnownRoute>, usize) {
 
 pub(crate) enum Page {
     MissingHost,
-    /// A request head the front refuses (framing, size): 400 or 431.
+    /// A request head the HTTP/1.1 front refuses (framing, size): 400 or 431.
     BadRequest(crate::message::Refusal),
     /// The request's head did not arrive in time.
     RequestTimeout,
@@ -119,6 +124,30 @@ impl Page {
                 format!("route {route} could not reach its target {target}: {detail}")
             }
         }
+    }
+
+    /// Writes the whole HTTP/1.1 response for this page (head and body, `Connection: close`)
+    /// into `out`, as the HTTP/1.1 front sends it: HTML for browsers (`html`), JSON for
+    /// everyone else.
+    pub(crate) fn write_h1(&self, html: bool, out: &mut Vec<u8>) {
+        let (content_type, body) = self.render(html);
+        let status = self.status();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.clear();
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        put_header(out, b"Content-Type", content_type.as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        put_header(out, b"Cache-Control", b"no-store");
+        put_header(
+            out,
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
     }
 
     /// The content type and body: HTML for browsers (`html`), JSON for everyone else.
@@ -283,6 +312,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&p.json()).unwrap();
         assert_eq!(v["host"], "<script>");
         assert_eq!(v["status"], 404);
+    }
+
+    #[test]
+    fn an_h1_page_is_one_closing_response() {
+        let mut out = Vec::new();
+        Page::RequestTimeout.write_h1(false, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nContent-Type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+        assert!(head.ends_with("\r\nConnection: close"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], 408);
     }
 
     #[test]

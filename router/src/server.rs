@@ -16,7 +16,7 @@ use pingora::services::listening::Service;
 use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
-use crate::forward::{ClientCounts, ClientLimits, Forwarder};
+use crate::h1::{ClientCounts, ClientLimits, H1Front};
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
@@ -53,8 +53,10 @@ pub struct RouterConfig {
     /// Open connections one client address may hold (plain and TLS together); more are
     /// answered 503 and closed.
     pub max_connections_per_client: usize,
-    /// Forward simple requests (HTTP/1.1, bodies up to 64 KiB, no upgrade, plain-HTTP upstream) on our
-    /// own lean path (`forward`) rather than Pingora's full pipeline.
+    /// Let the HTTP/1.1 front forward simple requests (HTTP/1.1, bodies up to 64 KiB, no
+    /// upgrade, plain-HTTP upstream) itself rather than lend them to Pingora's full pipeline.
+    /// Off, every request is still read and checked by the front, then served by the
+    /// pipeline.
     pub fast_path: bool,
 }
 
@@ -154,8 +156,8 @@ pub fn start(
     };
     // One count of each client's connections across the plain and TLS fronts.
     let clients = Arc::new(ClientCounts::default());
-    let forwarder = || {
-        Forwarder::new(
+    let front = || {
+        H1Front::new(
             &server.configuration,
             router.clone(),
             config.fast_path,
@@ -170,13 +172,13 @@ pub fn start(
         Some(crate::listener::PlainHttp::start(
             &config.http,
             config.threads.max(1),
-            Arc::new(forwarder()),
+            Arc::new(front()),
             config.shutdown_timeout,
         )?)
     } else {
         None
     };
-    let mut service = Service::new("itproxy http".to_string(), forwarder());
+    let mut service = Service::new("itproxy http".to_string(), front());
     if !own_http {
         for addr in &config.http {
             service.add_tcp(&addr.to_string());

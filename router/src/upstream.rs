@@ -228,24 +228,9 @@ pub struct Upstream {
     preferred: AtomicUsize,
     connect_timeout: Duration,
     read_timeout: Duration,
-    /// Idle keepalive connections of the forwarder: this route's only, so they end with it.
-    idle: std::sync::Mutex<Vec<Idle>>,
+    /// Tells this upstream from an earlier one at the same address (see [`Upstream::new`]).
+    generation: u64,
 }
-
-/// A pooled connection: the index of the address it goes to, the thread whose runtime it
-/// belongs to, and since when it is idle.
-struct Idle {
-    index: usize,
-    thread: u64,
-    stream: tokio::net::TcpStream,
-    since: std::time::Instant,
-}
-
-/// At most this many idle connections per route (as many as concurrent requests need).
-const MAX_IDLE: usize = 256;
-/// Idle connections older than this are closed rather than reused: servers close theirs
-/// after 60-75 s (nginx, Node) or less, and a reused closed one costs a retry.
-const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 impl Upstream {
     /// Prepares the peers for `addrs`. `generation` must differ between two upstreams that may
@@ -279,7 +264,7 @@ impl Upstream {
             preferred: AtomicUsize::new(0),
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
-            idle: std::sync::Mutex::new(Vec::new()),
+            generation,
         }
     }
 
@@ -329,51 +314,12 @@ impl Upstream {
         self.read_timeout
     }
 
-    /// This thread's most recently used idle connection, if one is fresh enough.
-    ///
-    /// Only this thread's: each proxy thread runs its own runtime (without work stealing), and
-    /// a socket registered with another thread's reactor would have every read wake that
-    /// thread, which then wakes this one (measured: one extra syscall and a cross-thread
-    /// wake-up per request).
-    pub(crate) fn take_idle(&self) -> Option<(usize, tokio::net::TcpStream)> {
-        let thread = this_thread();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let i = idle.iter().rposition(|c| c.thread == thread)?;
-        if idle[i].since.elapsed() >= IDLE_LIMIT {
-            // The most recent one is too old, so are the older ones: close them all.
-            let now = std::time::Instant::now();
-            idle.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
-            return None;
-        }
-        let c = idle.remove(i);
-        Some((c.index, c.stream))
+    /// Tells this upstream from an earlier one that may share an address: the HTTP/1.1
+    /// front's pool keeps connections under it, as Pingora's keeps them under the peers'
+    /// `group_key`.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
-
-    /// Keeps a connection for the next request (closed instead when the pool is full).
-    pub(crate) fn put_idle(&self, index: usize, stream: tokio::net::TcpStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                index,
-                thread: this_thread(),
-                stream,
-                since: std::time::Instant::now(),
-            });
-        }
-    }
-
-    /// Closes every idle connection.
-    pub(crate) fn clear_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
-/// A small number naming the current thread (cheaper than `std::thread::current().id()`).
-fn this_thread() -> u64 {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    ID.with(|id| *id)
 }
 
 impl fmt::Debug for Upstream {

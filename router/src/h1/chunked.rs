@@ -1,13 +1,14 @@
 //! Where a chunked message body ends (RFC 9112 7.1), found while its bytes are relayed as they
-//! are: the forwarder passes chunked bodies through untouched and only needs to know when the
-//! last chunk and the trailer section are over, so the upstream connection can be reused.
+//! are: the HTTP/1.1 front passes chunked bodies through untouched and only needs to know when
+//! the last chunk and the trailer section are over, so the upstream connection can be reused.
+//! Sans-io; public through [`codec`](crate::codec).
 
 /// Longest chunk-size line or trailer line accepted; real ones are a few dozen bytes.
 const MAX_LINE: usize = 8 * 1024;
 
 /// A body that is not valid chunked coding.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct InvalidChunk;
+pub struct InvalidChunk;
 
 #[derive(Debug)]
 enum State {
@@ -22,16 +23,23 @@ enum State {
     Done,
 }
 
-/// Follows a chunked body fed to it in pieces of any size.
+/// Follows a chunked body fed to it in pieces of any size, to find where it ends.
 #[derive(Debug)]
-pub(crate) struct ChunkedEnd {
+pub struct ChunkedEnd {
     state: State,
     /// The part of the current line seen so far (size and trailer lines only).
     line: Vec<u8>,
 }
 
+impl Default for ChunkedEnd {
+    fn default() -> Self {
+        ChunkedEnd::new()
+    }
+}
+
 impl ChunkedEnd {
-    pub(crate) fn new() -> Self {
+    /// A scanner at the start of a body.
+    pub fn new() -> Self {
         ChunkedEnd {
             state: State::Size,
             line: Vec::new(),
@@ -39,7 +47,7 @@ impl ChunkedEnd {
     }
 
     /// Consumes the next bytes of the body. Returns where in `data` the body ends, if it does.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, InvalidChunk> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, InvalidChunk> {
         let mut at = 0;
         while at < data.len() {
             match self.state {
