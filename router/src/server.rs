@@ -54,10 +54,10 @@ pub struct RouterConfig {
     /// answered 503 and closed.
     pub max_connections_per_client: usize,
     /// Let the HTTP/1.1 front forward simple requests (HTTP/1.1, bodies up to 64 KiB, no
-    /// upgrade, plain-HTTP upstream) itself rather than lend them to Pingora's full pipeline.
-    /// Off, every request is still read and checked by the front, then served by the
-    /// pipeline.
-    pub fast_path: bool,
+    /// upgrade, plain-HTTP upstream) itself rather than lend them to Pingora's full pipeline
+    /// (`[proxy] h1_front`). Off, every request is still read and checked by the front, then
+    /// served by the pipeline.
+    pub h1_front: bool,
 }
 
 impl Default for RouterConfig {
@@ -75,7 +75,7 @@ impl Default for RouterConfig {
             keepalive_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             max_connections_per_client: 1024,
-            fast_path: true,
+            h1_front: true,
         }
     }
 }
@@ -160,7 +160,7 @@ pub fn start(
         H1Front::new(
             &server.configuration,
             router.clone(),
-            config.fast_path,
+            config.h1_front,
             limits,
         )
         .with_clients(clients.clone())

@@ -168,7 +168,7 @@ impl ProxySettings {
                 .threads
                 .unwrap_or_else(|| RouterConfig::default().threads),
             work_stealing: self.work_stealing,
-            fast_path: self.h1_front,
+            h1_front: self.h1_front,
             shutdown_timeout: self.timeouts.shutdown_grace,
             header_timeout: self.timeouts.header,
             keepalive_timeout: self.timeouts.keepalive,
@@ -296,8 +296,16 @@ mod tests {
     #[test]
     fn the_old_fast_path_key_still_switches_the_http1_front() {
         assert!(config(LISTEN).proxy.h1_front);
-        assert!(!config(&format!("{LISTEN}[proxy]\nfast_path = false\n")).proxy.h1_front);
-        assert!(!config(&format!("{LISTEN}[proxy]\nh1_front = false\n")).proxy.h1_front);
+        assert!(
+            !config(&format!("{LISTEN}[proxy]\nfast_path = false\n"))
+                .proxy
+                .h1_front
+        );
+        assert!(
+            !config(&format!("{LISTEN}[proxy]\nh1_front = false\n"))
+                .proxy
+                .h1_front
+        );
     }
 
     #[test]
@@ -332,7 +340,7 @@ mod tests {
         assert!(r.certificates.is_some());
         assert_eq!(r.upstream_roots.as_ref(), Some(&bundle));
         assert_eq!(
-            (r.threads, r.max_connections_per_client, r.fast_path),
+            (r.threads, r.max_connections_per_client, r.h1_front),
             (3, 7, false)
         );
         assert_eq!(r.shutdown_timeout, Duration::from_secs(1));
