@@ -23,6 +23,8 @@ use crate::Error;
 pub(crate) struct PlainHttp {
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The addresses served, with the port the system chose where one was 0.
+    addrs: Vec<SocketAddr>,
 }
 
 /// A listening socket that shares its address with the other threads' (`SO_REUSEPORT`).
@@ -40,25 +42,64 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// Port 0 on several addresses of one protocol means one free port for all of them, as
+/// configured ports are shared (the environment's gateway listens on the loopback listener's
+/// port): the first address with port 0 gets a free port, the others bind the same one.
+#[derive(Default)]
+pub(crate) struct SharedFreePort(Option<u16>);
+
+impl SharedFreePort {
+    /// The address to bind for the configured `addr`.
+    pub(crate) fn to_bind(&self, addr: SocketAddr) -> SocketAddr {
+        match (addr.port(), self.0) {
+            (0, Some(port)) => SocketAddr::new(addr.ip(), port),
+            _ => addr,
+        }
+    }
+
+    /// Records that the configured `addr` was bound at `at`.
+    pub(crate) fn bound(&mut self, addr: SocketAddr, at: SocketAddr) {
+        if addr.port() == 0 && self.0.is_none() {
+            self.0 = Some(at.port());
+        }
+    }
+}
+
 impl PlainHttp {
-    /// Binds every address once per thread, then starts the threads.
+    /// Binds every address once per thread, then starts the threads. Addresses with port 0
+    /// get one free port ([`SharedFreePort`]) from the first thread's bind; the other threads
+    /// bind that port.
     pub(crate) fn start(
         addrs: &[SocketAddr],
         threads: usize,
         app: Arc<H1Front>,
         shutdown_timeout: Duration,
     ) -> Result<PlainHttp, Error> {
+        let bind = |addr| {
+            reuseport_listener(addr).map_err(|error| Error::Bind {
+                proto: "HTTP",
+                addr,
+                error,
+            })
+        };
+        let mut first = Vec::with_capacity(addrs.len());
+        let mut bound = Vec::with_capacity(addrs.len());
+        let mut free = SharedFreePort::default();
+        for &addr in addrs {
+            let listener = bind(free.to_bind(addr))?;
+            let at = listener.local_addr().map_err(|error| Error::Bind {
+                proto: "HTTP",
+                addr,
+                error,
+            })?;
+            free.bound(addr, at);
+            first.push(listener);
+            bound.push(at);
+        }
         let mut sockets = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            let mut mine = Vec::with_capacity(addrs.len());
-            for &addr in addrs {
-                mine.push(reuseport_listener(addr).map_err(|error| Error::Bind {
-                    proto: "HTTP",
-                    addr,
-                    error,
-                })?);
-            }
-            sockets.push(mine);
+        sockets.push(first);
+        for _ in 1..threads {
+            sockets.push(bound.iter().map(|&a| bind(a)).collect::<Result<_, _>>()?);
         }
         let (stop, watch) = watch::channel(false);
         let mut handles = Vec::with_capacity(threads);
@@ -74,7 +115,13 @@ impl PlainHttp {
         Ok(PlainHttp {
             stop,
             threads: handles,
+            addrs: bound,
         })
+    }
+
+    /// The addresses served (ports chosen by the system where 0 was asked).
+    pub(crate) fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Stops accepting, lets requests in flight finish (up to the shutdown timeout) and waits

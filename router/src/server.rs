@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TcpSocketOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -17,6 +18,7 @@ use pingora::tls::ResolvesServerCert;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::h1::{ClientCounts, ClientLimits, H1Front};
+use crate::listener::SharedFreePort;
 use crate::{Error, HostRouter, RouteTable};
 
 /// How the proxy listens and behaves; built by the daemon from validated configuration.
@@ -124,16 +126,37 @@ pub fn start(
         (None, false) => return Err(Error::NoCertificates),
         (_, true) => None,
     };
-    for (&addr, proto) in config
-        .http
-        .iter()
-        .map(|a| (a, "HTTP"))
-        .chain(config.https.iter().map(|a| (a, "HTTPS")))
-    {
-        // std sets SO_REUSEADDR like Pingora does, so this probe does not block its bind.
-        TcpListener::bind(addr).map_err(|error| Error::Bind { proto, addr, error })?;
-    }
-
+    // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
+    // TLS, and everything with work stealing, stays on Pingora's listeners.
+    let own_http = !config.work_stealing && !config.http.is_empty();
+    // Pingora's listeners are checked (and port 0 resolved) before Pingora starts: it would
+    // panic on its own thread instead of reporting a bind error.
+    let mut held = Vec::new();
+    let mut reserve = |addrs: &[SocketAddr], proto| -> Result<Vec<SocketAddr>, Error> {
+        let mut free = SharedFreePort::default();
+        let mut bound = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let (at, holder) = reserve(free.to_bind(addr), proto)?;
+            free.bound(addr, at);
+            held.extend(holder);
+            bound.push(at);
+        }
+        Ok(bound)
+    };
+    let https = reserve(&config.https, "HTTPS")?;
+    let pingora_http = if own_http {
+        // Checked only for the error: our own listeners bind these themselves below.
+        for &addr in config.http.iter().filter(|a| a.port() != 0) {
+            TcpListener::bind(addr).map_err(|error| Error::Bind {
+                proto: "HTTP",
+                addr,
+                error,
+            })?;
+        }
+        Vec::new()
+    } else {
+        reserve(&config.http, "HTTP")?
+    };
     let conf = ServerConf {
         threads: config.threads.max(1),
         work_stealing: config.work_stealing,
@@ -146,7 +169,7 @@ pub fn start(
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let https_port = config.https.first().map(|a| a.port());
+    let https_port = https.first().map(|a| a.port());
     let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port);
     let limits = ClientLimits {
         header_timeout: config.header_timeout,
@@ -165,9 +188,6 @@ pub fn start(
         )
         .with_clients(clients.clone())
     };
-    // Without work stealing, plain HTTP gets our per-thread accept loops (see `listener`);
-    // TLS, and everything with work stealing, stays on Pingora's listeners.
-    let own_http = !config.work_stealing && !config.http.is_empty();
     let plain = if own_http {
         Some(crate::listener::PlainHttp::start(
             &config.http,
@@ -179,18 +199,19 @@ pub fn start(
         None
     };
     let mut service = Service::new("itproxy http".to_string(), front());
-    if !own_http {
-        for addr in &config.http {
-            service.add_tcp(&addr.to_string());
-        }
+    // SO_REUSEPORT lets Pingora bind a port a placeholder holds (see `reserve`).
+    let mut shared = TcpSocketOptions::default();
+    shared.so_reuseport = Some(true);
+    for addr in &pingora_http {
+        service.add_tcp_with_settings(&addr.to_string(), shared.clone());
     }
     if let Some(resolver) = certificates {
-        for addr in &config.https {
+        for addr in &https {
             let mut tls =
                 TlsSettings::intermediate("", "").map_err(|e| Error::Tls(e.to_string()))?;
             tls.set_cert_resolver(resolver.clone());
             tls.enable_h2();
-            service.add_tls_with_settings(&addr.to_string(), None, tls);
+            service.add_tls_with_settings(&addr.to_string(), Some(shared.clone()), tls);
         }
     }
     server.add_service(service);
@@ -206,15 +227,20 @@ pub fn start(
         })
         .map_err(Error::Thread)?;
 
+    let http = match &plain {
+        Some(p) => p.addrs().to_vec(),
+        None => pingora_http,
+    };
     let mut running = RunningRouter {
         stop: Some(tx),
         thread: Some(thread),
         plain,
-        http: config.http.clone(),
-        https: config.https.clone(),
+        http,
+        https,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    for &addr in config.http.iter().chain(&config.https) {
+    let addrs: Vec<SocketAddr> = running.http.iter().chain(&running.https).copied().collect();
+    for addr in addrs {
         // Read from the kernel's socket table, not by connecting: a probe connection would
         // be a client that hangs up mid-handshake, logged as an error by the TLS listener.
         while !is_listening(addr) {
@@ -226,7 +252,36 @@ pub fn start(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    // Pingora listens on every address now: the placeholders can go.
+    drop(held);
     Ok(running)
+}
+
+/// Checks that `addr` can be listened on. With port 0 the system picks a free port, and a
+/// placeholder socket holds it (bound with `SO_REUSEPORT`, not listening, so it never accepts a
+/// connection) until Pingora's listener, which shares it, is up: no other program can take the
+/// port in between.
+fn reserve(
+    addr: SocketAddr,
+    proto: &'static str,
+) -> Result<(SocketAddr, Option<socket2::Socket>), Error> {
+    let fail = |error| Error::Bind { proto, addr, error };
+    if addr.port() != 0 {
+        // std sets SO_REUSEADDR like Pingora does, so this probe does not block its bind.
+        TcpListener::bind(addr).map_err(fail)?;
+        return Ok((addr, None));
+    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    let bound = socket
+        .local_addr()
+        .map_err(fail)?
+        .as_socket()
+        .ok_or_else(|| fail(std::io::Error::other("not an IP socket")))?;
+    Ok((bound, Some(socket)))
 }
 
 /// Whether a socket listens on `addr` (`/proc/net/tcp` or `tcp6`: state 0A is LISTEN).

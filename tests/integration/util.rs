@@ -1,5 +1,7 @@
-//! Test harness: the real `itproxy` binary on free loopback ports with a temporary state
-//! directory, real HTTP/WebSocket backends on loopback, and real clients.
+//! Test harness: the real `itproxy` binary on loopback with a temporary state directory, real
+//! HTTP/WebSocket backends on loopback, and real clients. itproxy binds port 0 and the harness
+//! reads the ports it got from its `listening for ... on ADDR` lines, so no test races another
+//! for a port.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,13 +21,25 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_itproxy");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now: for an upstream that is down, or a name that must be
+/// unique. (itproxy itself binds port 0; see `Itproxy::start_with`.)
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The first loopback address a start-up log says itproxy listens on for `proto`
+/// (`listening for HTTP on 127.0.0.1:41234`).
+fn listening(log: &str, proto: &str) -> SocketAddr {
+    let marker = format!("listening for {proto} on ");
+    log.lines()
+        .filter_map(|l| l.split_once(&marker))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
+        .find(|a| a.ip().is_loopback())
+        .unwrap_or_else(|| panic!("no `{marker}` line in the log:\n{log}"))
 }
 
 /// A running `itproxy up`, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -45,12 +59,12 @@ impl Itproxy {
         Self::start_with(&[])
     }
 
-    /// Starts itproxy with extra `up` arguments (e.g. `--config FILE`).
+    /// Starts itproxy with extra `up` arguments (e.g. `--config FILE`), on ports it picks.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let dns = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Port 0 the first time; a restart asks for the ports it had.
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (http, https, dns) = (any, any, any);
         let mut p = Itproxy {
             dir,
             http,
@@ -115,7 +129,11 @@ impl Itproxy {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.log().contains("itproxy is ready") {
+            let log = self.log();
+            if log.contains("itproxy is ready") {
+                self.http = listening(&log, "HTTP");
+                self.https = listening(&log, "HTTPS");
+                self.dns = listening(&log, "DNS");
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
