@@ -27,8 +27,10 @@ const PROTECTED: [&str; 7] = [
     "via",
 ];
 
-/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
-pub(crate) const HOP_BY_HOP: [&str; 7] = [
+/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message. The
+/// first three are those of a response too; the proxy credentials are for a proxy (here, us),
+/// not the upstream. Pingora's pipeline strips the same list from requests.
+pub(crate) const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -36,6 +38,9 @@ pub(crate) const HOP_BY_HOP: [&str; 7] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
 ];
 
 /// Why a request is refused; always answered with `status` and a closed connection.
@@ -165,7 +170,7 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Whether `name` may be removed because a `Connection` header names it: never a protected
 /// field, whoever sent it (an upstream's `Connection: Content-Length` must not unframe the
 /// response it relays).
-fn is_protected(name: &str) -> bool {
+pub(crate) fn is_protected(name: &str) -> bool {
     PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod dns;
 mod docker;
 mod errors;
+mod fronts;
 mod hardening;
 mod headers;
 mod persistence;

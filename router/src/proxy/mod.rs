@@ -254,6 +254,29 @@ impl ProxyHttp for HostRouter {
         if unframed {
             upstream_response.remove_header(&header::TRANSFER_ENCODING);
         }
+        // Headers the upstream's Connection names, Keep-Alive and Proxy-Connection describe its
+        // connection to us, not the message (RFC 9110 7.6.1): the HTTP/1.1 front drops them
+        // too. Framing headers are never dropped this way; Pingora writes its own Connection.
+        // A 101's `Connection: Upgrade` and `Upgrade` are the switch itself: relayed as they are.
+        if upstream_response.status.as_u16() == 101 {
+            return Ok(());
+        }
+        let named: Vec<String> = upstream_response
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| message::tokens(v.as_bytes()))
+            .filter_map(|t| std::str::from_utf8(t).ok())
+            .map(str::to_ascii_lowercase)
+            .filter(|n| !message::is_protected(n) && n != "connection")
+            .collect();
+        for name in named
+            .iter()
+            .map(String::as_str)
+            .chain(["keep-alive", "proxy-connection"])
+        {
+            upstream_response.remove_header(name);
+        }
         Ok(())
     }
 
