@@ -380,6 +380,33 @@ fn plot(path: &Path, targets: &[Target], stats: &[Stats]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `bench`: the load generator gets a worker per core.
+pub fn main(a: crate::cli::BenchArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let opts = BenchOptions {
+        route: a.route,
+        path: a.path,
+        duration: a.duration,
+        slice: a.slice,
+        connections: a.connections,
+        rate: a.rate,
+        direct: a.direct,
+        skip_itproxy: a.skip_itproxy,
+        also: a.also,
+        json: a.json,
+        max_p99_overhead: a.max_p99_overhead,
+        plot: a.plot,
+        swap_every: a.swap_every,
+        swap_with: a.swap_with,
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(opts, state_dir))
+}
+
 /// Runs the benchmark against the daemon behind `state_dir`.
 pub async fn run(opts: BenchOptions, state_dir: &Path) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(state_dir));

@@ -9,7 +9,33 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use itproxy_certs::{trust_env, write_bundle, Authority};
 
+use itproxy_daemon::config::{CliOverrides, Config};
 use itproxy_daemon::StateDir;
+
+use super::config_path;
+use crate::cli::CaCommand;
+
+/// `ca ...`: with the domains of the config (or `rotate --domain`).
+pub fn run(cmd: CaCommand, config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
+    let state_dir = &itproxy_daemon::StateDir::new(state_dir);
+    let rotate_domains = match &cmd {
+        CaCommand::Rotate { domain, .. } => domain.clone(),
+        _ => Vec::new(),
+    };
+    let overrides = CliOverrides {
+        domains: rotate_domains,
+        ..Default::default()
+    };
+    let c = Config::load(config_path(config).as_deref(), &overrides)?;
+    let domains: Vec<String> = c.domains.iter().map(|d| d.to_string()).collect();
+    match cmd {
+        CaCommand::Path => path(state_dir, &domains),
+        CaCommand::Env { json } => env(state_dir, &domains, json),
+        CaCommand::Install => install(state_dir, &domains, false),
+        CaCommand::Uninstall => install(state_dir, &domains, true),
+        CaCommand::Rotate { yes, .. } => rotate(state_dir, &domains, yes),
+    }
+}
 
 /// `ca path`.
 pub fn path(state_dir: &StateDir, domains: &[String]) -> anyhow::Result<()> {
@@ -117,7 +143,7 @@ fn nss_databases() -> Vec<PathBuf> {
     dbs
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()
@@ -153,7 +179,7 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
         if anchor.exists() {
             std::fs::remove_file(&anchor)
                 .with_context(|| format!("cannot remove {}", anchor.display()))?;
-            run(Command::new("update-ca-certificates").arg("--fresh"))?;
+            run_tool(Command::new("update-ca-certificates").arg("--fresh"))?;
             println!(
                 "system store: removed {} and ran update-ca-certificates",
                 anchor.display()
@@ -168,7 +194,7 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
     } else {
         std::fs::copy(&files.root, &anchor)
             .with_context(|| format!("cannot write {}", anchor.display()))?;
-        run(&mut Command::new("update-ca-certificates"))?;
+        run_tool(&mut Command::new("update-ca-certificates"))?;
         println!(
             "system store: added {} and ran update-ca-certificates",
             anchor.display()
@@ -187,11 +213,13 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
             continue;
         }
         let r = if remove {
-            run(Command::new("certutil").args(["-D", "-d", &d, "-n", &nick]))
+            run_tool(Command::new("certutil").args(["-D", "-d", &d, "-n", &nick]))
         } else {
-            run(Command::new("certutil")
-                .args(["-A", "-d", &d, "-t", "C,,", "-n", &nick, "-i"])
-                .arg(&files.root))
+            run_tool(
+                Command::new("certutil")
+                    .args(["-A", "-d", &d, "-t", "C,,", "-n", &nick, "-i"])
+                    .arg(&files.root),
+            )
         };
         match r {
             Ok(()) => {

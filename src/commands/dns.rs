@@ -80,6 +80,14 @@ fn plan(config: &Config, teardown: bool) -> anyhow::Result<(String, Vec<Step>)> 
     )
 }
 
+/// `dns setup|teardown`.
+pub fn run(cmd: crate::cli::DnsCommand, config: &Config) -> anyhow::Result<()> {
+    match cmd {
+        crate::cli::DnsCommand::Setup { apply } => setup(config, apply, false),
+        crate::cli::DnsCommand::Teardown { apply } => setup(config, apply, true),
+    }
+}
+
 /// Prints or performs the set-up (or with `teardown`, its undoing).
 pub fn setup(config: &Config, apply: bool, teardown: bool) -> anyhow::Result<()> {
     let (resolver, steps) = plan(config, teardown)?;

@@ -271,6 +271,23 @@ fn env_of(config: &Config, env: Option<String>) -> anyhow::Result<EnvName> {
     }
 }
 
+/// `down`: the config's apps need not be valid to tear down what they left, when the
+/// environment is named.
+pub fn down_command(
+    config: Option<PathBuf>,
+    env: Option<String>,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let c = super::load_config(config).or_else(|e| {
+        if env.is_some() {
+            super::load_config(None)
+        } else {
+            Err(e)
+        }
+    })?;
+    super::runtime()?.block_on(down(&c, env, state_dir))
+}
+
 /// `itproxy logs`: read straight from the engine, so it works after the daemon stopped too.
 pub async fn logs(config: &Config, args: LogsArgs) -> anyhow::Result<()> {
     let env = env_of(config, args.env.clone())?;

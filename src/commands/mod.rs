@@ -2,7 +2,9 @@
 //! daemon through `Client` (or, for `ca`, `dns` and `logs`, works without one).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use http::Method;
 
@@ -12,9 +14,44 @@ use itproxy_daemon::api::{self, RouteView};
 
 pub mod bench;
 pub mod ca;
+pub mod check_config;
 pub mod dns;
 pub mod env;
 pub mod resolve;
+pub mod up;
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn default_state_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("itproxy"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find a state directory: HOME is not set; pass --state-dir")?;
+    Ok(PathBuf::from(home).join(".local/state/itproxy"))
+}
+
+pub fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| {
+        let p = PathBuf::from("itproxy.toml");
+        p.is_file().then_some(p)
+    })
+}
+
+/// The config as the client commands read it: the file (`--config`, else `./itproxy.toml`),
+/// without `up`'s flags.
+pub fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<itproxy_daemon::config::Config> {
+    Ok(itproxy_daemon::config::Config::load(
+        config_path(explicit).as_deref(),
+        &Default::default(),
+    )?)
+}
 
 /// The API path for a route name; the daemon validates the name itself.
 pub fn route_path(name: &str) -> anyhow::Result<String> {
