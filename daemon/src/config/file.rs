@@ -114,7 +114,7 @@ pub(super) struct ProxySection {
     pub(super) max_connections_per_client: Option<usize>,
     pub(super) threads: Option<Threads>,
     pub(super) work_stealing: Option<bool>,
-    /// `fast_path` is its name before 0.2, still read.
+    /// `fast_path`, its earlier name, is still read.
     #[serde(alias = "fast_path")]
     pub(super) h1_front: Option<bool>,
 }

@@ -39,8 +39,9 @@
 //!
 //! Why not Pingora's session for these requests too: its per-request work (header maps, two
 //! tasks joined by channels on the full path, header clones) cost 1.5-2.8x nginx's CPU per
-//! request here (see the LIFECYCLE notes and issue 6's measurements); this front does what nginx
-//! does per request and nothing more.
+//! request here (`make bench` runs the pipeline alone, `h1_front = false`, beside this front and
+//! nginx: see the README's Benchmarks); this front does what nginx does per request and nothing
+//! more.
 //!
 //! Upstream connections are pooled per route and per thread, with no lock (`pool`), so none
 //! outlives or crosses a route change; a pooled one is checked before it is used, and a request
