@@ -517,11 +517,13 @@ async fn container_up(state: &StateHandle, c: itproxy_orchestrator::Labelled) {
 /// A container stopped: its routes go away.
 async fn container_down(state: &StateHandle, id: String) {
     let short = id[..id.len().min(12)].to_string();
+    let hosts = state.read(|s| s.hosts_of_container(&id)).await;
     match state.apply(Change::ContainerDown { id }).await {
-        Ok(crate::state::Applied::Changed) => {
-            tracing::info!(container = %short, "container stopped; its routes removed")
+        Ok(_) => {
+            for host in hosts {
+                tracing::info!(%host, container = %short, "container stopped; route removed");
+            }
         }
-        Ok(crate::state::Applied::Unchanged) => {}
         Err(e) => tracing::warn!(container = %short, "cannot remove a container's routes: {e}"),
     }
 }

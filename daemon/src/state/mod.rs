@@ -400,6 +400,15 @@ impl DesiredState {
         self.overrides.len()
     }
 
+    /// The hosts a container's labels route.
+    pub fn hosts_of_container(&self, id: &str) -> Vec<HostName> {
+        self.discovered
+            .iter()
+            .filter(|(_, (cid, _))| cid == id)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
     /// The ids of the containers that have routes.
     pub fn container_ids(&self) -> Vec<String> {
         let ids: std::collections::BTreeSet<&String> =

@@ -326,6 +326,7 @@ fn a_stopped_container_takes_only_its_own_routes() {
         );
     }
     assert_eq!(s.container_ids(), vec!["c1".to_string(), "c2".to_string()]);
+    assert_eq!(s.hosts_of_container("c1"), vec![host("one.test")]);
     assert_eq!(
         ok(&mut s, Change::ContainerDown { id: "c9".into() }),
         Applied::Unchanged
