@@ -25,12 +25,12 @@
 pub mod codec;
 mod h1;
 mod host;
+mod lent;
 mod listener;
 mod message;
 mod pages;
 mod policy;
 mod proxy;
-mod replay;
 mod server;
 mod table;
 mod upstream;

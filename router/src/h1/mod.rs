@@ -19,7 +19,7 @@
 //!   │  ▼                                        ▼
 //!   │ forward                                  lend (take_turns): a Pingora session on the
 //!   │  exchange (upstream_conn, pool):          connection, the bytes read so far as its
-//!   │   a pooled or new connection,             pipelined prefix (replay); the pipeline
+//!   │   a pooled or new connection,             pipelined prefix (lent); the pipeline  
 //!   │   request out, response head in           (HostRouter) serves this one request and
 //!   │   (response)                              gives the connection back
 //!   │  body relayed as it comes (body)          │
@@ -78,9 +78,9 @@ use self::client::{Conn, Read, Wait};
 use self::request::{Parsed, Prepared, RequestRules};
 use self::response::{put_connection, Framing};
 use self::upstream_conn::{exchange, Exchanged, Failure};
+use crate::lent::LentStream;
 use crate::pages::{self, Page};
 use crate::policy::RoutingPolicy;
-use crate::replay::ReplayStream;
 use crate::HostRouter;
 
 /// The HTTP/1.1 front: serves HTTP/1.1 client connections, forwarding simple requests itself
@@ -166,7 +166,7 @@ impl H1Front {
         let mut stream = L4Stream::from(conn.client);
         // Gives the session the client's address (X-Forwarded-For), read lazily.
         stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-        let stream = Box::new(ReplayStream::new(Box::new(stream)));
+        let stream = Box::new(LentStream::new(Box::new(stream)));
         self.take_turns(stream, conn.buf, Some(peer.ip()), false, shutdown)
             .await;
     }

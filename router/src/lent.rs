@@ -13,22 +13,22 @@ use pingora::protocols::Stream;
 /// A plain client connection lent to Pingora's pipeline: writes are gathered until Pingora
 /// flushes, so a response's header and a small body leave in one `send`.
 #[derive(Debug)]
-pub(crate) struct ReplayStream {
+pub(crate) struct LentStream {
     inner: tokio::io::BufWriter<Stream>,
 }
 
 /// Big enough for the header and body of most API answers.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-impl ReplayStream {
+impl LentStream {
     pub(crate) fn new(stream: Stream) -> Self {
-        ReplayStream {
+        LentStream {
             inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
         }
     }
 }
 
-mod replay_stream_io {
+mod lent_stream_io {
     use std::io;
     use std::pin::Pin;
     use std::sync::Arc;
@@ -45,9 +45,9 @@ mod replay_stream_io {
     };
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    use super::ReplayStream;
+    use super::LentStream;
 
-    impl AsyncRead for ReplayStream {
+    impl AsyncRead for LentStream {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -57,7 +57,7 @@ mod replay_stream_io {
         }
     }
 
-    impl AsyncWrite for ReplayStream {
+    impl AsyncWrite for LentStream {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -74,19 +74,19 @@ mod replay_stream_io {
     }
 
     #[async_trait]
-    impl Shutdown for ReplayStream {
+    impl Shutdown for LentStream {
         async fn shutdown(&mut self) {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
         }
     }
 
-    impl UniqueID for ReplayStream {
+    impl UniqueID for LentStream {
         fn id(&self) -> UniqueIDType {
             self.inner.get_ref().id()
         }
     }
 
-    impl Ssl for ReplayStream {
+    impl Ssl for LentStream {
         fn get_ssl(&self) -> Option<&TlsRef> {
             self.inner.get_ref().get_ssl()
         }
@@ -98,7 +98,7 @@ mod replay_stream_io {
         }
     }
 
-    impl GetTimingDigest for ReplayStream {
+    impl GetTimingDigest for LentStream {
         fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
             self.inner.get_ref().get_timing_digest()
         }
@@ -110,7 +110,7 @@ mod replay_stream_io {
         }
     }
 
-    impl GetProxyDigest for ReplayStream {
+    impl GetProxyDigest for LentStream {
         fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
             self.inner.get_ref().get_proxy_digest()
         }
@@ -119,7 +119,7 @@ mod replay_stream_io {
         }
     }
 
-    impl GetSocketDigest for ReplayStream {
+    impl GetSocketDigest for LentStream {
         fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
             self.inner.get_ref().get_socket_digest()
         }
@@ -129,7 +129,7 @@ mod replay_stream_io {
     }
 
     #[async_trait]
-    impl Peek for ReplayStream {
+    impl Peek for LentStream {
         async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
             self.inner.get_mut().try_peek(buf).await
         }
