@@ -19,7 +19,7 @@
 //!   │  ▼                                        ▼
 //!   │ forward                                  lend (take_turns): a Pingora session on the
 //!   │  exchange (upstream_conn, pool):          connection, the bytes read so far as its
-//!   │   a pooled or new connection,             pipelined prefix (lent); the pipeline  
+//!   │   a pooled or new connection,             pipelined prefix (lent); the pipeline
 //!   │   request out, response head in           (HostRouter) serves this one request and
 //!   │   (response)                              gives the connection back
 //!   │  body relayed as it comes (body)          │
