@@ -51,7 +51,7 @@ pub(crate) enum Decision {
 /// The `X-Forwarded-*` headers a client sent, as far as the policy needs them.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Incoming<'a> {
-    /// The first `X-Forwarded-For` value.
+    /// Its `X-Forwarded-For` value (several lines joined with ", ", in order).
     pub(crate) forwarded_for: Option<&'a [u8]>,
     /// Whether it sent `X-Forwarded-Proto`.
     pub(crate) forwarded_proto: bool,
@@ -86,7 +86,7 @@ impl<T> Rewrite<T> {
 /// The `X-Forwarded-For` value the upstream gets: a trusted proxy's chain, then the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ForwardedFor<'a> {
-    /// What a trusted proxy said before us (its first `X-Forwarded-For` value).
+    /// What a trusted proxy said before us (its `X-Forwarded-For` lines, as one list).
     pub(crate) chain: Option<&'a [u8]>,
     /// The address the connection comes from.
     pub(crate) client: IpAddr,

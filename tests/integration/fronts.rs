@@ -19,13 +19,29 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::util::*;
 
 /// A request as received by the upstream.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 struct Seen {
     method: String,
     target: String,
     /// Header names in lower case, values as sent; repeated names joined with ", ".
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
+}
+
+/// Bodies shown by their length and first bytes: a 200 KB body would drown a failure.
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let start = String::from_utf8_lossy(&self.body[..self.body.len().min(40)]);
+        f.debug_struct("Seen")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("headers", &self.headers)
+            .field(
+                "body",
+                &format_args!("{} bytes: {start:?}", self.body.len()),
+            )
+            .finish()
+    }
 }
 
 /// An upstream that records every request (head and body, de-chunked) and answers by path.
@@ -260,10 +276,20 @@ impl Front {
             }
         }
         for (n, v) in req.headers {
-            cmd.args(["-H", &format!("{n}: {v}")]);
+            // `Name:` with nothing after it: curl leaves out a header it would add.
+            let h = if v.is_empty() {
+                format!("{n}:")
+            } else {
+                format!("{n}: {v}")
+            };
+            cmd.args(["-H", &h]);
         }
         if let Some(body) = &req.body {
-            cmd.args(["--data-binary", "@-"]);
+            if req.upload {
+                cmd.args(["-T", "-"]);
+            } else {
+                cmd.args(["--data-binary", "@-"]);
+            }
             if req.chunked {
                 cmd.args(["-H", "Transfer-Encoding: chunked"]);
             }
@@ -330,6 +356,8 @@ struct Req {
     not_h2: Option<&'static str>,
     /// The client's own address, if not 127.0.0.1.
     from: Option<&'static str>,
+    /// The body is streamed from stdin (`curl -T -`): no length known in advance.
+    upload: bool,
     /// What the client and the upstream must see through `front`.
     expect: fn(&Front, &Got, &[Seen]),
 }
@@ -346,6 +374,7 @@ impl Req {
             chunked: false,
             not_h2: None,
             from: None,
+            upload: false,
             expect: |_, _, _| {},
         }
     }
@@ -359,6 +388,19 @@ fn one(seen: &[Seen]) -> &Seen {
 
 fn header<'a>(h: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     h.get(name).map(String::as_str)
+}
+
+/// A request refused by the gate: our 400 page, the connection closed, the upstream never
+/// asked.
+fn refused(_: &Front, got: &Got, seen: &[Seen]) {
+    assert_eq!(got.status, 400);
+    assert!(
+        got.body.contains("\"error\":\"bad_request\""),
+        "{}",
+        got.body
+    );
+    assert_eq!(header(&got.headers, "connection"), Some("close"));
+    assert!(seen.is_empty(), "the upstream saw {seen:?}");
 }
 
 /// What every forwarded request carries: the client's address, the scheme it used, the host
@@ -438,6 +480,80 @@ fn table() -> Vec<Req> {
                 assert_eq!(header(h, "x-forwarded-host"), Some("shop.example"), "{h:?}");
             },
             ..Req::get("X-Forwarded-* from a trusted proxy", "api.test", "/trusted")
+        },
+        Req {
+            headers: &[
+                ("X-Forwarded-For", "203.0.113.7"),
+                ("X-Forwarded-For", "10.1.2.3"),
+            ],
+            from: Some(TRUSTED),
+            expect: |_, got, seen| {
+                assert_eq!(got.status, 200);
+                // Two lines are one list, in order: the hop nearest us is not lost.
+                let h = &one(seen).headers;
+                assert_eq!(
+                    header(h, "x-forwarded-for"),
+                    Some("203.0.113.7, 10.1.2.3, 127.0.0.2"),
+                    "{h:?}"
+                );
+            },
+            ..Req::get(
+                "a trusted proxy's chain on two lines",
+                "api.test",
+                "/two-lines",
+            )
+        },
+        Req {
+            from: Some(TRUSTED),
+            expect: |front, got, seen| {
+                assert_eq!(got.status, 200);
+                let h = &one(seen).headers;
+                assert_eq!(header(h, "x-forwarded-for"), Some(TRUSTED), "{h:?}");
+                assert_eq!(header(h, "x-forwarded-proto"), Some(front.scheme), "{h:?}");
+                let asked = format!("api.test:{}", front.addr.port());
+                assert_eq!(header(h, "x-forwarded-host"), Some(asked.as_str()), "{h:?}");
+            },
+            ..Req::get(
+                "a trusted proxy that sends no X-Forwarded-*",
+                "api.test",
+                "/bare",
+            )
+        },
+        Req {
+            headers: &[
+                ("Connection", "X-Forwarded-For"),
+                ("X-Forwarded-For", "6.6.6.6"),
+            ],
+            not_h2: Some("HTTP/2 has no Connection header"),
+            expect: refused,
+            ..Req::get("Connection naming X-Forwarded-For", "api.test", "/hide")
+        },
+        Req {
+            headers: &[("Connection", "keep-alive, \"X-Forwarded-For\"")],
+            not_h2: Some("HTTP/2 has no Connection header"),
+            expect: refused,
+            ..Req::get("a quoted Connection option", "api.test", "/quoted")
+        },
+        Req {
+            headers: &[("Connection", "o1, o2, o3, o4, o5, o6, o7, o8, o9, o10")],
+            not_h2: Some("HTTP/2 has no Connection header"),
+            expect: refused,
+            ..Req::get("ten Connection options", "api.test", "/ten")
+        },
+        Req {
+            method: "POST",
+            body: Some(vec![b'x'; 40_000]),
+            upload: true,
+            // curl asks HTTP/1.1 servers to continue but not HTTP/2 ones: the same request on
+            // every front.
+            headers: &[("Expect", "")],
+            expect: |_, got, seen| {
+                assert_eq!((got.status, got.body.as_str()), (200, "POST /stream"));
+                // Exactly one request, its body once: nothing after it on the connection.
+                let seen = one(seen);
+                assert_eq!(seen.body, vec![b'x'; 40_000]);
+            },
+            ..Req::get("a streamed upload without a length", "api.test", "/stream")
         },
         Req {
             headers: &[

@@ -152,7 +152,11 @@ impl RequestRules {
             } else if name.eq_ignore_ascii_case("accept") {
                 wants_html |= h.value.windows(9).any(|w| w == b"text/html");
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                forwarded_for = forwarded_for.or(Some(h.value));
+                // Several lines are one list (RFC 9110 5.3): the pipeline joins them.
+                if forwarded_for.is_some() {
+                    return Parsed::HandOver;
+                }
+                forwarded_for = Some(h.value);
             } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
                 forwarded_proto = true;
             } else if name.eq_ignore_ascii_case("x-forwarded-host") {

@@ -205,6 +205,23 @@ impl ProxyHttp for HostRouter {
         upstream_request::rewrite_for_upstream(&self.policy, session, is_tls(session), req)
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        // An HTTP/2 client ends a body of unknown length with an empty DATA frame; Pingora
+        // writes an empty piece of a chunked upstream body as a zero-size chunk, which is the
+        // chunked terminator, then its own terminator after it: the upstream would read a stray
+        // `0\r\n\r\n` as the start of a next request on its connection. Nothing to send.
+        if body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         session: &mut Session,

@@ -69,8 +69,21 @@ pub(super) fn rewrite_for_upstream(
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    // Several X-Forwarded-For lines are one list (RFC 9110 5.3), in order: a trusted proxy
+    // that adds its own line after a client's must not lose the hop nearest us.
+    let chain = {
+        let mut lines = req.headers.get_all(X_FORWARDED_FOR).iter();
+        lines.next().map(|first| {
+            let mut v = first.as_bytes().to_vec();
+            for more in lines {
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(more.as_bytes());
+            }
+            v
+        })
+    };
     let incoming = Incoming {
-        forwarded_for: req.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()),
+        forwarded_for: chain.as_deref(),
         forwarded_proto: req.headers.contains_key(X_FORWARDED_PROTO),
         forwarded_host: req.headers.contains_key(X_FORWARDED_HOST),
         host: requested_host.as_ref().map(|h| h.as_bytes()),
