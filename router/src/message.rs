@@ -162,6 +162,22 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `name` spells a protected field with an underscore for a hyphen (`Transfer_Encoding`,
+/// `X_Forwarded_For`). Servers that read header names as CGI variables (WSGI, Rack, PHP:
+/// `HTTP_TRANSFER_ENCODING`) take it for the field itself, so a client could reframe its body
+/// past both fronts' framing rule (and smuggle a request onto a pooled upstream connection) or
+/// forge the `X-Forwarded-*` the policy sets. Both fronts drop such fields on the way upstream,
+/// as nginx drops every name with an underscore.
+pub(crate) fn is_underscore_alias(name: &str) -> bool {
+    name.contains('_')
+        && PROTECTED.iter().any(|p| {
+            p.len() == name.len()
+                && p.bytes()
+                    .zip(name.bytes())
+                    .all(|(p, n)| p == n.to_ascii_lowercase() || (p == b'-' && n == b'_'))
+        })
+}
+
 /// Whether `name` may be removed because a `Connection` header names it: never a protected
 /// field, whoever sent it (an upstream's `Connection: Content-Length` must not unframe the
 /// response it relays).
@@ -248,6 +264,29 @@ mod tests {
         let many = "a,".repeat(40);
         let many: &'static str = Box::leak(many.into_boxed_str());
         assert_eq!(check(&[("Connection", many)], 1), Err(400));
+    }
+
+    #[test]
+    fn underscore_spellings_of_protected_fields() {
+        for name in [
+            "Transfer_Encoding",
+            "content_length",
+            "X_Forwarded_For",
+            "x-forwarded_proto",
+            "X_FORWARDED_HOST",
+        ] {
+            assert!(is_underscore_alias(name), "{name}");
+        }
+        for name in [
+            "Transfer-Encoding",
+            "X-Forwarded-For",
+            "X_Request_Id",
+            "Host_",
+            "Via",
+            "content__length",
+        ] {
+            assert!(!is_underscore_alias(name), "{name}");
+        }
     }
 
     #[test]

@@ -716,3 +716,41 @@ async fn one_client_cannot_hold_every_connection() {
         assert_eq!(r.status, 200, "{front}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_framing_and_forwarding_headers_never_reach_the_upstream() {
+    // Servers that read header names as CGI variables (WSGI, Rack, PHP: `HTTP_TRANSFER_ENCODING`)
+    // take `Transfer_Encoding` for `Transfer-Encoding`: a client could reframe its body there
+    // (and smuggle a request whose answer goes to the next client on that connection), or forge
+    // the X-Forwarded-* itproxy sets. nginx drops every name with an underscore.
+    let up = RawUpstream::start(|head| Some(echo_path(head))).await;
+    let aliases = [
+        "Transfer_Encoding: chunked",
+        "content_length: 5",
+        "X_Forwarded_For: 203.0.113.66",
+        "x-forwarded_proto: https",
+        "X_FORWARDED_HOST: evil.test",
+    ];
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let before = up.requests().len();
+        let extra: String = aliases.iter().map(|h| format!("{h}\r\n")).collect();
+        // Forwarded by the HTTP/1.1 front, then lent to the pipeline (HTTP/1.0).
+        for version in ["1.1", "1.0"] {
+            let req = format!("GET /u HTTP/{version}\r\nHost: api.test\r\n{extra}\r\n");
+            let reply = exchange(&p, req.as_bytes(), Duration::from_millis(300)).await;
+            assert_eq!(status_of(&reply), 200, "{front} HTTP/{version}: {reply}");
+        }
+        let seen = up.requests();
+        assert_eq!(seen.len(), before + 2, "{front}");
+        for head in &seen[before..] {
+            for line in head.lines().skip(1) {
+                let name = line.split(':').next().unwrap_or("");
+                assert!(
+                    !name.contains('_'),
+                    "{front}: the upstream got `{line}`:\n{head}"
+                );
+            }
+        }
+    }
+}

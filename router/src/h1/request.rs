@@ -200,6 +200,7 @@ impl RequestRules {
             if ours
                 || HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
                 || (connection && named_by_connection(name, req.headers))
+                || message::is_underscore_alias(name)
             {
                 continue;
             }

@@ -7,6 +7,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error as PError, ErrorType, Result as PResult};
 
+use crate::message;
 use crate::policy::{Incoming, Rewrite, RoutingPolicy};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -46,6 +47,17 @@ pub(super) fn rewrite_for_upstream(
         let joined = HeaderValue::from_bytes(&joined)
             .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad Cookie"))?;
         req.insert_header(header::COOKIE, joined)?;
+    }
+    // `Transfer_Encoding`, `X_Forwarded_For`: read as the real fields by CGI-style servers
+    // (`message::is_underscore_alias`); HTTP/2 clients may send them too.
+    let aliases: Vec<_> = req
+        .headers
+        .keys()
+        .filter(|name| message::is_underscore_alias(name.as_str()))
+        .cloned()
+        .collect();
+    for name in aliases {
+        req.remove_header(&name);
     }
     req.append_header(header::VIA, policy.via())?;
     // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
