@@ -195,6 +195,52 @@ pub(crate) fn named_by_connection(name: &str, headers: &[httparse::Header<'_>]) 
             .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
+/// Where a head being read stands, so that bytes which cannot have completed it are not parsed
+/// again: parsing the whole buffer after every read would make a head sent a byte at a time
+/// cost its length times its number of reads (64 KiB a byte a millisecond, within the header
+/// timeout, is gigabytes of parsing for one connection; nginx parses each byte once). One per
+/// head, requests and responses alike.
+#[derive(Debug, Default)]
+pub(crate) struct HeadScan {
+    /// Bytes of the buffer already searched for the blank line that ends a head.
+    searched: usize,
+    /// The message is not complete below this length: its head is, its body is still coming.
+    need: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` (the same buffer, grown since the last call) is worth parsing: at first
+    /// (a malformed head is refused at once), then once the blank line that ends a head has
+    /// arrived or the buffer reached the head limit, or, with the head complete, once the
+    /// body is in (`await_body`).
+    pub(crate) fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        if buf.len() < self.need {
+            return false;
+        }
+        let first = self.searched == 0;
+        // A blank line may have started in the last bytes searched: `\n` + `\r\n`.
+        let from = self.searched.saturating_sub(2).min(buf.len());
+        self.searched = buf.len();
+        first || self.need > 0 || buf.len() >= MAX_HEAD || has_blank_line(&buf[from..])
+    }
+
+    /// The head is complete; the message needs `len` bytes in all.
+    pub(crate) fn await_body(&mut self, len: usize) {
+        self.need = len;
+    }
+}
+
+/// Whether `bytes` hold an empty line (`\n\n` or `\n\r\n`, as httparse reads line ends).
+fn has_blank_line(mut bytes: &[u8]) -> bool {
+    while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+        bytes = &bytes[nl + 1..];
+        if bytes.starts_with(b"\n") || bytes.starts_with(b"\r\n") {
+            return true;
+        }
+    }
+    false
+}
+
 /// Appends one header line, `name: value`, to a head being written.
 pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -264,6 +310,33 @@ mod tests {
         let many = "a,".repeat(40);
         let many: &'static str = Box::leak(many.into_boxed_str());
         assert_eq!(check(&[("Connection", many)], 1), Err(400));
+    }
+
+    #[test]
+    fn a_head_is_parsed_at_first_and_once_complete() {
+        let head = b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nok";
+        let end = head.len() - 2;
+        for ends in [&b"\r\n\r\n"[..], b"\n\n", b"\n\r\n", b"\r\n\n"] {
+            let mut head = b"GET / HTTP/1.1\r\nHost: a.test".to_vec();
+            head.extend_from_slice(ends);
+            let mut scan = HeadScan::default();
+            let parses: Vec<usize> = (1..=head.len())
+                .filter(|&n| scan.worth_parsing(&head[..n]))
+                .collect();
+            assert_eq!(parses, [1, head.len()], "{ends:?}");
+        }
+        // Once the head is complete, only the body's last byte is worth another parse.
+        let mut scan = HeadScan::default();
+        assert!(scan.worth_parsing(&head[..end]));
+        scan.await_body(head.len());
+        assert!(!scan.worth_parsing(&head[..end + 1]));
+        assert!(scan.worth_parsing(head));
+        // At the head limit, the parser refuses it.
+        let mut scan = HeadScan::default();
+        let big = vec![b'a'; MAX_HEAD];
+        assert!(scan.worth_parsing(&big[..10]));
+        assert!(!scan.worth_parsing(&big[..MAX_HEAD - 1]));
+        assert!(scan.worth_parsing(&big));
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub(crate) enum Parsed {
     Partial,
     /// Refused with this page, and the connection closed.
     Refuse(Page),
-    /// The head is complete, its body not yet.
-    AwaitBody,
+    /// The head is complete, its body not yet: the request takes this many bytes in all.
+    AwaitBody(usize),
     /// Forwarded by this front; the upstream request is written out.
     Forward(Prepared),
     /// Lent to Pingora's pipeline.
@@ -163,7 +163,7 @@ impl RequestRules {
             return Parsed::HandOver;
         };
         if buf.len() < head_len + body_len {
-            return Parsed::AwaitBody;
+            return Parsed::AwaitBody(head_len + body_len);
         }
         let Ok(authority) = std::str::from_utf8(host) else {
             return Parsed::HandOver;
