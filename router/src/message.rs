@@ -138,6 +138,32 @@ pub(crate) fn check_request<'h>(
     }
 }
 
+/// Checks a request-target's form (RFC 9112 3.2): origin-form (`/path?query`), absolute-form
+/// with an `http` or `https` scheme (routed by its authority, which must equal Host, and sent
+/// upstream in origin-form), `*` for OPTIONS, and authority-form for CONNECT (refused later).
+/// Anything else (`GET abs`, `GET *`, `?q`, `ftp://...`) would be passed on for the upstream to
+/// read its own way, so it is refused, as nginx does.
+pub(crate) fn check_target(method: &str, target: &str) -> Result<(), Refusal> {
+    let absolute = |scheme: &str| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    if target.starts_with('/')
+        || (target == "*" && method == "OPTIONS")
+        || method == "CONNECT"
+        || absolute("http://")
+        || absolute("https://")
+    {
+        Ok(())
+    } else {
+        Err(refuse(
+            400,
+            "the request target is not a path, an http(s) URL, or * for OPTIONS",
+        ))
+    }
+}
+
 /// A `Content-Length` value, the one rule for requests and responses alike: 1 to 19 ASCII
 /// digits and nothing else: no sign (`+5`), no list (`5, 5`), no inner spaces. Leading zeros
 /// are fine (`05` is 5). `value` is the field value as httparse gives it, which has already lost
@@ -337,6 +363,31 @@ mod tests {
         assert!(scan.worth_parsing(&big[..10]));
         assert!(!scan.worth_parsing(&big[..MAX_HEAD - 1]));
         assert!(scan.worth_parsing(&big));
+    }
+
+    #[test]
+    fn request_target_forms() {
+        for (method, target) in [
+            ("GET", "/"),
+            ("GET", "//a.test/x?q"),
+            ("GET", "http://a.test/x"),
+            ("GET", "HTTPS://a.test"),
+            ("OPTIONS", "*"),
+            ("OPTIONS", "/x"),
+            ("CONNECT", "a.test:443"),
+        ] {
+            assert_eq!(check_target(method, target), Ok(()), "{method} {target}");
+        }
+        for (method, target) in [
+            ("GET", "x"),
+            ("GET", "*"),
+            ("GET", "?q=1"),
+            ("GET", "ftp://a.test/x"),
+            ("GET", "http:/a.test"),
+            ("GET", "a.test:80"),
+        ] {
+            assert!(check_target(method, target).is_err(), "{method} {target}");
+        }
     }
 
     #[test]

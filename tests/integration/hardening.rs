@@ -834,3 +834,44 @@ async fn a_response_head_trickled_a_byte_at_a_time_is_not_parsed_again_per_byte(
     }
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_targets_are_origin_form_upstream_and_other_forms_are_refused() {
+    let up = RawUpstream::start(|head| Some(echo_path(head))).await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        // Absolute-form is routed by its authority (equal to Host) and reaches the upstream in
+        // origin-form, as nginx sends it: not as a proxy request, nor with another scheme.
+        for target in [
+            "http://api.test/abs?q=1",
+            "HTTP://api.test/abs?q=1",
+            "https://api.test/abs?q=1",
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n");
+            let reply = exchange(&p, req.as_bytes(), Duration::from_millis(300)).await;
+            assert_eq!(status_of(&reply), 200, "{front} {target}: {reply}");
+            assert!(
+                reply.ends_with("\r\n\r\n/abs?q=1"),
+                "{front} {target}: {reply}"
+            );
+        }
+        let req = "OPTIONS * HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        let reply = exchange(&p, req.as_bytes(), Duration::from_millis(300)).await;
+        assert!(reply.ends_with("\r\n\r\n*"), "{front}: {reply}");
+        // What is none of RFC 9112's forms is refused, not passed on for the upstream to guess.
+        let before = up.requests().len();
+        for (method, target) in [
+            ("GET", "abs"),
+            ("GET", "*"),
+            ("GET", "?q=1"),
+            ("GET", "ftp://api.test/abs"),
+            ("GET", "api.test/abs"),
+            ("POST", "http:/api.test/abs"),
+        ] {
+            let req = format!("{method} {target} HTTP/1.1\r\nHost: api.test\r\n\r\n");
+            let reply = exchange(&p, req.as_bytes(), Duration::from_millis(300)).await;
+            assert_eq!(status_of(&reply), 400, "{front} {method} {target}: {reply}");
+        }
+        assert_eq!(up.requests()[before..], [] as [String; 0], "{front}");
+    }
+}

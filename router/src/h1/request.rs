@@ -108,6 +108,9 @@ impl RequestRules {
                 Ok(body) => body,
                 Err(refusal) => return Parsed::Refuse(Page::BadRequest(refusal)),
             };
+        if let Err(refusal) = message::check_target(method, path) {
+            return Parsed::Refuse(Page::BadRequest(refusal));
+        }
         let via = req
             .headers
             .iter()

@@ -60,8 +60,14 @@ pub(super) fn rewrite_for_upstream(
         req.remove_header(&name);
     }
     req.append_header(header::VIA, policy.via())?;
-    // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
-    // HTTP/1.1 upstream expects origin-form and a Host header.
+    // Absolute-form over HTTP/1 (`GET http://api.test/a HTTP/1.1`): Pingora keeps the target
+    // as sent for the wire and only its path and query in the URI (its authority equals the
+    // Host header, or it was refused): the upstream gets origin-form, as nginx sends it.
+    if !matches!(req.raw_path().first(), Some(b'/' | b'*')) && req.method != http::Method::CONNECT {
+        let origin = req.uri.clone();
+        req.set_uri(origin);
+    }
+    // HTTP/2 (`:authority`): the HTTP/1.1 upstream expects origin-form and a Host header.
     if req.uri.authority().is_some() {
         let authority = req.uri.authority().map(|a| a.as_str().to_string());
         let path = req
