@@ -875,3 +875,44 @@ async fn request_targets_are_origin_form_upstream_and_other_forms_are_refused() 
         assert_eq!(up.requests()[before..], [] as [String; 0], "{front}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_transfer_encoding_the_client_could_read_two_ways_is_not_relayed() {
+    // "chunked" then "identity": the last coding is not chunked, so the body runs until the
+    // upstream closes (RFC 9112 6.3); a client reading only the first field (Python's
+    // http.client does) would read chunks instead, and take what follows the last one for
+    // the answer to its next request.
+    let up = RawUpstream::start(|head| {
+        let te = if path_of(head) == "/empty" {
+            ""
+        } else {
+            " identity"
+        };
+        Some(
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:{te}\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSPOOF"
+            )
+            .into_bytes(),
+        )
+    })
+    .await;
+    for (front, p) in fronts("read_timeout = \"1s\"") {
+        p.ok(&["route", "api", &up.target()]);
+        for path in ["/identity", "/empty"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n");
+            let reply = exchange(&p, req.as_bytes(), Duration::from_millis(1500)).await;
+            assert_eq!(status_of(&reply), 200, "{front} {path}: {reply}");
+            let head = reply.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+            let codings: Vec<&str> = head
+                .lines()
+                .filter_map(|l| l.strip_prefix("transfer-encoding:"))
+                .map(str::trim)
+                .collect();
+            assert!(
+                codings.is_empty() || codings == ["chunked"],
+                "{front} {path}: {codings:?} relayed:\n{reply}"
+            );
+        }
+    }
+}

@@ -130,9 +130,13 @@ pub(crate) fn parse_response(
     for h in resp.headers.iter() {
         let name = h.name;
         // The length goes out once, normalised, below; next to a transfer coding it is
-        // wrong and ignored (RFC 9112 6.3).
+        // wrong and ignored (RFC 9112 6.3). A transfer coding whose last is not chunked
+        // means "until close" (the client connection closes after it), and relayed it could
+        // be read two ways (`chunked` then `identity`: chunks, for a client reading the first
+        // field), so it goes too, as the pipeline removes it.
         let skip = HOP_BY_HOP[..3].iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("content-length")
+            || (chunked == Some(false) && name.eq_ignore_ascii_case("transfer-encoding"))
             || (connection && named_by_connection(name, resp.headers));
         if !skip {
             put_header(out, name.as_bytes(), h.value);
@@ -264,6 +268,13 @@ mod tests {
             ),
             Framing::UntilClose
         );
+        // Until close: no transfer coding a client could read as chunked goes on.
+        let (head, r) = client_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!head.contains("Transfer-Encoding"), "{head}");
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
             Framing::UntilClose
