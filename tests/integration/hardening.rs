@@ -916,3 +916,32 @@ async fn a_response_transfer_encoding_the_client_could_read_two_ways_is_not_rela
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_goes_to_the_client_without_framing_headers() {
+    // A 204 has no body, and a server must not frame one (RFC 9110 8.6, RFC 9112 6.1): a client
+    // that honoured `Transfer-Encoding: chunked` or `Content-Length: 5` there would read the
+    // start of the next response as this one's body. nginx drops the coding.
+    let up = RawUpstream::start(|head| {
+        Some(match path_of(head).as_str() {
+            "/te" => b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".to_vec(),
+        })
+    })
+    .await;
+    for (front, p) in fronts("") {
+        p.ok(&["route", "api", &up.target()]);
+        let mut tcp = TcpStream::connect(p.http).await.unwrap();
+        for path in ["/te", "/cl"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n");
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let reply = read_until_quiet(&mut tcp, Duration::from_millis(300)).await;
+            assert_eq!(status_of(&reply), 204, "{front} {path}: {reply}");
+            let head = reply.to_ascii_lowercase();
+            assert!(
+                !head.contains("transfer-encoding") && !head.contains("content-length"),
+                "{front} {path}: {reply}"
+            );
+        }
+    }
+}

@@ -254,6 +254,11 @@ impl ProxyHttp for HostRouter {
         if unframed {
             upstream_response.remove_header(&header::TRANSFER_ENCODING);
         }
+        // A 204 is never framed (RFC 9110 8.6, RFC 9112 6.1), as the HTTP/1.1 front sends it.
+        if upstream_response.status.as_u16() == 204 {
+            upstream_response.remove_header(&header::TRANSFER_ENCODING);
+            upstream_response.remove_header(&header::CONTENT_LENGTH);
+        }
         Ok(())
     }
 
