@@ -87,7 +87,7 @@ impl RequestCodec {
     /// hop-by-hop header, `X-Forwarded-*` and `Via` set, then the body the client announced.
     pub fn read(&self, buf: &[u8], peer: IpAddr, tls: bool, out: &mut Vec<u8>) -> RequestVerdict {
         match self.rules.prepare(buf, Some(peer), tls, out) {
-            Parsed::Partial | Parsed::AwaitBody => RequestVerdict::Incomplete,
+            Parsed::Partial | Parsed::AwaitBody(_) => RequestVerdict::Incomplete,
             Parsed::Refuse(page) => RequestVerdict::Refused(page.status()),
             Parsed::HandOver => RequestVerdict::HandOver,
             Parsed::Forward(p) => RequestVerdict::Forward { len: p.len },

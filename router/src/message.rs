@@ -151,6 +151,32 @@ pub(crate) fn check_request<'h>(
     }
 }
 
+/// Checks a request-target's form (RFC 9112 3.2): origin-form (`/path?query`), absolute-form
+/// with an `http` or `https` scheme (routed by its authority, which must equal Host, and sent
+/// upstream in origin-form), `*` for OPTIONS, and authority-form for CONNECT (refused later).
+/// Anything else (`GET abs`, `GET *`, `?q`, `ftp://...`) would be passed on for the upstream to
+/// read its own way, so it is refused, as nginx does.
+pub(crate) fn check_target(method: &str, target: &str) -> Result<(), Refusal> {
+    let absolute = |scheme: &str| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    if target.starts_with('/')
+        || (target == "*" && method == "OPTIONS")
+        || method == "CONNECT"
+        || absolute("http://")
+        || absolute("https://")
+    {
+        Ok(())
+    } else {
+        Err(refuse(
+            400,
+            "the request target is not a path, an http(s) URL, or * for OPTIONS",
+        ))
+    }
+}
+
 /// A `Content-Length` value, the one rule for requests and responses alike: 1 to 19 ASCII
 /// digits and nothing else: no sign (`+5`), no list (`5, 5`), no inner spaces. Leading zeros
 /// are fine (`05` is 5). `value` is the field value as httparse gives it, which has already lost
@@ -180,6 +206,22 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `name` spells a protected field with an underscore for a hyphen (`Transfer_Encoding`,
+/// `X_Forwarded_For`). Servers that read header names as CGI variables (WSGI, Rack, PHP:
+/// `HTTP_TRANSFER_ENCODING`) take it for the field itself, so a client could reframe its body
+/// past both fronts' framing rule (and smuggle a request onto a pooled upstream connection) or
+/// forge the `X-Forwarded-*` the policy sets. Both fronts drop such fields on the way upstream,
+/// as nginx drops every name with an underscore.
+pub(crate) fn is_underscore_alias(name: &str) -> bool {
+    name.contains('_')
+        && PROTECTED.iter().any(|p| {
+            p.len() == name.len()
+                && p.bytes()
+                    .zip(name.bytes())
+                    .all(|(p, n)| p == n.to_ascii_lowercase() || (p == b'-' && n == b'_'))
+        })
+}
+
 /// Whether `name` may be removed because a `Connection` header names it: never a protected
 /// field, whoever sent it (an upstream's `Connection: Content-Length` must not unframe the
 /// response it relays).
@@ -195,6 +237,52 @@ pub(crate) fn named_by_connection(name: &str, headers: &[httparse::Header<'_>]) 
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("connection"))
             .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// Where a head being read stands, so that bytes which cannot have completed it are not parsed
+/// again: parsing the whole buffer after every read would make a head sent a byte at a time
+/// cost its length times its number of reads (64 KiB a byte a millisecond, within the header
+/// timeout, is gigabytes of parsing for one connection; nginx parses each byte once). One per
+/// head, requests and responses alike.
+#[derive(Debug, Default)]
+pub(crate) struct HeadScan {
+    /// Bytes of the buffer already searched for the blank line that ends a head.
+    searched: usize,
+    /// The message is not complete below this length: its head is, its body is still coming.
+    need: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` (the same buffer, grown since the last call) is worth parsing: at first
+    /// (a malformed head is refused at once), then once the blank line that ends a head has
+    /// arrived or the buffer reached the head limit, or, with the head complete, once the
+    /// body is in (`await_body`).
+    pub(crate) fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        if buf.len() < self.need {
+            return false;
+        }
+        let first = self.searched == 0;
+        // A blank line may have started in the last bytes searched: `\n` + `\r\n`.
+        let from = self.searched.saturating_sub(2).min(buf.len());
+        self.searched = buf.len();
+        first || self.need > 0 || buf.len() >= MAX_HEAD || has_blank_line(&buf[from..])
+    }
+
+    /// The head is complete; the message needs `len` bytes in all.
+    pub(crate) fn await_body(&mut self, len: usize) {
+        self.need = len;
+    }
+}
+
+/// Whether `bytes` hold an empty line (`\n\n` or `\n\r\n`, as httparse reads line ends).
+fn has_blank_line(mut bytes: &[u8]) -> bool {
+    while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+        bytes = &bytes[nl + 1..];
+        if bytes.starts_with(b"\n") || bytes.starts_with(b"\r\n") {
+            return true;
+        }
+    }
+    false
 }
 
 /// Appends one header line, `name: value`, to a head being written.
@@ -269,6 +357,81 @@ mod tests {
         let nine = "a,b,c,d,e,f,g,h,i";
         assert!(check(&[("Connection", nine)], 1).is_ok());
         assert_eq!(check(&[("Connection", "a,b,c,d,e,f,g,h,i,j")], 1), Err(400));
+    }
+
+    #[test]
+    fn a_head_is_parsed_at_first_and_once_complete() {
+        let head = b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nok";
+        let end = head.len() - 2;
+        for ends in [&b"\r\n\r\n"[..], b"\n\n", b"\n\r\n", b"\r\n\n"] {
+            let mut head = b"GET / HTTP/1.1\r\nHost: a.test".to_vec();
+            head.extend_from_slice(ends);
+            let mut scan = HeadScan::default();
+            let parses: Vec<usize> = (1..=head.len())
+                .filter(|&n| scan.worth_parsing(&head[..n]))
+                .collect();
+            assert_eq!(parses, [1, head.len()], "{ends:?}");
+        }
+        // Once the head is complete, only the body's last byte is worth another parse.
+        let mut scan = HeadScan::default();
+        assert!(scan.worth_parsing(&head[..end]));
+        scan.await_body(head.len());
+        assert!(!scan.worth_parsing(&head[..end + 1]));
+        assert!(scan.worth_parsing(head));
+        // At the head limit, the parser refuses it.
+        let mut scan = HeadScan::default();
+        let big = vec![b'a'; MAX_HEAD];
+        assert!(scan.worth_parsing(&big[..10]));
+        assert!(!scan.worth_parsing(&big[..MAX_HEAD - 1]));
+        assert!(scan.worth_parsing(&big));
+    }
+
+    #[test]
+    fn request_target_forms() {
+        for (method, target) in [
+            ("GET", "/"),
+            ("GET", "//a.test/x?q"),
+            ("GET", "http://a.test/x"),
+            ("GET", "HTTPS://a.test"),
+            ("OPTIONS", "*"),
+            ("OPTIONS", "/x"),
+            ("CONNECT", "a.test:443"),
+        ] {
+            assert_eq!(check_target(method, target), Ok(()), "{method} {target}");
+        }
+        for (method, target) in [
+            ("GET", "x"),
+            ("GET", "*"),
+            ("GET", "?q=1"),
+            ("GET", "ftp://a.test/x"),
+            ("GET", "http:/a.test"),
+            ("GET", "a.test:80"),
+        ] {
+            assert!(check_target(method, target).is_err(), "{method} {target}");
+        }
+    }
+
+    #[test]
+    fn underscore_spellings_of_protected_fields() {
+        for name in [
+            "Transfer_Encoding",
+            "content_length",
+            "X_Forwarded_For",
+            "x-forwarded_proto",
+            "X_FORWARDED_HOST",
+        ] {
+            assert!(is_underscore_alias(name), "{name}");
+        }
+        for name in [
+            "Transfer-Encoding",
+            "X-Forwarded-For",
+            "X_Request_Id",
+            "Host_",
+            "Via",
+            "content__length",
+        ] {
+            assert!(!is_underscore_alias(name), "{name}");
+        }
     }
 
     #[test]

@@ -90,6 +90,22 @@ impl Itproxy {
         ]
     }
 
+    /// CPU time (user and system, all threads) the daemon has used so far (Linux).
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("itproxy runs").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields 14 and 15 (utime, stime), counted after the parenthesised command name.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     pub fn state_dir(&self) -> &Path {
         self.dir.path()
     }

@@ -79,6 +79,7 @@ use self::request::{Parsed, Prepared, RequestRules};
 use self::response::{put_connection, Framing};
 use self::upstream_conn::{exchange, Exchanged, Failure};
 use crate::lent::LentStream;
+use crate::message::HeadScan;
 use crate::pages::{self, Page};
 use crate::policy::RoutingPolicy;
 use crate::HostRouter;
@@ -225,21 +226,27 @@ impl H1Front {
             // A request's head (and a body read with it) must be complete this long after its
             // first byte: a client sending a byte now and then cannot hold the connection.
             let mut deadline = None;
+            // Bytes that cannot complete the request are not parsed again.
+            let mut scan = HeadScan::default();
             let prepared = loop {
                 if !conn.buf.is_empty() {
                     let due = *deadline
                         .get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
-                    match self
-                        .requests
-                        .prepare(&conn.buf, conn.peer, conn.tls, &mut conn.out)
-                    {
+                    let parsed = if scan.worth_parsing(&conn.buf) {
+                        self.requests
+                            .prepare(&conn.buf, conn.peer, conn.tls, &mut conn.out)
+                    } else {
+                        Parsed::Partial
+                    };
+                    match parsed {
                         Parsed::Forward(p) => break p,
                         Parsed::HandOver => return Outcome::HandOver,
                         Parsed::Refuse(page) => {
                             self.refuse(conn, &page, None).await;
                             return Outcome::Done;
                         }
-                        Parsed::Partial | Parsed::AwaitBody => {}
+                        Parsed::AwaitBody(len) => scan.await_body(len),
+                        Parsed::Partial => {}
                     }
                     match conn.read_client(Wait::Until(due), &mut shutdown).await {
                         Read::More => {}

@@ -55,8 +55,8 @@ pub(crate) enum Parsed {
     Partial,
     /// Refused with this page, and the connection closed.
     Refuse(Page),
-    /// The head is complete, its body not yet.
-    AwaitBody,
+    /// The head is complete, its body not yet: the request takes this many bytes in all.
+    AwaitBody(usize),
     /// Forwarded by this front; the upstream request is written out.
     Forward(Prepared),
     /// Lent to Pingora's pipeline.
@@ -108,6 +108,9 @@ impl RequestRules {
                 Ok(body) => body,
                 Err(refusal) => return Parsed::Refuse(Page::BadRequest(refusal)),
             };
+        if let Err(refusal) = message::check_target(method, path) {
+            return Parsed::Refuse(Page::BadRequest(refusal));
+        }
         let via = req
             .headers
             .iter()
@@ -167,7 +170,7 @@ impl RequestRules {
             return Parsed::HandOver;
         };
         if buf.len() < head_len + body_len {
-            return Parsed::AwaitBody;
+            return Parsed::AwaitBody(head_len + body_len);
         }
         let Ok(authority) = std::str::from_utf8(host) else {
             return Parsed::HandOver;
@@ -204,6 +207,7 @@ impl RequestRules {
             if ours
                 || HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
                 || (connection && named_by_connection(name, req.headers))
+                || message::is_underscore_alias(name)
             {
                 continue;
             }

@@ -130,15 +130,22 @@ pub(crate) fn parse_response(
     for h in resp.headers.iter() {
         let name = h.name;
         // The length goes out once, normalised, below; next to a transfer coding it is
-        // wrong and ignored (RFC 9112 6.3).
+        // wrong and ignored (RFC 9112 6.3). A transfer coding whose last is not chunked
+        // means "until close" (the client connection closes after it), and relayed it could
+        // be read two ways (`chunked` then `identity`: chunks, for a client reading the first
+        // field), so it goes too, as the pipeline removes it.
+        // A 204 has no body and is never framed (RFC 9110 8.6, RFC 9112 6.1): a client that
+        // honoured either field would read the next response as its body.
         let skip = HOP_BY_HOP[..3].iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("content-length")
+            || ((chunked == Some(false) || status == 204)
+                && name.eq_ignore_ascii_case("transfer-encoding"))
             || (connection && named_by_connection(name, resp.headers));
         if !skip {
             put_header(out, name.as_bytes(), h.value);
         }
     }
-    if let (None, Some(n)) = (chunked, length) {
+    if let (None, Some(n), false) = (chunked, length, status == 204) {
         let _ = write!(out, "Content-Length: {n}\r\n");
     }
     if !date {
@@ -264,6 +271,22 @@ mod tests {
             ),
             Framing::UntilClose
         );
+        // A 204 goes out unframed.
+        for upstream in [
+            &b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let (head, r) = client_head(upstream, false);
+            assert_eq!(r.framing, Framing::Empty);
+            assert!(!head.contains("Transfer-Encoding") && !head.contains("Content-Length"));
+        }
+        // Until close: no transfer coding a client could read as chunked goes on.
+        let (head, r) = client_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!head.contains("Transfer-Encoding"), "{head}");
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
             Framing::UntilClose

@@ -24,7 +24,7 @@ use super::client::Conn;
 use super::pool;
 use super::request::{Prepared, MAX_BODY};
 use super::response::{parse_response, ResponseHead};
-use crate::message::MAX_HEAD;
+use crate::message::{HeadScan, MAX_HEAD};
 use crate::Upstream;
 
 /// A final response head read from the upstream (in `Conn::upbuf`, the client's head written
@@ -102,9 +102,16 @@ where
             Err(e) => return Err(e),
         }
     };
+    // Bytes that cannot complete the head are not parsed again.
+    let mut scan = HeadScan::default();
     loop {
+        if !scan.worth_parsing(&conn.upbuf) {
+            await_response(&mut up, conn, timeout).await?;
+            continue;
+        }
         match parse_response(&conn.upbuf, p.head_request, &mut conn.out) {
             Ok(Some(r)) if (100..200).contains(&r.status) => {
+                scan = HeadScan::default();
                 // 103 Early Hints and the like go on to the client as they are.
                 let info = conn.upbuf.split_to(r.head_len);
                 let client = &mut conn.client;

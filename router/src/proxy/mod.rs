@@ -271,6 +271,11 @@ impl ProxyHttp for HostRouter {
         if unframed {
             upstream_response.remove_header(&header::TRANSFER_ENCODING);
         }
+        // A 204 is never framed (RFC 9110 8.6, RFC 9112 6.1), as the HTTP/1.1 front sends it.
+        if upstream_response.status.as_u16() == 204 {
+            upstream_response.remove_header(&header::TRANSFER_ENCODING);
+            upstream_response.remove_header(&header::CONTENT_LENGTH);
+        }
         // Headers the upstream's Connection names, Keep-Alive and Proxy-Connection describe its
         // connection to us, not the message (RFC 9110 7.6.1): the HTTP/1.1 front drops them
         // too. Framing headers are never dropped this way; Pingora writes its own Connection.

@@ -7,6 +7,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error as PError, ErrorType, Result as PResult};
 
+use crate::message;
 use crate::policy::{Incoming, Rewrite, RoutingPolicy};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -47,9 +48,26 @@ pub(super) fn rewrite_for_upstream(
             .map_err(|_| PError::explain(ErrorType::InvalidHTTPHeader, "bad Cookie"))?;
         req.insert_header(header::COOKIE, joined)?;
     }
+    // `Transfer_Encoding`, `X_Forwarded_For`: read as the real fields by CGI-style servers
+    // (`message::is_underscore_alias`); HTTP/2 clients may send them too.
+    let aliases: Vec<_> = req
+        .headers
+        .keys()
+        .filter(|name| message::is_underscore_alias(name.as_str()))
+        .cloned()
+        .collect();
+    for name in aliases {
+        req.remove_header(&name);
+    }
     req.append_header(header::VIA, policy.via())?;
-    // Absolute-form (`GET http://api.test/ HTTP/1.1`) and HTTP/2 (`:authority`): the
-    // HTTP/1.1 upstream expects origin-form and a Host header.
+    // Absolute-form over HTTP/1 (`GET http://api.test/a HTTP/1.1`): Pingora keeps the target
+    // as sent for the wire and only its path and query in the URI (its authority equals the
+    // Host header, or it was refused): the upstream gets origin-form, as nginx sends it.
+    if !matches!(req.raw_path().first(), Some(b'/' | b'*')) && req.method != http::Method::CONNECT {
+        let origin = req.uri.clone();
+        req.set_uri(origin);
+    }
+    // HTTP/2 (`:authority`): the HTTP/1.1 upstream expects origin-form and a Host header.
     if req.uri.authority().is_some() {
         let authority = req.uri.authority().map(|a| a.as_str().to_string());
         let path = req

@@ -30,7 +30,7 @@ fn upstream_request(f: &RequestRules, req: &[u8], peer: &str) -> Option<String> 
         Parsed::Forward(_) => Some(String::from_utf8(out).unwrap()),
         Parsed::HandOver => None,
         Parsed::Refuse(page) => panic!("refused: {}", page.summary()),
-        Parsed::Partial | Parsed::AwaitBody => panic!("a complete request was seen as partial"),
+        Parsed::Partial | Parsed::AwaitBody(_) => panic!("a complete request was seen as partial"),
     }
 }
 
@@ -174,7 +174,10 @@ fn small_bodies_are_forwarded_once_complete() {
                     String::from_utf8_lossy(&out)
                 );
             }
-            Parsed::AwaitBody => assert!(cut < post.len()),
+            Parsed::AwaitBody(len) => {
+                assert!(cut < post.len());
+                assert_eq!(len, post.len() - 3);
+            }
             _ => panic!("cut {cut}: neither forwarded nor waiting for the body"),
         }
     }
