@@ -62,13 +62,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    let mut headers = [httparse::EMPTY_HEADER; 128];
+    // As many fields as the front takes (its 256, Pingora's limit), and ours.
+    let mut headers = [httparse::EMPTY_HEADER; 260];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(&out) {
         Ok(httparse::Status::Complete(n)) => n,
         other => panic!("the forwarded head does not parse ({other:?}): {out:?}"),
     };
-    let mut theirs = [httparse::EMPTY_HEADER; 128];
+    let mut theirs = [httparse::EMPTY_HEADER; 256];
     let mut original = httparse::Request::new(&mut theirs);
     let Ok(httparse::Status::Complete(original_len)) = original.parse(head) else {
         panic!("a head that does not parse was forwarded: {head:?}");
