@@ -131,14 +131,15 @@ pub fn start(
     let own_http = !config.work_stealing && !config.http.is_empty();
     // Pingora's listeners are checked (and port 0 resolved) before Pingora starts: it would
     // panic on its own thread instead of reporting a bind error.
-    let mut held = Vec::new();
+    // Placeholders for ports the system chose, and the addresses they hold.
+    let mut held: Vec<(SocketAddr, socket2::Socket)> = Vec::new();
     let mut reserve = |addrs: &[SocketAddr], proto| -> Result<Vec<SocketAddr>, Error> {
         let mut free = SharedFreePort::default();
         let mut bound = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             let (at, holder) = reserve(free.to_bind(addr), proto)?;
             free.bound(addr, at);
-            held.extend(holder);
+            held.extend(holder.map(|h| (at, h)));
             bound.push(at);
         }
         Ok(bound)
@@ -199,11 +200,17 @@ pub fn start(
         None
     };
     let mut service = Service::new("itproxy http".to_string(), front());
-    // SO_REUSEPORT lets Pingora bind a port a placeholder holds (see `reserve`).
-    let mut shared = TcpSocketOptions::default();
-    shared.so_reuseport = Some(true);
+    // SO_REUSEPORT lets Pingora bind a port a placeholder holds (see `reserve`); only there,
+    // so that a configured port is never shared with another program of the same user.
+    let options = |addr: &SocketAddr| {
+        let mut o = TcpSocketOptions::default();
+        if held.iter().any(|(a, _)| a == addr) {
+            o.so_reuseport = Some(true);
+        }
+        o
+    };
     for addr in &pingora_http {
-        service.add_tcp_with_settings(&addr.to_string(), shared.clone());
+        service.add_tcp_with_settings(&addr.to_string(), options(addr));
     }
     if let Some(resolver) = certificates {
         for addr in &https {
@@ -211,7 +218,7 @@ pub fn start(
                 TlsSettings::intermediate("", "").map_err(|e| Error::Tls(e.to_string()))?;
             tls.set_cert_resolver(resolver.clone());
             tls.enable_h2();
-            service.add_tls_with_settings(&addr.to_string(), Some(shared.clone()), tls);
+            service.add_tls_with_settings(&addr.to_string(), Some(options(addr)), tls);
         }
     }
     server.add_service(service);
