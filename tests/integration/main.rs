@@ -8,7 +8,6 @@ mod docker;
 mod errors;
 mod fronts;
 mod hardening;
-mod headers;
 mod persistence;
 mod routing;
 mod swap;
