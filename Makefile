@@ -24,7 +24,12 @@ define fuzz_all
 	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
 endef
 
-.PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools
+# The Python client's suite runs in this venv, with the package installed as users install it.
+PYTHON ?= python3
+PY_VENV := target/python-venv
+PY_RESULTS := target/python-tests.xml
+
+.PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools python-test
 
 all: build
 
@@ -43,11 +48,27 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 ## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only),
-## the shipped example config, then a few seconds of each fuzz target.
+## the Python client's tests, the shipped example config, then a few seconds of each fuzz target.
 test: lint
 	$(CARGO) test --workspace --locked
+	$(MAKE) python-test
 	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml
 	$(MAKE) fuzz-smoke
+
+## The Python client (clients/python) and its pytest plugin, tested with pytest against the
+## real daemon, real Docker (images built here) and headless Chromium. Fails when a test fails
+## or when none ran (all skipped counts as none).
+python-test: deps
+	@scripts/install-deps.sh --python-tests
+	$(CARGO) build --locked
+	test -x $(PY_VENV)/bin/pip || $(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q --disable-pip-version-check './clients/python[test]'
+	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
+	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(PY_RESULTS) tests
+	@$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \
+	  s = E.parse("$(PY_RESULTS)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
+	  ran = int(s.get("tests")) - int(s.get("skipped")); \
+	  print(f"python client: {ran} tests ran"); sys.exit(0 if ran > 0 else "python client: no test ran")'
 
 fuzz-tools:
 	@rustup toolchain list | grep -q nightly || { echo 'cargo-fuzz needs a nightly toolchain: run `rustup toolchain install nightly`' >&2; exit 1; }

@@ -2,9 +2,18 @@
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
 # cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl, dig and busybox-static (tests), the
 # system CA bundle, and the rustfmt and clippy components. Safe to run repeatedly.
+# With --python-tests, also what the Python client's suite needs: venv, Chromium and its
+# driver (the browser tests), and certutil (the browser's NSS database).
 set -euo pipefail
 
 need=()
+if [ "${1:-}" = "--python-tests" ]; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+fi
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need+=(make)

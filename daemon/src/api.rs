@@ -273,3 +273,61 @@ impl AppAction {
             .transpose()
     }
 }
+
+/// Query of `GET /v1/apps/{app}/logs` and `GET /v1/errors`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines written since this time (Unix seconds, with a fraction); all when absent.
+    #[serde(default)]
+    pub since: Option<f64>,
+    /// Only the last N lines of each container (logs only).
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// One line a container wrote.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogLineView {
+    /// The container's name.
+    pub container: String,
+    /// The endpoint it runs.
+    pub endpoint: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub text: String,
+}
+
+/// `GET /v1/apps/{app}/logs`: the app's containers' lines, container by container.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AppLogs {
+    /// The app.
+    pub app: String,
+    /// Its lines.
+    pub lines: Vec<LogLineView>,
+}
+
+/// `GET /v1/errors`: the `itproxy logs --errors` scan of every container, as data.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ErrorScanView {
+    /// The environment.
+    pub env: String,
+    /// The scan covered lines since this time (Unix seconds; 0 for all).
+    pub since: f64,
+    /// How many containers were scanned.
+    pub containers: usize,
+    /// The error lines, container by container (empty when none).
+    pub findings: Vec<ErrorFinding>,
+}
+
+/// A line the app's patterns mark as an error.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFinding {
+    /// The app.
+    pub app: String,
+    /// The container's name.
+    pub container: String,
+    /// The line.
+    pub line: String,
+}

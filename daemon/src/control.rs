@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -32,6 +33,8 @@ pub enum ErrorCode {
     BadBody,
     /// A `timeout` that is not a duration (400).
     InvalidTimeout,
+    /// A query string the endpoint does not take (400).
+    BadQuery,
     /// No route for the host (404).
     NoRoute,
     /// No app of that name (404).
@@ -61,11 +64,12 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 16] = [
+    const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
         ErrorCode::InvalidTimeout,
+        ErrorCode::BadQuery,
         ErrorCode::NoRoute,
         ErrorCode::NoApp,
         ErrorCode::NoEnvironment,
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::BadBody => "bad_body",
             ErrorCode::InvalidTimeout => "invalid_timeout",
+            ErrorCode::BadQuery => "bad_query",
             ErrorCode::NoRoute => "no_route",
             ErrorCode::NoApp => "no_app",
             ErrorCode::NoEnvironment => "no_environment",
@@ -108,7 +113,8 @@ impl ErrorCode {
             ErrorCode::InvalidName
             | ErrorCode::InvalidTarget
             | ErrorCode::BadBody
-            | ErrorCode::InvalidTimeout => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidTimeout
+            | ErrorCode::BadQuery => StatusCode::BAD_REQUEST,
             ErrorCode::NoRoute
             | ErrorCode::NoApp
             | ErrorCode::NoEnvironment
@@ -287,7 +293,9 @@ pub fn app(control: Arc<Control>) -> Router {
         .route("/v1/routes/{name}/restore", post(restore_route))
         .route("/v1/apps", get(apps))
         .route("/v1/apps/{name}", get(get_app))
+        .route("/v1/apps/{name}/logs", get(app_logs))
         .route("/v1/apps/{name}/{action}", post(app_action))
+        .route("/v1/errors", get(errors))
         .route("/v1/shutdown", post(shutdown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -387,6 +395,33 @@ async fn app_action(
     Ok((status, Json(done.view)))
 }
 
+async fn app_logs(
+    State(c): Shared,
+    Path(name): Path<String>,
+    query: Result<Query<api::LogsQuery>, QueryRejection>,
+) -> Result<Json<api::AppLogs>, ApiError> {
+    let q = read_query(query)?;
+    Ok(Json(
+        c.apps()?
+            .logs(&name, q.since.unwrap_or(0.0), q.tail)
+            .await?,
+    ))
+}
+
+async fn errors(
+    State(c): Shared,
+    query: Result<Query<api::LogsQuery>, QueryRejection>,
+) -> Result<Json<api::ErrorScanView>, ApiError> {
+    let q = read_query(query)?;
+    if q.tail.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
+            "tail does not apply to the error scan, which reads every line since `since`",
+        ));
+    }
+    Ok(Json(c.apps()?.error_lines(q.since.unwrap_or(0.0)).await?))
+}
+
 async fn shutdown(State(c): Shared) -> (StatusCode, Json<serde_json::Value>) {
     c.stop.notify_one();
     (
@@ -400,6 +435,18 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         code: ErrorCode::BadBody,
         status: Some(e.status()),
         message: format!("cannot read the request body: {}", e.body_text()),
+    })
+}
+
+fn read_query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadQuery,
+            format!(
+                "{}; the query takes since (Unix seconds) and tail (a count), e.g. ?since=1764200000&tail=50",
+                e.body_text()
+            ),
+        )
     })
 }
 

@@ -13,6 +13,8 @@ use crate::api::{self, AppState, EnvPhase};
 use crate::config::Domains;
 use crate::state::{Change, Endpoint, StateHandle};
 
+mod logs;
+
 /// Why an app operation was refused or failed; the control API maps each to a code.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -37,7 +37,7 @@ pub use containers::{
     CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
 };
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
-pub use ready::{unix_seconds, LogLine, LOG_LINES_ON_FAILURE};
+pub use ready::{unix_seconds, unix_time, LogLine, LOG_LINES_ON_FAILURE};
 
 /// Label carried by every object itproxy creates, with the environment's name.
 pub const ENV_LABEL: &str = "itproxy.env";

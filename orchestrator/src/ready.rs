@@ -7,7 +7,7 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::{Stream, StreamExt};
 
-use crate::apps::{AppSpec, Check};
+use crate::apps::{AppSpec, Check, ErrorScan};
 use crate::containers::Container;
 use crate::{engine_err, Engine, Error};
 
@@ -16,12 +16,14 @@ pub const LOG_LINES_ON_FAILURE: usize = 20;
 const POLL: Duration = Duration::from_millis(50);
 
 /// A line a container wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
     /// Whether it went to stderr.
     pub stderr: bool,
     /// The line, without its newline.
     pub text: String,
+    /// When the engine received it (Unix seconds), if it said.
+    pub at: Option<f64>,
 }
 
 impl Engine {
@@ -138,7 +140,7 @@ impl Engine {
             .as_deref()
             .and_then(unix_seconds)
             .unwrap_or(0);
-        let mut lines = std::pin::pin!(self.logs(&container.id, since, true, None));
+        let mut lines = std::pin::pin!(self.logs(&container.id, since as f64, true, None));
         while let Some(line) = lines.next().await {
             match line {
                 Ok(l) if re.is_match(&l.text) => return Ok(()),
@@ -155,33 +157,61 @@ impl Engine {
 
     /// The container's last `n` lines (empty if they cannot be read).
     pub async fn last_lines(&self, id: &str, n: usize) -> Vec<LogLine> {
-        self.logs(id, 0, false, Some(n))
+        self.logs(id, 0.0, false, Some(n))
             .filter_map(|l| async move { l.ok() })
             .collect()
             .await
     }
 
-    /// A container's output as lines (stdout and stderr), from `since` (Unix seconds, 0 for
-    /// all), following new output if `follow`, or only the last `tail` lines.
+    /// The lines of a container's output since `since` (Unix seconds, 0 for all) that `scan`
+    /// marks as errors: the `logs --errors` rule, shared by the CLI and the control API.
+    pub async fn error_lines(
+        &self,
+        id: &str,
+        since: f64,
+        scan: &ErrorScan,
+    ) -> Result<Vec<LogLine>, Error> {
+        let lines: Vec<LogLine> = self
+            .logs(id, since, false, None)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        Ok(lines
+            .into_iter()
+            .filter(|l| scan.is_error(&l.text))
+            .collect())
+    }
+
+    /// A container's output as lines (stdout and stderr), from `since` (Unix seconds with a
+    /// fraction, 0 for all: the engine filters by whole seconds, the rest is cut here by each
+    /// line's time), following new output if `follow`, or only the last `tail` lines.
     pub fn logs(
         &self,
         id: &str,
-        since: i64,
+        since: f64,
         follow: bool,
         tail: Option<usize>,
     ) -> impl Stream<Item = Result<LogLine, Error>> + use<> {
+        let since = if since.is_finite() {
+            since.max(0.0)
+        } else {
+            0.0
+        };
         let options = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)
             .follow(follow)
-            .since(i32::try_from(since).unwrap_or(0))
+            .timestamps(true)
+            .since(i32::try_from(since.floor() as i64).unwrap_or(0))
             .tail(&tail.map_or("all".to_string(), |n| n.to_string()))
             .build();
         let action = format!("read the logs of {id}");
         let chunks = self.docker.logs(id, Some(options));
-        // Output arrives in chunks that need not end at a newline: keep a partial line per
-        // stream until its end comes.
-        let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        // Output arrives as the engine's messages, each prefixed with its time; a message need
+        // not end at a newline (long lines are split): keep a partial line per stream, with the
+        // time of its first part, until its end comes.
+        let mut partial: [(Vec<u8>, Option<f64>); 2] = [(Vec::new(), None), (Vec::new(), None)];
         chunks
             .map(Some)
             .chain(futures_util::stream::once(async { None }))
@@ -190,33 +220,55 @@ impl Engine {
                 match chunk {
                     Some(Ok(chunk)) => {
                         let stderr = matches!(chunk, LogOutput::StdErr { .. });
-                        let buf = &mut partial[usize::from(stderr)];
-                        buf.extend_from_slice(&chunk.into_bytes());
+                        let bytes = chunk.into_bytes();
+                        let (at, text) = split_time(&bytes);
+                        let (buf, started) = &mut partial[usize::from(stderr)];
+                        if buf.is_empty() {
+                            *started = at;
+                        }
+                        buf.extend_from_slice(text);
                         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = buf.drain(..=nl).collect();
-                            out.push(Ok(to_line(stderr, &line[..nl])));
+                            out.push(Ok(to_line(stderr, &line[..nl], *started)));
+                            *started = at;
                         }
                     }
                     Some(Err(e)) => out.push(Err(engine_err(action.clone())(e))),
                     None => {
-                        for (i, buf) in partial.iter_mut().enumerate() {
+                        for (i, (buf, started)) in partial.iter_mut().enumerate() {
                             if !buf.is_empty() {
-                                out.push(Ok(to_line(i == 1, buf)));
+                                out.push(Ok(to_line(i == 1, buf, *started)));
                                 buf.clear();
                             }
                         }
                     }
                 }
+                out.retain(|l| !matches!(l, Ok(LogLine { at: Some(t), .. }) if *t < since));
                 futures_util::stream::iter(out)
             })
     }
 }
 
-fn to_line(stderr: bool, bytes: &[u8]) -> LogLine {
+/// A message's time and the rest: `2026-11-25T18:00:01.123456789Z text` -> (time, `text`).
+fn split_time(message: &[u8]) -> (Option<f64>, &[u8]) {
+    let Some(space) = message.iter().take(40).position(|b| *b == b' ') else {
+        return (None, message);
+    };
+    match std::str::from_utf8(&message[..space])
+        .ok()
+        .and_then(unix_time)
+    {
+        Some(t) => (Some(t), &message[space + 1..]),
+        None => (None, message),
+    }
+}
+
+fn to_line(stderr: bool, bytes: &[u8], at: Option<f64>) -> LogLine {
     let text = String::from_utf8_lossy(bytes);
     LogLine {
         stderr,
         text: text.strip_suffix('\r').unwrap_or(&text).to_string(),
+        at,
     }
 }
 
@@ -256,6 +308,19 @@ async fn http_status(ip: IpAddr, port: u16, path: &str, host: &str) -> Option<u1
         .await
         .ok()
         .flatten()
+}
+
+/// [`unix_seconds`] with the fraction of a second Docker writes (`.123456789`).
+pub fn unix_time(rfc3339: &str) -> Option<f64> {
+    let whole = unix_seconds(rfc3339)?;
+    let fraction = rfc3339
+        .get(19..)
+        .and_then(|r| r.strip_prefix('.'))
+        .map(|r| r.trim_end_matches(|c: char| !c.is_ascii_digit()))
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| format!("0.{d}").parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Some(whole as f64 + fraction)
 }
 
 /// Seconds since the epoch of an RFC 3339 time as Docker writes it (`2026-11-25T18:00:01.123Z`).
@@ -305,5 +370,16 @@ mod tests {
             Some(1795631670)
         );
         assert_eq!(unix_seconds("garbage"), None);
+        assert_eq!(unix_time("2026-11-25T18:34:30.25Z"), Some(1795631670.25));
+        assert_eq!(unix_time("2026-11-25T18:34:30Z"), Some(1795631670.0));
+    }
+
+    #[test]
+    fn messages_lose_their_time_prefix() {
+        let (at, text) = split_time(b"2026-11-25T18:34:30.5Z hello world\n");
+        assert_eq!(at, Some(1795631670.5));
+        assert_eq!(text, b"hello world\n");
+        let (at, text) = split_time(b"no time here\n");
+        assert_eq!((at, text), (None, &b"no time here\n"[..]));
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use http::Method;
-use itproxy_orchestrator::{Engine, EnvName, ErrorScan, LogLine};
+use itproxy_orchestrator::{Engine, EnvName, ErrorScan};
 
 use crate::cli::{AppActionArgs, AppCommand, LogsArgs};
 use crate::client::{Client, ClientError};
@@ -51,8 +51,8 @@ pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
     let mut child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(DETACHED_CHILD, "1")
-        .arg("--state-dir")
-        .arg(state_dir)
+        // As the variable, not an argument: the arguments may hold --state-dir already.
+        .env("ITPROXY_STATE_DIR", state_dir)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -293,7 +293,7 @@ pub async fn logs(config: &Config, args: LogsArgs) -> anyhow::Result<()> {
     let env = env_of(config, args.env.clone())?;
     let engine = Engine::connect().await?;
     let containers = engine.env_containers(&env).await?;
-    let since = args.since.unwrap_or(0);
+    let since = args.since.unwrap_or(0) as f64;
     if args.errors {
         return scan_errors(config, &engine, &env, &containers, since, &args.pattern).await;
     }
@@ -341,7 +341,7 @@ async fn scan_errors(
     engine: &Engine,
     env: &EnvName,
     containers: &[itproxy_orchestrator::Container],
-    since: i64,
+    since: f64,
     patterns: &[regex::Regex],
 ) -> anyhow::Result<()> {
     let mut found = 0usize;
@@ -361,13 +361,7 @@ async fn scan_errors(
                 .map(|a| a.errors.clone())
                 .unwrap_or_default()
         };
-        let lines: Vec<LogLine> = engine
-            .logs(&c.id, since, false, None)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        let bad: Vec<&LogLine> = lines.iter().filter(|l| scan.is_error(&l.text)).collect();
+        let bad = engine.error_lines(&c.id, since, &scan).await?;
         if !bad.is_empty() {
             containers_with += 1;
             found += bad.len();

@@ -1,0 +1,205 @@
+"""The control API's shapes (docs/api.yaml) as typed, read-only values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Route:
+    """One active route: ``host`` is served from ``target``."""
+
+    host: str
+    target: str
+    source: str
+    """``config``, ``override``, ``discovered`` (a labelled container) or ``app`` (a declared app)."""
+    addresses: Tuple[str, ...]
+    declared: Optional[str] = None
+    """The declared target an override replaces."""
+    redirect_https: bool = False
+    insecure_upstream: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Route":
+        return cls(
+            host=d["host"],
+            target=d["target"],
+            source=d["source"],
+            addresses=tuple(d.get("addresses", ())),
+            declared=d.get("declared"),
+            redirect_https=bool(d.get("redirect_https", False)),
+            insecure_upstream=bool(d.get("insecure_upstream", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Where the daemon serves: ``host:port`` strings, as it reports them."""
+
+    http: Tuple[str, ...]
+    https: Tuple[str, ...]
+    dns: Tuple[str, ...]
+    control: str
+
+
+@dataclass(frozen=True)
+class CaInfo:
+    """The local certificate authority."""
+
+    root: Path
+    """The root certificate alone (PEM)."""
+    bundle: Path
+    """The system's roots plus the root: what clients should verify with."""
+    fingerprint: str
+    permitted: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Status:
+    """``GET /v1/status``."""
+
+    version: str
+    pid: int
+    uptime_seconds: float
+    state_dir: Path
+    config_file: Optional[Path]
+    domains: Tuple[str, ...]
+    env: Optional[str]
+    listeners: Listeners
+    ca: Optional[CaInfo]
+    routes: int
+    overrides: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Status":
+        lst = d["listeners"]
+        ca = d.get("ca")
+        return cls(
+            version=d["version"],
+            pid=int(d["pid"]),
+            uptime_seconds=float(d["uptime_seconds"]),
+            state_dir=Path(d["state_dir"]),
+            config_file=Path(d["config_file"]) if d.get("config_file") else None,
+            domains=tuple(d["domains"]),
+            env=d.get("env"),
+            listeners=Listeners(
+                http=tuple(lst.get("http", ())),
+                https=tuple(lst.get("https", ())),
+                dns=tuple(lst.get("dns", ())),
+                control=lst["control"],
+            ),
+            ca=CaInfo(
+                root=Path(ca["root"]),
+                bundle=Path(ca["bundle"]),
+                fingerprint=ca.get("fingerprint", ""),
+                permitted=tuple(ca.get("permitted", ())),
+            )
+            if ca
+            else None,
+            routes=int(d["routes"]),
+            overrides=int(d["overrides"]),
+        )
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container of an app, as the engine reports it now."""
+
+    endpoint: str
+    name: str
+    state: str
+    """Docker's state (``running``, ``exited``...) or ``missing``."""
+    address: Optional[str] = None
+    serves: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """``GET /v1/apps/{app}``: a declared app and its containers."""
+
+    name: str
+    step: str
+    image: str
+    state: str
+    """``pending``, ``starting``, ``ready``, ``failed`` or ``stopped``."""
+    ready_check: str
+    depends_on: Tuple[str, ...]
+    containers: Tuple[Container, ...]
+    error: Optional[str] = None
+    ready_in_ms: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "AppInfo":
+        return cls(
+            name=d["name"],
+            step=d["step"],
+            image=d["image"],
+            state=d["state"],
+            ready_check=d["ready_check"],
+            depends_on=tuple(d.get("depends_on", ())),
+            containers=tuple(
+                Container(
+                    endpoint=c["endpoint"],
+                    name=c["name"],
+                    state=c["state"],
+                    address=c.get("address"),
+                    serves=c.get("serves"),
+                )
+                for c in d.get("containers", ())
+            ),
+            error=d.get("error"),
+            ready_in_ms=d.get("ready_in_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line one of an app's containers wrote."""
+
+    container: str
+    endpoint: str
+    stream: str
+    """``stdout`` or ``stderr``."""
+    text: str
+
+
+@dataclass(frozen=True)
+class ErrorFinding:
+    """A line an app's ``log_errors`` patterns mark as an error."""
+
+    app: str
+    container: str
+    line: str
+
+    def __str__(self) -> str:
+        return f"{self.container}: {self.line}"
+
+
+@dataclass(frozen=True)
+class ErrorScan:
+    """``GET /v1/errors``: the ``itproxy logs --errors`` scan of every container."""
+
+    env: str
+    since: float
+    containers: int
+    findings: Tuple[ErrorFinding, ...] = field(default_factory=tuple)
+
+    def __bool__(self) -> bool:
+        """True when an error line was found."""
+        return bool(self.findings)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ErrorScan":
+        return cls(
+            env=d["env"],
+            since=float(d["since"]),
+            containers=int(d["containers"]),
+            findings=tuple(ErrorFinding(f["app"], f["container"], f["line"]) for f in d["findings"]),
+        )
+
+    def report(self) -> str:
+        """The findings as ``itproxy logs --errors`` prints them."""
+        lines: Sequence[str] = [str(f) for f in self.findings]
+        return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Apps: state, stop, start and restart with waiting, logs."""
+
+import pytest
+
+import itproxy
+
+
+def test_an_app_stops_and_starts_again(itproxy_env):
+    api = itproxy_env.apps["api"]
+    assert api.state == "ready"
+    assert api.stop().state == "stopped"
+    assert itproxy_env.get_route("api") is None, "a stopped app's route goes away"
+    info = api.start_and_wait(timeout=30)
+    assert info.state == "ready"
+    assert info.containers[0].state == "running" and info.containers[0].address
+    assert itproxy_env.http().get("https://api.test/").text.strip() == "hello-from-api"
+
+
+def test_restart_and_wait_returns_a_ready_app(itproxy_env):
+    before = itproxy_env.apps["api"].info.containers[0].address
+    info = itproxy_env.apps["api"].restart_and_wait(timeout=30)
+    assert info.state == "ready" and info.ready_in_ms is not None
+    assert info.containers[0].address  # a new container; its address may be the old one
+    assert before is not None
+    assert itproxy_env.http().get("http://api.test/").status_code == 200
+
+
+def test_logs_are_the_containers_lines(itproxy_env):
+    itproxy_env.http().get("https://api.test/")
+    lines = itproxy_env.apps["api"].logs()
+    assert any(l.text == "api listening on 8080" and l.stream == "stdout" for l in lines), lines
+    assert all(l.container == f"itproxy-{itproxy_env.name}-api" for l in lines)
+    last = itproxy_env.apps["api"].logs(tail=1)
+    assert len(last) == 1 and last[0] == lines[-1]
+
+
+def test_unknown_apps_are_named_with_the_ones_there_are(itproxy_env):
+    assert sorted(itproxy_env.apps) == ["api", "db"]
+    with pytest.raises(KeyError, match="apps: api, db"):
+        itproxy_env.apps["nope"]
+    with pytest.raises(itproxy.ApiError) as e:
+        itproxy.App(itproxy_env, "nope").start_and_wait()
+    assert e.value.code == "no_app" and e.value.status == 404
+
+
+def test_a_bad_timeout_is_refused_with_its_code(itproxy_env):
+    with pytest.raises(itproxy.ApiError) as e:
+        itproxy_env._control.call("POST", "/v1/apps/api/start", {"wait": True, "timeout": "soon"})
+    assert e.value.code == "invalid_timeout"
