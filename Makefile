@@ -50,6 +50,7 @@ lint: deps
 ## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only),
 ## the Python client's tests, the shipped example config, then a few seconds of each fuzz target.
 test: lint
+	@scripts/install-deps.sh --python-tests
 	$(CARGO) test --workspace --locked
 	$(MAKE) python-test
 	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml

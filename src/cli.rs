@@ -104,6 +104,10 @@ pub enum Command {
     /// The local certificate authority: where it is, how to trust it, rotation.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Chromium with the CA trusted and the domains' names sent to this daemon: print its
+    /// command line (a profile and NSS database of its own under the state directory), or
+    /// start it with --launch.
+    Browser(BrowserArgs),
     /// Validate a config file and print what it declares.
     CheckConfig {
         /// The file [default: ./itproxy.toml].
@@ -259,6 +263,22 @@ pub struct UpArgs {
     /// reason if one is not); its log goes to `itproxy.log` in the state directory.
     #[arg(long, short = 'd')]
     pub detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BrowserArgs {
+    /// Pages to open: an app or host name (`api`, `www.shop.test/login`) or a URL.
+    #[arg(value_name = "PAGE")]
+    pub pages: Vec<String>,
+    /// Start Chromium (in the background) instead of printing its command line.
+    #[arg(long)]
+    pub launch: bool,
+    /// No window (`--headless=new`).
+    #[arg(long)]
+    pub headless: bool,
+    /// The browser to run [default: chromium, chromium-browser or google-chrome on PATH].
+    #[arg(long, env = "ITPROXY_CHROMIUM", value_name = "PATH")]
+    pub chromium: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

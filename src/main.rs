@@ -72,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         )),
         Command::Bench(args) => commands::bench::main(args, &state_dir),
+        Command::Browser(args) => runtime()?.block_on(commands::browser::run(&state_dir, args)),
         Command::Route(args) => runtime()?.block_on(commands::route(args, &state_dir)),
         Command::Unroute { name, json } => {
             runtime()?.block_on(commands::unroute(&name, json, &state_dir))

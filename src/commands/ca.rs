@@ -56,20 +56,13 @@ pub fn env(state_dir: &StateDir, domains: &[String], json: bool) -> anyhow::Resu
         println!("{}", serde_json::to_string_pretty(&map)?);
     } else {
         for (k, v) in vars {
-            println!("export {k}={}", shell_quote(&v.display().to_string()));
+            println!(
+                "export {k}={}",
+                super::shell_quote(&v.display().to_string())
+            );
         }
     }
     Ok(())
-}
-
-fn shell_quote(s: &str) -> String {
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 /// `ca rotate`: a new root (for a changed domain list, or a key that leaked).

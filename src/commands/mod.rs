@@ -13,12 +13,24 @@ use crate::client::Client;
 use itproxy_daemon::api::{self, RouteView};
 
 pub mod bench;
+pub mod browser;
 pub mod ca;
 pub mod check_config;
 pub mod dns;
 pub mod env;
 pub mod resolve;
 pub mod up;
+
+/// `s` as one shell word.
+pub fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

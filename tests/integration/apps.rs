@@ -4,7 +4,7 @@
 //! image is built locally from Debian's busybox-static.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -316,6 +316,53 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     assert!(out.contains("no error lines"), "{out}");
     let out = p.ok(&["-c", config.to_str().unwrap(), "logs", "db"]);
     assert_eq!(out.trim(), "db booting");
+
+    // The same through the control API, as data (the Python client's env.errors(), .logs()).
+    let (code, scan) = p.api("GET", "/v1/errors", None);
+    assert_eq!(code, 200, "{scan}");
+    assert_eq!(scan["containers"], 5);
+    assert_eq!(
+        scan["findings"],
+        serde_json::json!([{"app": "web", "container": www, "line": "ERROR: disk on fire"}])
+    );
+    let later = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 0.001;
+    let (_, scan) = p.api("GET", &format!("/v1/errors?since={later}"), None);
+    assert_eq!(
+        scan["findings"],
+        serde_json::json!([]),
+        "lines are cut to the fraction"
+    );
+    let (code, err) = p.api("GET", "/v1/errors?since=soon", None);
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (400, Some("bad_query")),
+        "{err}"
+    );
+    let (code, logs) = p.api("GET", "/v1/apps/db/logs", None);
+    assert_eq!(code, 200, "{logs}");
+    assert_eq!(
+        logs["lines"],
+        serde_json::json!([{"container": format!("itproxy-{env}-db"), "endpoint": "db",
+                            "stream": "stdout", "text": "db booting"}])
+    );
+    let (_, logs) = p.api("GET", "/v1/apps/www/logs?tail=0", None);
+    assert_eq!(
+        logs["error"]["code"], "no_app",
+        "endpoints are not apps: {logs}"
+    );
+    let (_, logs) = p.api("GET", "/v1/apps/web/logs?tail=1", None);
+    let of_www: Vec<&Value> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["container"] == www.as_str())
+        .collect();
+    assert_eq!(of_www.len(), 1, "{logs}");
+    assert_eq!(of_www[0]["text"], "ERROR: disk on fire", "{logs}");
 
     // Stop an app: its route goes; start it again, waiting for readiness.
     p.ok(&["app", "stop", "web"]);

@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod browser;
 mod cli;
 mod dns;
 mod docker;
