@@ -56,7 +56,8 @@ test: lint
 	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml
 	$(MAKE) fuzz-smoke
 
-## The Python client (clients/python) and its pytest plugin, tested with pytest against the
+## The Python client (clients/python) and its pytest plugin: type-checked (mypy --strict), and
+## tested with pytest against the
 ## real daemon, real Docker (images built here) and headless Chromium. Fails when a test fails
 ## or when none ran (all skipped counts as none).
 python-test: deps
@@ -64,6 +65,7 @@ python-test: deps
 	$(CARGO) build --locked
 	test -x $(PY_VENV)/bin/pip || $(PYTHON) -m venv $(PY_VENV)
 	$(PY_VENV)/bin/pip install -q --disable-pip-version-check './clients/python[test]'
+	$(PY_VENV)/bin/mypy --strict --cache-dir target/mypy-cache clients/python/src/itproxy
 	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(PY_RESULTS) tests
 	@$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import httpx
 
@@ -35,7 +35,7 @@ class ControlClient:
         timeout: Optional[float] = None,
     ) -> Any:
         """The JSON answer to ``method path``, or the API's refusal raised as :class:`ApiError`."""
-        kwargs: dict = {}
+        kwargs: Dict[str, Any] = {}
         if body is not None:
             kwargs["json"] = dict(body)
         if params:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 import httpcore
 import httpx
@@ -133,6 +133,7 @@ def async_http_transport(names: NameMap, verify: ssl.SSLContext, **kwargs: Any) 
 def requests_adapter(names: NameMap, ca_bundle: str) -> Any:
     """A requests adapter that connects names under the domains to itproxy and verifies them
     with the CA bundle, whatever REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or a proxy variable says."""
+    import requests
     import requests.adapters
     import urllib3.connection
     import urllib3.connectionpool
@@ -140,7 +141,7 @@ def requests_adapter(names: NameMap, ca_bundle: str) -> Any:
     import urllib3.util.connection
 
     def mapped(base: Any) -> Any:
-        class Mapped(base):  # type: ignore[misc, valid-type]
+        class Mapped(base):  # type: ignore[misc]
             def _new_conn(self) -> Any:
                 target = names.lookup(self.host, self.port)
                 if target is None:
@@ -168,14 +169,16 @@ def requests_adapter(names: NameMap, ca_bundle: str) -> Any:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
 
-        def send(self, request: Any, **kwargs: Any) -> Any:
-            host = urllib3.util.parse_url(request.url).host or ""
+        def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
+                 verify: Union[bool, str] = True, cert: Any = None,
+                 proxies: Optional[Mapping[str, str]] = None) -> requests.Response:
+            host = urllib3.util.parse_url(request.url or "").host or ""
             if names.covers(host):
                 # requests lets REQUESTS_CA_BUNDLE override Session.verify, and would send these
                 # names to an HTTP proxy from the environment: neither may happen here.
-                kwargs["proxies"] = {}
-                if kwargs.get("verify", True) is not False:
-                    kwargs["verify"] = ca_bundle
-            return super().send(request, **kwargs)
+                proxies = {}
+                if verify is not False:
+                    verify = ca_bundle
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
 
     return Adapter()

@@ -100,7 +100,7 @@ def chrome(env: "Env", home: Path, headless: bool = True, extra_args: Sequence[s
     except ImportError as e:
         raise ItproxyError("selenium is not installed: pip install 'itproxy[browser]'") from e
 
-    class Chrome(webdriver.Chrome):  # type: ignore[misc]
+    class Chrome(webdriver.Chrome):
         def get(self, url: str) -> None:
             wait_for_network_settled()
             super().get(url)

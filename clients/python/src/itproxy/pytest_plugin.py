@@ -161,7 +161,7 @@ def itproxy_error_check(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     item.stash.setdefault(_REPORTS, {})[report.when] = report
 
@@ -170,7 +170,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In session mode, the scan made as ``itproxy_env`` ended fails the session."""
     state = session.config.stash.get(_SESSION, None)
-    scan: Optional[ErrorScan] = state and state.get("errors")
+    scan: Optional[ErrorScan] = state.get("errors") if state else None
     if scan:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         text = f"itproxy: {len(scan.findings)} error line(s) in the environment's containers during the session:\n"
