@@ -50,6 +50,19 @@ pub enum StartError {
         /// The control socket.
         socket: PathBuf,
     },
+    /// The control socket's path is longer than a Unix socket address holds.
+    #[error(
+        "the control socket {} would be {len} bytes long, and a Unix socket's path holds at \
+         most {max}: give a shorter --state-dir",
+        .path.display(),
+        max = MAX_SOCKET_PATH
+    )]
+    SocketPathTooLong {
+        /// The socket.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The control socket cannot be removed, created or restricted.
     #[error("cannot {action} the control socket {}: {error}", .path.display())]
     ControlSocket {
@@ -217,12 +230,21 @@ fn check_steps(config: &Config, steps: &[String]) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Creates the state directory and makes this daemon its only one: refuses when another
 /// daemon's control socket answers, removes a stale one.
 async fn claim_state_dir(dir: &StateDir) -> Result<(), StartError> {
+    let sock = dir.control_socket();
+    // Checked before anything is created: the bind would fail only after the environment's
+    // network and listeners were up.
+    let len = sock.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(StartError::SocketPathTooLong { path: sock, len });
+    }
     dir.ensure()?;
     raise_fd_limit();
-    let sock = dir.control_socket();
     if tokio::net::UnixStream::connect(&sock).await.is_ok() {
         return Err(StartError::AnotherDaemon { socket: sock });
     }

@@ -125,6 +125,24 @@ fn a_busy_port_or_a_second_daemon_is_refused_clearly() {
 }
 
 #[test]
+fn a_state_dir_too_deep_for_a_socket_is_refused_before_anything_starts() {
+    let top = tempfile::tempdir().unwrap();
+    let deep = top.path().join("d".repeat(110));
+    let out = run_in(
+        &deep,
+        &["up", "--http", "127.0.0.1:0", "--no-https", "--no-dns"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a Unix socket's path holds at most 107")
+            && err.contains("shorter --state-dir"),
+        "{err}"
+    );
+    assert!(!deep.exists(), "nothing was created");
+}
+
+#[test]
 fn bad_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[routes]\napi = \"localhost:notaport\"\n");

@@ -1,7 +1,14 @@
 """The pytest plugin as its users meet it: inner pytest runs (pytester) against this session's
 daemon, which they find through its state directory and leave running."""
 
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
+
+import itproxy
 
 pytest_plugins = ["pytester"]
 
@@ -107,3 +114,62 @@ def test_page(browser, itproxy_env):
     assert len(shots) == 1 and shots[0].stat().st_size > 1000
     assert "hello-from-api" in shots[0].with_suffix(".html").read_text()
     result.stdout.fnmatch_lines(["*screenshot: *shots*test_page*.png*"])
+
+
+@pytest.fixture
+def state(tmp_path_factory):
+    """A state directory with a short path: a Unix socket's path is limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="itp-"))
+    yield path / "state"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(env_name: str) -> str:
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=itproxy.env={env_name}"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _own_config(pytester, itproxy_env, env_name: str, image: str = "itproxy-pytest/busybox:latest") -> str:
+    text = (itproxy_env.config or Path("tests/itproxy.toml")).read_text()
+    text = text.replace(f'name = "{itproxy_env.name}"', f'name = "{env_name}"')
+    text = text.replace('image = "itproxy-pytest/busybox:latest"', f'image = "{image}"', 1)
+    path = pytester.path / "itproxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_session_brings_its_environment_up_and_down(pytester, itproxy_env, state, keep):
+    env_name = f"{itproxy_env.name}k" if keep else f"{itproxy_env.name}u"
+    _own_config(pytester, itproxy_env, env_name)
+    pytester.makepyfile(
+        """
+def test_up(itproxy_env):
+    assert itproxy_env.apps["api"].state == "ready"
+    assert itproxy_env.http().get("https://api.test/").text.strip() == "hello-from-api"
+"""
+    )
+    args = [f"--itproxy-state-dir={state}", "-p", "no:cacheprovider"] + (["--itproxy-keep"] if keep else [])
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+    if keep:
+        kept = itproxy.Env.connect(state)
+        assert kept.apps["api"].state == "ready", "--itproxy-keep leaves it running"
+        kept.down()
+    else:
+        with pytest.raises(itproxy.DaemonNotRunning):
+            itproxy.Env.connect(state)
+    assert _leftovers(env_name) == "", "nothing of the environment is left on the engine"
+
+
+def test_an_environment_that_cannot_come_up_fails_the_session_and_is_removed(pytester, itproxy_env, state):
+    env_name = f"{itproxy_env.name}f"
+    _own_config(pytester, itproxy_env, env_name, image="itproxy-pytest/no-such-image:latest")
+    pytester.makepyfile("def test_never(itproxy_env):\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--itproxy-state-dir={state}", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*itproxy up failed*", "*no-such-image*"])
+    with pytest.raises(itproxy.DaemonNotRunning):
+        itproxy.Env.connect(state)
+    assert _leftovers(env_name) == ""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from .env import Env, RouteChange, default_state_dir
-from .errors import DaemonNotRunning
+from .errors import CommandFailed, DaemonNotRunning
 from .types import ErrorScan
 
 _REPORTS = pytest.StashKey[Dict[str, Any]]()
@@ -93,7 +93,15 @@ def itproxy_env(request: pytest.FixtureRequest) -> Iterator[Env]:
         cfg_path = _in_rootdir(config, cfg) if cfg else Path(config.rootpath) / "itproxy.toml"
         if cfg and not cfg_path.is_file():
             raise pytest.UsageError(f"itproxy config {cfg_path} does not exist")
-        env = Env.up(cfg_path if cfg_path.is_file() else None, state_dir=state_dir)
+        chosen = cfg_path if cfg_path.is_file() else None
+        try:
+            env = Env.up(chosen, state_dir=state_dir)
+        except CommandFailed:
+            # `up` leaves a failed environment running for inspection; a test session keeps it
+            # only when asked to.
+            if not config.getoption("itproxy_keep"):
+                Env(state_dir, config=chosen).down()
+            raise
         started = True
     session = config.stash[_SESSION]
     try:
