@@ -112,6 +112,22 @@ fn anchor_path(authority: &Authority) -> PathBuf {
     ))
 }
 
+/// Chromium's NSS database on Linux: `$HOME/.pki/nssdb`.
+fn chromium_nss_db() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".pki/nssdb"))
+}
+
+/// Whether the NSS database `db` (`sql:DIR`) holds a certificate named `nick`.
+fn nss_has(db: &str, nick: &str) -> bool {
+    Command::new("certutil")
+        .args(["-L", "-d", db, "-n", nick])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The NSS databases of this user's Chromium and Firefox profiles that exist.
 fn nss_databases() -> Vec<PathBuf> {
     let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
         return vec![];
@@ -154,7 +170,6 @@ fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
 /// NSS databases of Chromium and Firefox, each step reported.
 pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow::Result<()> {
     let (authority, files, _) = itproxy_daemon::tls::load_or_create(state_dir, domains)?;
-    let nick = format!("itproxy local CA {}", &authority.fingerprint()[..11]);
     let mut did = 0;
     let anchor = anchor_path(&authority);
     let has_update = Command::new("update-ca-certificates")
@@ -194,8 +209,28 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
         );
         did += 1;
     }
-    let dbs = nss_databases();
     let has_certutil = Command::new("certutil").arg("-H").output().is_ok();
+    let mut dbs = nss_databases();
+    // Chromium on Linux trusts a private CA only through ~/.pki/nssdb, which a fresh user
+    // (a CI runner, a container) does not have until Chromium first runs: create it.
+    if !remove && has_certutil {
+        if let Some(db) = chromium_nss_db().filter(|db| !db.join("cert9.db").exists()) {
+            std::fs::create_dir_all(&db)
+                .with_context(|| format!("cannot create {}", db.display()))?;
+            let d = format!("sql:{}", db.display());
+            run_tool(Command::new("certutil").args(["-N", "--empty-password", "-d", &d]))?;
+            println!("NSS {}: created (Chromium's database)", db.display());
+            dbs.insert(0, db);
+        }
+    }
+    // No colon in the nickname: certutil reads `a:b` as token `a`, name `b`.
+    let nick = format!("itproxy local CA {}", itproxy_daemon::root_id(&authority));
+    // What earlier versions added, addressed through the token so its colons survive.
+    let legacy = format!(
+        "NSS Certificate DB:itproxy local CA {}",
+        &authority.fingerprint()[..11]
+    );
+    let mut failed = 0;
     for db in &dbs {
         let d = format!("sql:{}", db.display());
         if !has_certutil {
@@ -206,7 +241,17 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
             continue;
         }
         let r = if remove {
-            run_tool(Command::new("certutil").args(["-D", "-d", &d, "-n", &nick]))
+            let present: Vec<&String> = [&nick, &legacy]
+                .into_iter()
+                .filter(|n| nss_has(&d, n))
+                .collect();
+            if present.is_empty() {
+                println!("NSS {}: not installed", db.display());
+                continue;
+            }
+            present.iter().try_for_each(|n| {
+                run_tool(Command::new("certutil").args(["-D", "-d", &d, "-n", n]))
+            })
         } else {
             run_tool(
                 Command::new("certutil")
@@ -214,6 +259,17 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
                     .arg(&files.root),
             )
         };
+        // Checked, not assumed: certutil can exit 0 having done nothing.
+        let r = r.and_then(|()| {
+            let there = nss_has(&d, &nick) || nss_has(&d, &legacy);
+            if there == remove {
+                bail!(
+                    "certutil reported success, but the root is {}there",
+                    if remove { "still " } else { "not " }
+                )
+            }
+            Ok(())
+        });
         match r {
             Ok(()) => {
                 println!(
@@ -223,11 +279,20 @@ pub fn install(state_dir: &StateDir, domains: &[String], remove: bool) -> anyhow
                 );
                 did += 1;
             }
-            Err(e) => println!("NSS {}: failed: {e:#}", db.display()),
+            Err(e) => {
+                println!("NSS {}: failed: {e:#}", db.display());
+                failed += 1;
+            }
         }
     }
     if dbs.is_empty() {
         println!("NSS: no Chromium or Firefox certificate database found for this user");
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} certificate store(s) could not be {}",
+            if remove { "cleaned" } else { "updated" }
+        );
     }
     if did == 0 && !remove {
         println!("nothing was installed; `eval \"$(itproxy ca env)\"` makes tools trust the CA without it");

@@ -415,50 +415,83 @@ async fn https_upstreams_are_verified_unless_marked_insecure() {
     assert_eq!((r.status, r.text().as_str()), (200, "secure hello"));
 }
 
+/// `ca install` / `ca uninstall` for real, in a throwaway root: a private mount namespace whose
+/// system store and `ca-certificates.conf` are copies, and a fresh HOME, so the machine's own
+/// store is never touched.
 #[test]
-fn ca_install_adds_the_root_to_the_system_store_and_uninstall_removes_it() {
-    let system_bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+fn ca_install_trusts_the_root_everywhere_and_uninstall_removes_it_in_a_throwaway_root() {
     let is_root = unsafe { libc::geteuid() } == 0;
-    let has_tool = Command::new("update-ca-certificates")
-        .arg("--help")
-        .output()
-        .is_ok();
-    if !(is_root && has_tool && system_bundle.exists()) {
-        eprintln!("skipped: needs root and Debian's update-ca-certificates");
+    let tools = ["unshare", "update-ca-certificates", "certutil"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !(is_root && tools) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs as root with unshare, update-ca-certificates and certutil"
+        );
+        eprintln!("skipped: needs root, unshare, update-ca-certificates and certutil");
         return;
     }
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let before = std::fs::read(bundle).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let itproxy = |args: &[&str]| {
-        let out = run_in(dir.path(), args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let root = std::fs::read_to_string(itproxy(&["ca", "path"]).trim()).unwrap();
-    let body: String = root.lines().filter(|l| !l.starts_with("-----")).collect();
-    let in_store = || {
-        let store: String = std::fs::read_to_string(system_bundle)
-            .unwrap()
-            .lines()
-            .collect();
-        store.contains(&body)
-    };
-    assert!(!in_store());
-    let out = itproxy(&["ca", "install"]);
-    assert!(out.contains("system store: added"), "{out}");
-    let installed = in_store();
-    let out = itproxy(&["ca", "uninstall"]);
-    assert!(out.contains("system store: removed"), "{out}");
-    assert!(
-        installed,
-        "the root was not in the system bundle after install"
+    let home = dir.path().join("home");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&home).unwrap();
+    let root = run_in(&state, &["ca", "path"]);
+    let root = String::from_utf8(root.stdout).unwrap();
+    let root = std::fs::read_to_string(root.trim()).unwrap();
+    // Two base64 lines of the root identify it in a bundle.
+    let id: Vec<&str> = root.lines().skip(1).take(2).collect();
+    let script = format!(
+        r#"set -e
+for d in /etc/ssl/certs /usr/local/share/ca-certificates; do
+  t=$(mktemp -d -p {tmp}); cp -a "$d/." "$t/"; mount --bind "$t" "$d"
+done
+c=$(mktemp -p {tmp}); cp /etc/ca-certificates.conf "$c"; mount --bind "$c" /etc/ca-certificates.conf
+in_store() {{ grep -qF '{l1}' {bundle} && grep -qF '{l2}' {bundle} && echo yes || echo no; }}
+in_nss() {{ certutil -L -d sql:$HOME/.pki/nssdb 2>/dev/null | grep -q 'itproxy local CA' && echo yes || echo no; }}
+echo "before: store=$(in_store)"
+{bin} --state-dir {state} ca install
+echo "installed: store=$(in_store) nss=$(in_nss)"
+{bin} --state-dir {state} ca uninstall
+echo "uninstalled: store=$(in_store) nss=$(in_nss)"
+"#,
+        tmp = dir.path().display(),
+        l1 = id[0],
+        l2 = id[1],
+        bundle = bundle,
+        bin = BIN,
+        state = state.display(),
     );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !in_store(),
-        "the root stayed in the system bundle after uninstall"
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("before: store=no"), "{said}");
+    assert!(
+        said.contains("created (Chromium's database)"),
+        "a fresh user gets one: {said}"
+    );
+    assert!(said.contains("installed: store=yes nss=yes"), "{said}");
+    assert!(said.contains("uninstalled: store=no nss=no"), "{said}");
+    assert_eq!(
+        std::fs::read(bundle).unwrap(),
+        before,
+        "the machine's own store was not touched"
     );
 }
 
