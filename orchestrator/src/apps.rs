@@ -103,6 +103,9 @@ pub enum Check {
         path: String,
         /// The expected status.
         status: u16,
+        /// The Host header: the name the app is served as (an app checking its Host, like
+        /// Django's ALLOWED_HOSTS, answers nothing else).
+        host: String,
     },
     /// A log line matches.
     Log(Regex),
@@ -121,9 +124,12 @@ impl fmt::Display for Check {
         match self {
             Check::Running => f.write_str("running"),
             Check::Tcp { port } => write!(f, "tcp port {port}"),
-            Check::Http { port, path, status } => {
-                write!(f, "http {path} on port {port} = {status}")
-            }
+            Check::Http {
+                port,
+                path,
+                status,
+                host,
+            } => write!(f, "http {path} on port {port} as {host} = {status}"),
             Check::Log(re) => write!(f, "log line /{}/", re.as_str()),
             Check::DockerHealth => f.write_str("docker health"),
         }

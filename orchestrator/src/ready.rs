@@ -13,7 +13,10 @@ use crate::{engine_err, Engine, Error};
 
 /// How many of a container's last log lines a readiness failure shows.
 pub const LOG_LINES_ON_FAILURE: usize = 20;
-const POLL: Duration = Duration::from_millis(50);
+/// The pause after the first failed probe; it grows by half each time, up to [`POLL_MAX`].
+const POLL_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between probes.
+const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// A line a container wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,7 @@ impl Engine {
         if let Check::Log(re) = &app.ready.check {
             return self.wait_for_line(container, re).await;
         }
+        let mut pause = POLL_FIRST;
         loop {
             let now = self
                 .container(&container.id)
@@ -77,16 +81,12 @@ impl Engine {
             let passed = match &app.ready.check {
                 Check::Running => true,
                 Check::Tcp { port } => tcp_accepts(ip, *port).await,
-                Check::Http { port, path, status } => {
-                    http_status(
-                        ip,
-                        *port,
-                        path,
-                        &app.endpoints[app.ready.endpoint].name.to_string(),
-                    )
-                    .await
-                        == Some(*status)
-                }
+                Check::Http {
+                    port,
+                    path,
+                    status,
+                    host,
+                } => http_status(ip, *port, path, host).await == Some(*status),
                 Check::DockerHealth => match self.health(&container.id).await? {
                     Some(h) if h == "healthy" => true,
                     Some(_) => false,
@@ -102,7 +102,10 @@ impl Engine {
             if passed {
                 return Ok(());
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(pause).await;
+            // Quick for an app that is ready at once, gentle on one that takes its time
+            // (each failed probe may be an error line in its log).
+            pause = (pause * 3 / 2).min(POLL_MAX);
         }
     }
 
@@ -283,7 +286,7 @@ async fn tcp_accepts(ip: IpAddr, port: u16) -> bool {
     )
 }
 
-/// The status of `GET path` (HTTP/1.1, the endpoint's host name), if one comes back.
+/// The status of `GET path` (HTTP/1.1, with `host` as Host), if one comes back.
 async fn http_status(ip: IpAddr, port: u16, path: &str, host: &str) -> Option<u16> {
     use http_body_util::Empty;
     let attempt = async {

@@ -592,3 +592,89 @@ ready = { http = "/" }
     let left = docker(&["ps", "-q", "--filter", &format!("label=itproxy.env={b}")]);
     assert_eq!(left.trim().lines().count(), 1, "{left}");
 }
+
+/// An app that answers its health check only for the name it is served as (as Django does
+/// with ALLOWED_HOSTS), logging an error for any other Host; every probe is counted.
+const HOST_CHECKING: &str = r##"
+[env]
+name = "ENV"
+
+[[app]]
+name = "NAME"
+image = "IMAGE"
+port = 8000
+ready = READY
+command = '''
+mkdir -p /w/cgi-bin
+cat > /w/cgi-bin/health <<'EOT'
+#!/bin/sh
+echo probe >> /w/probes
+if [ "$HTTP_HOST" = "strict.test" ]; then
+  printf 'Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok'
+else
+  echo "ERROR Invalid HTTP_HOST header: $HTTP_HOST" >&2
+  printf 'Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nbad host'
+fi
+EOT
+chmod +x /w/cgi-bin/health
+exec httpd -f -p 8000 -h /w
+'''
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_asks_as_the_served_name_and_backs_off() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    // Probed as strict.test, the name it is served as: ready, without one error line.
+    let env = unique_env("h");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &HOST_CHECKING
+            .replace("ENV", &env)
+            .replace("NAME", "strict")
+            .replace("IMAGE", APPS_IMAGE)
+            .replace("READY", r#"{ http = "/cgi-bin/health", timeout = "20s" }"#),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    let apps = wait_apps(&p).await;
+    assert_eq!(
+        app(&apps, "strict")["state"],
+        "ready",
+        "{apps}\n{}",
+        p.log()
+    );
+    assert_eq!(
+        app(&apps, "strict")["ready_check"],
+        "http /cgi-bin/health on port 8000 as strict.test = 200"
+    );
+    let container = format!("itproxy-{env}-strict");
+    let logs = docker(&["logs", &container]);
+    assert!(!logs.contains("ERROR"), "{logs}");
+    drop(p);
+
+    // A Host it never accepts: the probes back off instead of knocking every 50 ms.
+    let env = unique_env("h");
+    let _guard = EnvGuard(env.clone());
+    let config = write_config(
+        dir.path(),
+        &HOST_CHECKING
+            .replace("ENV", &env)
+            .replace("NAME", "picky")
+            .replace("IMAGE", APPS_IMAGE)
+            .replace(
+                "READY",
+                r#"{ http = "/cgi-bin/health", host = "elsewhere.test", timeout = "4s" }"#,
+            ),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    let apps = wait_apps(&p).await;
+    assert_eq!(app(&apps, "picky")["state"], "failed", "{apps}");
+    let probes = docker(&["exec", &format!("itproxy-{env}-picky"), "cat", "/w/probes"]);
+    let probes = probes.lines().count();
+    // 50 ms growing by half up to 1 s: about 10 probes in 4 s (a fixed 50 ms loop made 80).
+    assert!((3..=20).contains(&probes), "{probes} probes in 4 s");
+}

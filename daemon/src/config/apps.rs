@@ -10,6 +10,7 @@ use itproxy_orchestrator::{
 };
 
 use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, Parsed, Port};
+use super::Domains;
 
 /// A mistake in the `[[app]]` tables, naming the app and the key.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +33,11 @@ pub(super) enum AppsError {
 pub(super) fn build_plan(
     apps: Vec<FileApp>,
     steps: Option<Vec<String>>,
+    domains: &Domains,
 ) -> Result<Plan, AppsError> {
     let apps = apps
         .into_iter()
-        .map(app_spec)
+        .map(|a| app_spec(a, domains))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan::new(apps, steps)?)
 }
@@ -50,7 +52,7 @@ fn key_error(app: &AppName, key: &'static str, message: impl Into<String>) -> Ap
 }
 
 /// One `[[app]]`: its image, endpoints, env, `ready`, log patterns and step.
-fn app_spec(a: FileApp) -> Result<AppSpec, AppsError> {
+fn app_spec(a: FileApp, domains: &Domains) -> Result<AppSpec, AppsError> {
     let name = a.name.0;
     if a.image.trim().is_empty() {
         return Err(key_error(
@@ -75,7 +77,7 @@ fn app_spec(a: FileApp) -> Result<AppSpec, AppsError> {
             endpoint: 0,
             timeout: DEFAULT_READY_TIMEOUT,
         },
-        Some(r) => readiness(&name, r, &endpoints)?,
+        Some(r) => readiness(&name, r, &endpoints, domains)?,
     };
     let errors = error_scan(a.log_errors, a.log_ignore);
     let step = a.step.unwrap_or_else(|| DEFAULT_STEP.into());
@@ -163,7 +165,12 @@ fn endpoint(
 
 /// `ready = { ... }`: exactly one check, the keys that go with it, the endpoint it asks and
 /// its timeout.
-fn readiness(app: &AppName, r: FileReady, endpoints: &[Endpoint]) -> Result<Readiness, AppsError> {
+fn readiness(
+    app: &AppName,
+    r: FileReady,
+    endpoints: &[Endpoint],
+    domains: &Domains,
+) -> Result<Readiness, AppsError> {
     let err = |key, message: String| key_error(app, key, message);
     let endpoint = match &r.endpoint {
         Some(e) => endpoints
@@ -198,6 +205,9 @@ fn readiness(app: &AppName, r: FileReady, endpoints: &[Endpoint]) -> Result<Read
     }
     if r.status.is_some() && r.http.is_none() {
         return Err(err("ready.status", "only goes with `http`".into()));
+    }
+    if r.host.is_some() && r.http.is_none() {
+        return Err(err("ready.host", "only goes with `http`".into()));
     }
     if r.port.is_some() && r.http.is_none() {
         return Err(err(
@@ -237,7 +247,28 @@ fn readiness(app: &AppName, r: FileReady, endpoints: &[Endpoint]) -> Result<Read
                 format!("{status} is not an HTTP status"),
             ));
         }
-        Check::Http { port, path, status }
+        // The name the endpoint is served as, as a client through itproxy would send it.
+        let host = match r.host {
+            Some(h)
+                if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                return Err(err(
+                    "ready.host",
+                    format!("{h:?} is not a host name (e.g. \"api.test\" or \"localhost:8000\")"),
+                ))
+            }
+            Some(h) => h,
+            None => domains
+                .qualify(endpoints[endpoint].name.as_str())
+                .map_err(|m| err("ready", m))?
+                .to_string(),
+        };
+        Check::Http {
+            port,
+            path,
+            status,
+            host,
+        }
     } else if let Some(re) = r.log {
         Check::Log(re.0)
     } else {
@@ -345,8 +376,10 @@ mod tests {
             Check::Http {
                 port: 9000,
                 path: "/health".into(),
-                status: 200
-            }
+                status: 200,
+                host: "www.test".into(),
+            },
+            "probed as the name it is served as, not the app's"
         );
         assert!(!sentry.errors.is_error("an expected error, fine"));
         assert!(sentry.errors.is_error("ERROR: boom"));
@@ -362,6 +395,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readiness_host_can_be_given() {
+        let c = load(
+            "[env]\nname = \"d\"\n[[app]]\nname = \"api\"\nimage = \"i\"\nport = 8000\n\
+             ready = { http = \"/health\", host = \"api.example.com\" }\n",
+        )
+        .unwrap();
+        let api = c.env.as_ref().unwrap().apps.app("api").unwrap();
+        assert_eq!(
+            api.ready.check.to_string(),
+            "http /health on port 8000 as api.example.com = 200"
+        );
+    }
+
+    #[test]
     fn bad_apps_name_the_app_and_key() {
         let base = "[env]\nname = \"demo\"\n";
         let cases: &[(&str, &[&str])] = &[
@@ -369,6 +416,8 @@ mod tests {
             ("[[app]]\nname = \"A b\"\nimage = \"i\"\n", &["line 4", "A b"]),
             ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, timeout = \"soon\" }\n", &["line 6", "timeout"]),
             ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, http = \"/\" }\n", &["app \"a\"", "`ready`", "exactly one"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { tcp = 1, host = \"a.test\" }\n", &["app \"a\"", "ready.host", "only goes with `http`"]),
+            ("[[app]]\nname = \"a\"\nimage = \"i\"\nport = 80\nready = { http = \"/\", host = \"a b\" }\n", &["app \"a\"", "ready.host", "not a host name"]),
             ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { http = \"/\" }\n", &["app \"a\"", "no port"]),
             ("[[app]]\nname = \"a\"\nimage = \"i\"\nready = { log = \"(\" }\n", &["line 6", "regex"]),
             ("[[app]]\nname = \"a\"\nimage = \"i\"\nkind = \"tcp\"\n", &["kind", "port"]),

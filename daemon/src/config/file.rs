@@ -262,6 +262,7 @@ pub(super) struct FileReady {
     #[serde(default, with = "humantime_serde")]
     pub(super) timeout: Option<Duration>,
     pub(super) endpoint: Option<Parsed<AppName>>,
+    pub(super) host: Option<String>,
 }
 
 /// A TCP port, 1 to 65535.

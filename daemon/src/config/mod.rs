@@ -192,7 +192,14 @@ impl Config {
         let tls = tls(file.tls, &invalid)?;
         let proxy = proxy(file.proxy, &invalid)?;
         let routes = routes(file.routes, &domains, &invalid)?;
-        let env = env(file.env.name, file.app, file.env.steps, cli, &invalid)?;
+        let env = env(
+            file.env.name,
+            file.app,
+            file.env.steps,
+            &domains,
+            cli,
+            &invalid,
+        )?;
         if let Some(env) = &env {
             endpoints_apart_from_routes(&env.apps, &domains, &routes, &invalid)?;
         }
@@ -400,6 +407,7 @@ fn env(
     name: Option<file::Parsed<EnvName>>,
     apps: Vec<file::FileApp>,
     steps: Option<Vec<String>>,
+    domains: &Domains,
     cli: &CliOverrides,
     invalid: &impl Fn(String) -> ConfigError,
 ) -> Result<Option<EnvConfig>, ConfigError> {
@@ -409,7 +417,7 @@ fn env(
         }
         None => name.map(|n| n.0),
     };
-    let apps = apps::build_plan(apps, steps).map_err(|e| invalid(e.to_string()))?;
+    let apps = apps::build_plan(apps, steps, domains).map_err(|e| invalid(e.to_string()))?;
     match name {
         Some(name) => Ok(Some(EnvConfig { name, apps })),
         None if apps.is_empty() => Ok(None),
