@@ -68,10 +68,12 @@ pub enum Command {
     /// Stop the daemon if it runs, then remove the environment's containers and network
     /// (nothing else on the engine is touched).
     Down {
-        /// The environment [default: the config's `env.name`].
+        /// The environment [default: the running daemon's, else the config's `env.name`].
         #[arg(long, value_name = "NAME")]
         env: Option<String>,
     },
+    /// Stop the daemon only; the environment's containers keep running (`up` reuses them).
+    Stop,
     /// List the environment's apps: state, readiness, containers and what they serve.
     Apps {
         /// Print JSON.
@@ -167,7 +169,7 @@ pub struct LogsArgs {
     /// With --errors: a regex that marks error lines, replacing the apps' patterns (repeatable).
     #[arg(long, value_name = "REGEX", requires = "errors")]
     pub pattern: Vec<regex::Regex>,
-    /// The environment [default: the config's `env.name`].
+    /// The environment [default: the running daemon's, else the config's `env.name`].
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
 }

@@ -56,11 +56,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down { env } => commands::env::down_command(config, env, &state_dir),
         Command::Apps { json } => runtime()?.block_on(commands::env::apps(&state_dir, json)),
         Command::App(cmd) => runtime()?.block_on(commands::env::app(&state_dir, cmd)),
-        Command::Logs(args) => {
-            let c = commands::load_config(config)?;
-            runtime()?.block_on(commands::env::logs(&c, args))
-        }
-        Command::Dns(cmd) => commands::dns::run(cmd, &commands::load_config(config)?),
+        Command::Logs(args) => runtime()?.block_on(commands::env::logs(config, &state_dir, args)),
+        Command::Stop => commands::env::stop_command(&state_dir),
+        Command::Dns(cmd) => commands::dns::run(cmd, config, &state_dir),
         Command::Resolve {
             name,
             record_type,

@@ -2,6 +2,7 @@
 //! domains only (systemd-resolved, dnsmasq or macOS /etc/resolver), printing the plan unless
 //! `--apply` is given.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,11 +16,57 @@ enum Step {
     Run(Vec<String>),
 }
 
-fn plan(config: &Config, teardown: bool) -> anyhow::Result<(String, Vec<Step>)> {
-    let Some(dns) = config.listen.dns.first() else {
+/// Where the host's resolver should send the domains: the running daemon's DNS listener (a
+/// loopback one first), else the config's.
+struct Target {
+    dns: SocketAddr,
+    domains: Vec<String>,
+    /// Where that came from, for the plan's first line.
+    from: String,
+}
+
+fn target(config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<Target> {
+    if let Some(status) = super::runtime()?.block_on(super::running_daemon(state_dir))? {
+        let listeners: Vec<SocketAddr> = status
+            .listeners
+            .dns
+            .iter()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        let Some(dns) = listeners
+            .iter()
+            .find(|a| a.ip().is_loopback())
+            .or(listeners.first())
+            .copied()
+        else {
+            bail!(
+                "the daemon (pid {}) serves no DNS; start it with a DNS listener",
+                status.pid
+            );
+        };
+        return Ok(Target {
+            dns,
+            domains: status.domains,
+            from: format!("the running daemon (pid {})", status.pid),
+        });
+    }
+    let config: Config = super::load_config(config)?;
+    let Some(dns) = config.listen.dns.first().copied() else {
         bail!("DNS is disabled in this configuration (no DNS listener); nothing to set up");
     };
-    let domains: Vec<String> = config.domains.iter().map(|d| d.to_string()).collect();
+    Ok(Target {
+        dns,
+        domains: config.domains.iter().map(|d| d.to_string()).collect(),
+        from: match &config.source {
+            Some(p) => format!("{} (no daemon runs)", p.display()),
+            None => "the built-in defaults (no daemon runs)".into(),
+        },
+    })
+}
+
+fn plan(target: &Target, teardown: bool) -> anyhow::Result<(String, Vec<Step>)> {
+    let dns = &target.dns;
+    let domains = &target.domains;
     let run = |args: &[&str]| Step::Run(args.iter().map(|s| s.to_string()).collect());
     if cfg!(target_os = "macos") {
         let steps = domains
@@ -81,19 +128,29 @@ fn plan(config: &Config, teardown: bool) -> anyhow::Result<(String, Vec<Step>)> 
 }
 
 /// `dns setup|teardown`.
-pub fn run(cmd: crate::cli::DnsCommand, config: &Config) -> anyhow::Result<()> {
+pub fn run(
+    cmd: crate::cli::DnsCommand,
+    config: Option<PathBuf>,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let target = target(config, state_dir)?;
     match cmd {
-        crate::cli::DnsCommand::Setup { apply } => setup(config, apply, false),
-        crate::cli::DnsCommand::Teardown { apply } => setup(config, apply, true),
+        crate::cli::DnsCommand::Setup { apply } => setup(&target, apply, false),
+        crate::cli::DnsCommand::Teardown { apply } => setup(&target, apply, true),
     }
 }
 
 /// Prints or performs the set-up (or with `teardown`, its undoing).
-pub fn setup(config: &Config, apply: bool, teardown: bool) -> anyhow::Result<()> {
-    let (resolver, steps) = plan(config, teardown)?;
+fn setup(target: &Target, apply: bool, teardown: bool) -> anyhow::Result<()> {
+    let (resolver, steps) = plan(target, teardown)?;
     let verb = if teardown { "teardown" } else { "setup" };
     if !apply {
-        println!("# {resolver}: `itproxy dns {verb} --apply` would:");
+        println!(
+            "# {resolver}, for {} at {} from {}: `itproxy dns {verb} --apply` would:",
+            target.domains.join(", "),
+            target.dns,
+            target.from
+        );
         for step in &steps {
             match step {
                 Step::Write(p, text) => {

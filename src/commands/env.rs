@@ -30,24 +30,10 @@ pub fn is_detached_child() -> bool {
 pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     StateDir::new(state_dir).ensure()?;
-    // Checked here too: otherwise the old daemon's answers would pass for the new one's.
-    if let Ok(status) = Client::new(state_dir)
-        .call::<api::Status>(Method::GET, "/v1/status", None)
-        .await
-    {
-        anyhow::bail!(
-            "another itproxy daemon (pid {}) is already running with the state directory {}; \
-             stop it (`itproxy down`, or kill {}), or give this one its own --state-dir",
-            status.pid,
-            state_dir.display(),
-            status.pid
-        );
-    }
     let log_path = StateDir::new(state_dir).daemon_log();
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create the daemon's log {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the itproxy executable to start")?;
-    let began = Instant::now();
     let mut child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(DETACHED_CHILD, "1")
@@ -60,15 +46,28 @@ pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
         .process_group(0)
         .spawn()
         .context("cannot start the daemon")?;
+    wait_until_up(state_dir, Some(&mut child)).await
+}
+
+/// Waits until the daemon's environment is ready (or has none), printing each app's state as
+/// it changes; fails when an app fails, or when `child` (a daemon just started) exits.
+pub async fn wait_until_up(
+    state_dir: &Path,
+    mut child: Option<&mut std::process::Child>,
+) -> anyhow::Result<()> {
+    let log_path = StateDir::new(state_dir).daemon_log();
+    let began = Instant::now();
     let client = Client::new(state_dir);
     let mut last_state = String::new();
     loop {
-        if let Some(status) = child.try_wait()? {
-            let tail = tail_of(&log_path, 20);
-            anyhow::bail!(
-                "the daemon exited ({status}) before its apps were ready; the end of {}:\n{tail}",
-                log_path.display()
-            );
+        if let Some(c) = child.as_deref_mut() {
+            if let Some(status) = c.try_wait()? {
+                let tail = tail_of(&log_path, 20);
+                anyhow::bail!(
+                    "the daemon exited ({status}) before its apps were ready; the end of {}:\n{tail}",
+                    log_path.display()
+                );
+            }
         }
         match client
             .call::<api::AppsView>(Method::GET, "/v1/apps", None)
@@ -85,30 +84,38 @@ pub async fn up_detached(state_dir: &Path) -> anyhow::Result<()> {
                     eprintln!("  {now}");
                     last_state = now;
                 }
+                let pid = || match child.as_deref() {
+                    Some(c) => c.id(),
+                    None => 0,
+                };
                 match view.phase {
                     EnvPhase::Ready | EnvPhase::Idle => {
-                        println!(
-                            "itproxy is up (pid {}) in {:.2} s: {} apps ready; log: {}",
-                            child.id(),
-                            began.elapsed().as_secs_f64(),
-                            view.apps
-                                .iter()
-                                .filter(|a| a.state == AppState::Ready)
-                                .count(),
-                            log_path.display()
-                        );
+                        let ready = view
+                            .apps
+                            .iter()
+                            .filter(|a| a.state == AppState::Ready)
+                            .count();
+                        if child.is_some() {
+                            println!(
+                                "itproxy is up (pid {}) in {:.2} s: {ready} apps ready; log: {}",
+                                pid(),
+                                began.elapsed().as_secs_f64(),
+                                log_path.display()
+                            );
+                        } else {
+                            println!("{ready} apps ready");
+                        }
                         return Ok(());
                     }
                     EnvPhase::Failed => anyhow::bail!(
-                        "the environment did not come up:\n{}\nthe daemon (pid {}) keeps running: \
+                        "the environment did not come up:\n{}\nthe daemon keeps running: \
                          see `itproxy apps` and `itproxy logs APP`; `itproxy down` removes it all",
                         view.error.unwrap_or_default(),
-                        child.id()
                     ),
                     EnvPhase::Starting => {}
                 }
             }
-            Err(ClientError::NotRunning { .. }) => {}
+            Err(ClientError::NotRunning { .. }) if child.is_some() => {}
             Err(e) => return Err(e.into()),
         }
         if began.elapsed() > DETACH_LIMIT {
@@ -271,31 +278,108 @@ fn env_of(config: &Config, env: Option<String>) -> anyhow::Result<EnvName> {
     }
 }
 
-/// `down`: the config's apps need not be valid to tear down what they left, when the
-/// environment is named.
+/// The environment a command acts on: `--env`, else the running daemon's, else the config's
+/// (read only when needed, so a broken config does not stop `down` of what runs).
+fn which_env(
+    given: Option<String>,
+    daemon: Option<&api::Status>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<EnvName> {
+    if let Some(e) = given {
+        return Ok(e.parse()?);
+    }
+    if let Some(e) = daemon.and_then(|s| s.env.as_deref()) {
+        return Ok(e.parse()?);
+    }
+    let c = super::load_config(config)?;
+    env_of(&c, None)
+}
+
+/// `down`: stops the daemon running with this state directory (if it serves this
+/// environment, or any when none is named), then removes the environment's containers and
+/// network. The daemon is asked first, so `down` needs no config or `--env` for what runs.
 pub fn down_command(
     config: Option<PathBuf>,
     env: Option<String>,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
-    let c = super::load_config(config).or_else(|e| {
-        if env.is_some() {
-            super::load_config(None)
-        } else {
-            Err(e)
+    super::runtime()?.block_on(async {
+        let daemon = super::running_daemon(state_dir).await?;
+        let named = env.is_some();
+        let env = match which_env(env, daemon.as_ref(), config) {
+            Ok(e) => Some(e),
+            // A daemon without an environment: stopping it is all there is to do.
+            Err(_) if daemon.is_some() && !named => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(status) = &daemon {
+            if env.is_none() || status.env == env.as_ref().map(|e| e.to_string()) {
+                stop_daemon(state_dir, status).await?;
+            }
         }
-    })?;
-    super::runtime()?.block_on(down(&c, env, state_dir))
+        match env {
+            Some(env) => remove_env(&env).await,
+            None => Ok(()),
+        }
+    })
+}
+
+/// `stop`: the daemon only; the environment's containers keep running (`up` reuses them).
+pub fn stop_command(state_dir: &Path) -> anyhow::Result<()> {
+    super::runtime()?.block_on(async {
+        match super::running_daemon(state_dir).await? {
+            Some(status) => stop_daemon(state_dir, &status).await,
+            None => {
+                println!(
+                    "no itproxy daemon is running with the state directory {}",
+                    state_dir.display()
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Asks the daemon to stop and waits until its control socket is gone.
+async fn stop_daemon(state_dir: &Path, status: &api::Status) -> anyhow::Result<()> {
+    Client::new(state_dir)
+        .call::<serde_json::Value>(Method::POST, "/v1/shutdown", None)
+        .await?;
+    let socket: PathBuf = StateDir::new(state_dir).control_socket();
+    // Requests in flight have the daemon's shutdown grace (10 s by default) to finish.
+    let deadline = Instant::now() + Duration::from_secs(70);
+    while socket.exists() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the daemon (pid {}) was asked to stop but still runs after 70 s; `kill {}` ends it",
+                status.pid,
+                status.pid
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("stopped the daemon (pid {})", status.pid);
+    Ok(())
 }
 
 /// `itproxy logs`: read straight from the engine, so it works after the daemon stopped too.
-pub async fn logs(config: &Config, args: LogsArgs) -> anyhow::Result<()> {
-    let env = env_of(config, args.env.clone())?;
+/// The environment is the running daemon's unless named; `--errors` asks the daemon (its
+/// config's patterns) when it serves that environment and no `--pattern` is given.
+pub async fn logs(config: Option<PathBuf>, state_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
+    let daemon = super::running_daemon(state_dir).await?;
+    let env = which_env(args.env.clone(), daemon.as_ref(), config.clone())?;
+    let since = args.since.unwrap_or(0) as f64;
+    let served = daemon
+        .as_ref()
+        .is_some_and(|s| s.env.as_deref() == Some(env.to_string().as_str()));
+    if args.errors && args.pattern.is_empty() && served {
+        return errors_from_daemon(state_dir, since).await;
+    }
     let engine = Engine::connect().await?;
     let containers = engine.env_containers(&env).await?;
-    let since = args.since.unwrap_or(0) as f64;
     if args.errors {
-        return scan_errors(config, &engine, &env, &containers, since, &args.pattern).await;
+        let config = super::load_config(config)?;
+        return scan_errors(&config, &engine, &env, &containers, since, &args.pattern).await;
     }
     let name = args.name.expect("clap requires a name without --errors");
     let chosen: Vec<_> = containers
@@ -333,6 +417,34 @@ pub async fn logs(config: &Config, args: LogsArgs) -> anyhow::Result<()> {
             println!("{label}{}", line.text);
         }
     }
+    Ok(())
+}
+
+/// `GET /v1/errors`, printed as [`scan_errors`] prints.
+async fn errors_from_daemon(state_dir: &Path, since: f64) -> anyhow::Result<()> {
+    let scan: api::ErrorScanView = Client::new(state_dir)
+        .call(Method::GET, &format!("/v1/errors?since={since}"), None)
+        .await?;
+    let mut out = std::io::stdout().lock();
+    for f in &scan.findings {
+        writeln!(out, "{}: {}", f.container, f.line)?;
+    }
+    if !scan.findings.is_empty() {
+        let mut with: Vec<&str> = scan.findings.iter().map(|f| f.container.as_str()).collect();
+        with.dedup();
+        anyhow::bail!(
+            "{} error line(s) in {} of {} containers of environment {}",
+            scan.findings.len(),
+            with.len(),
+            scan.containers,
+            scan.env
+        );
+    }
+    writeln!(
+        out,
+        "no error lines in the {} containers of environment {}",
+        scan.containers, scan.env
+    )?;
     Ok(())
 }
 
@@ -384,32 +496,13 @@ async fn scan_errors(
     Ok(())
 }
 
-/// `itproxy down`: stops the daemon serving this environment (if it runs here), then removes
-/// the environment's containers and network.
-pub async fn down(config: &Config, env: Option<String>, state_dir: &Path) -> anyhow::Result<()> {
-    let env = env_of(config, env)?;
-    let client = Client::new(state_dir);
-    if let Ok(status) = client
-        .call::<api::Status>(Method::GET, "/v1/status", None)
-        .await
-    {
-        if status.env.as_deref() == Some(env.to_string().as_str()) {
-            client
-                .call::<serde_json::Value>(Method::POST, "/v1/shutdown", None)
-                .await?;
-            let socket: PathBuf = StateDir::new(state_dir).control_socket();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while socket.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            println!("stopped the daemon (pid {})", status.pid);
-        }
-    }
+/// Removes the environment's containers and network from the engine (nothing else).
+async fn remove_env(env: &EnvName) -> anyhow::Result<()> {
     let engine = Engine::connect().await?;
-    for name in engine.remove_env_containers(&env).await? {
+    for name in engine.remove_env_containers(env).await? {
         println!("removed the container {name}");
     }
-    if engine.remove_network(&env).await? {
+    if engine.remove_network(env).await? {
         println!("removed the network {}", env.network_name());
     } else {
         println!("environment {env} has no network; nothing to remove");

@@ -32,6 +32,19 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The daemon running with `state_dir`, if one answers: commands ask it before reading a
+/// config file, so they act on what runs.
+pub async fn running_daemon(state_dir: &Path) -> anyhow::Result<Option<api::Status>> {
+    match Client::new(state_dir)
+        .call::<api::Status>(Method::GET, "/v1/status", None)
+        .await
+    {
+        Ok(s) => Ok(Some(s)),
+        Err(crate::client::ClientError::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,11 +1,51 @@
 //! `itproxy up`: the daemon in the foreground, or `--detach`ed (`env::up_detached`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::bail;
+use itproxy_daemon::api;
 use itproxy_daemon::config::{CliOverrides, Config};
 
 use super::{config_path, runtime};
 use crate::cli::UpArgs;
+
+/// A daemon runs with this state directory: fine if it serves this config's environment from
+/// the same file, an error naming both otherwise.
+fn already_up(status: &api::Status, config: &Config, state_dir: &Path) -> anyhow::Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let theirs = status
+        .config_file
+        .as_deref()
+        .map(|p| canonical(Path::new(p)));
+    let ours = config.source.as_deref().map(canonical);
+    let env = config.env.as_ref().map(|e| e.name.to_string());
+    if theirs != ours || status.env != env {
+        let show = |f: &Option<PathBuf>, e: &Option<String>| {
+            format!(
+                "{} (environment {})",
+                f.as_ref().map_or("the built-in defaults".to_string(), |p| p
+                    .display()
+                    .to_string()),
+                e.as_deref().unwrap_or("none")
+            )
+        };
+        bail!(
+            "itproxy (pid {}) is already running with the state directory {} for {}; this `up` \
+             is for {}: stop it (`itproxy stop`, or `itproxy down` to remove its environment \
+             too), or give this one its own --state-dir",
+            status.pid,
+            state_dir.display(),
+            show(&theirs, &status.env),
+            show(&ours, &env)
+        );
+    }
+    println!(
+        "itproxy (pid {}) is already running with the state directory {}; nothing to start",
+        status.pid,
+        state_dir.display()
+    );
+    Ok(())
+}
 
 /// `up`: loads the config with the flags over it and runs the daemon until it is stopped.
 pub fn run(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Result<()> {
@@ -21,8 +61,20 @@ pub fn run(args: UpArgs, config: Option<PathBuf>, state_dir: PathBuf) -> anyhow:
     };
     let path = config_path(config);
     let config = Config::load(path.as_deref(), &overrides)?;
-    if args.detach && !super::env::is_detached_child() {
-        return runtime()?.block_on(super::env::up_detached(&state_dir));
+    if !super::env::is_detached_child() {
+        let rt = runtime()?;
+        // `up` is idempotent: the same environment already up is success, not a conflict.
+        if let Some(status) = rt.block_on(super::running_daemon(&state_dir))? {
+            already_up(&status, &config, &state_dir)?;
+            return if args.detach {
+                rt.block_on(super::env::wait_until_up(&state_dir, None))
+            } else {
+                Ok(())
+            };
+        }
+        if args.detach {
+            return rt.block_on(super::env::up_detached(&state_dir));
+        }
     }
     if let Some(p) = &config.source {
         tracing::info!("using config file {}", p.display());

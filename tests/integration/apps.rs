@@ -499,26 +499,53 @@ command = "sleep 600"
     assert_eq!(app(&apps, "later")["state"], "pending");
     assert_eq!(app(&apps, "later")["containers"][0]["state"], "missing");
     assert_eq!(app(&apps, "crash")["state"], "failed");
-    // A second `up --detach` on the same state directory is refused, naming the first.
-    let again = run_in(
-        state.path(),
-        &[
-            "-c",
-            config.to_str().unwrap(),
-            "up",
-            "-d",
-            "--http",
-            &http,
-            "--no-https",
-            "--no-dns",
-        ],
-    );
-    assert_eq!(again.status.code(), Some(1));
+    // `up` is idempotent: the same environment again finds the daemon that runs it (and
+    // reports its failure again); another config on the same state directory is refused,
+    // naming both.
+    let up_again = |config: &std::path::Path| {
+        run_in(
+            state.path(),
+            &[
+                "-c",
+                config.to_str().unwrap(),
+                "up",
+                "-d",
+                "--http",
+                &http,
+                "--no-https",
+                "--no-dns",
+            ],
+        )
+    };
     let pid = status_pid(state.path());
+    let again = up_again(&config);
+    assert_eq!(again.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&again.stdout);
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains(&format!("(pid {pid}) is already running")),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
+        said.contains(&format!("(pid {pid}) is already running")),
+        "{said}"
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("crash: the container stopped (exit code 3)"),
+        "{err}"
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = write_config(other_dir.path(), "[env]\nname = \"someother\"\n");
+    let refused = up_again(&other);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!("(pid {pid}) is already running"))
+            && err.contains(&format!("(environment {env})"))
+            && err.contains("(environment someother)")
+            && err.contains("itproxy stop"),
+        "{err}"
+    );
+    assert_eq!(
+        status_pid(state.path()),
+        pid,
+        "the running daemon is untouched"
     );
     let out = stop_daemon();
     assert!(
@@ -677,4 +704,77 @@ async fn readiness_asks_as_the_served_name_and_backs_off() {
     let probes = probes.lines().count();
     // 50 ms growing by half up to 1 s: about 10 probes in 4 s (a fixed 50 ms loop made 80).
     assert!((3..=20).contains(&probes), "{probes} probes in 4 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_ask_the_running_daemon_before_any_config() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("a");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nimage = \"{APPS_IMAGE}\"\nport = 8000\n\
+             command = \"echo web up; exec httpd -f -p 8000 -h /\"\nready = {{ tcp = 8000 }}\n"
+        ),
+    );
+    let mut p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    let container = format!("itproxy-{env}-web");
+
+    // No config here, no --env: the daemon says which environment and where its DNS is.
+    assert_eq!(p.ok(&["logs", "web"]).trim(), "web up");
+    let out = p.ok(&["logs", "--errors"]);
+    assert!(
+        out.contains(&format!(
+            "no error lines in the 1 containers of environment {env}"
+        )),
+        "{out}"
+    );
+    docker(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "echo 'ERROR: it broke' > /proc/1/fd/1",
+    ]);
+    let out = p.cli(&["logs", "--errors"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        output_text(&out).lines().next(),
+        Some(format!("{container}: ERROR: it broke").as_str())
+    );
+    // A plan where there is a resolver to configure; where there is none, the advice.
+    let plan = output_text(&p.cli(&["dns", "setup"]));
+    assert!(
+        plan.contains(&format!("at {} from the running daemon (pid", p.dns))
+            || plan.contains(&format!("-p {} api.test", p.dns.port())),
+        "the daemon's DNS port, not the config's 53: {plan}"
+    );
+
+    // stop: the daemon only; the containers stay, and the next up reuses them.
+    let out = p.ok(&["stop"]);
+    assert!(out.starts_with("stopped the daemon (pid"), "{out}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &container]).trim(),
+        "running"
+    );
+    assert!(p.ok(&["stop"]).contains("no itproxy daemon is running"));
+    p.stop();
+    p.relaunch();
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+
+    // down: no config, no --env; the daemon stops and the environment goes.
+    let out = p.ok(&["down"]);
+    assert!(out.contains("stopped the daemon"), "{out}");
+    assert!(
+        out.contains(&format!("removed the network itproxy-{env}")),
+        "{out}"
+    );
+    let left = docker(&["ps", "-aq", "--filter", &format!("label=itproxy.env={env}")]);
+    assert_eq!(left.trim(), "");
 }
