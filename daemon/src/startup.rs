@@ -338,6 +338,16 @@ async fn initial_state(config: &Config, overrides: Overrides) -> DesiredState {
         let addrs = resolve_or_warn(host, &spec.target).await;
         state.declare(host.clone(), spec.clone(), addrs);
     }
+    for app in config.env.iter().flat_map(|e| e.apps.apps()) {
+        for e in &app.endpoints {
+            if let Some((_, itproxy_orchestrator::EndpointKind::Http)) = e.port {
+                // Checked when the config was read: endpoint names qualify.
+                if let Ok(host) = config.domains.qualify(e.name.as_str()) {
+                    state.declare_app_host(host, app.name.clone());
+                }
+            }
+        }
+    }
     for (host, o) in overrides {
         if !config.domains.iter().any(|d| host.is_within(d)) {
             tracing::warn!(
@@ -465,7 +475,8 @@ fn spawn_background(
     // Then the declared apps, step by step.
     if let Some(apps) = apps {
         spawn(Box::pin(apps.clone().bring_up(steps)));
-        spawn(Box::pin(apps.watch_exits()));
+        spawn(Box::pin(apps.clone().watch_exits()));
+        spawn(Box::pin(apps.tell_states()));
     }
     tasks
 }

@@ -70,6 +70,28 @@ pub struct ActionDone {
     pub finished: bool,
 }
 
+/// "app NAME ..." for a client of a name the app does not serve now.
+fn describe(app: &AppName, status: Option<&AppStatus>) -> String {
+    match status.map(|s| (s.state, s.error.as_deref())) {
+        None | Some((AppState::Pending, _)) => {
+            "has not started yet (it waits for its step or its dependencies)".into()
+        }
+        Some((AppState::Starting, _)) => {
+            "is starting; it is served once its readiness check passes".into()
+        }
+        Some((AppState::Ready, _)) => "is ready".into(),
+        Some((AppState::Failed, error)) => {
+            let why = error
+                .and_then(|e| e.lines().next())
+                .unwrap_or("see `itproxy apps`");
+            format!("failed ({why}); `itproxy app restart {app}` tries again")
+        }
+        Some((AppState::Stopped, _)) => {
+            format!("is stopped; `itproxy app start {app}` starts it")
+        }
+    }
+}
+
 /// Grace period for an app's containers to stop before they are killed.
 const STOP_GRACE_SECONDS: i32 = 10;
 
@@ -499,6 +521,38 @@ impl AppSupervisor {
                 view: self.app_view(&app).await,
                 finished: false,
             })
+        }
+    }
+
+    /// Tells the state what each app is doing whenever that changes, so requests for the names
+    /// of an app that serves none get a 503 saying why (starting, stopped, failed).
+    pub async fn tell_states(self: Arc<Self>) {
+        let mut changed = self.changed.subscribe();
+        let mut told: BTreeMap<AppName, String> = BTreeMap::new();
+        loop {
+            let now: Vec<(AppName, String)> = {
+                let status = self.status.lock().expect("status lock");
+                self.plan
+                    .apps()
+                    .map(|a| (a.name.clone(), describe(&a.name, status.get(&a.name))))
+                    .collect()
+            };
+            for (app, text) in now {
+                if told.get(&app) == Some(&text) {
+                    continue;
+                }
+                let change = Change::AppStatus {
+                    app: app.clone(),
+                    status: text.clone(),
+                };
+                if let Err(e) = self.state.apply(change).await {
+                    tracing::warn!(%app, "cannot record the app's state: {e}");
+                }
+                told.insert(app, text);
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 pub use host::HostName;
 pub use proxy::{HostRouter, RequestCtx};
 pub use server::{start, RouterConfig, RunningRouter};
-pub use table::{Route, RouteTable};
+pub use table::{Route, RouteTable, Unavailable};
 pub use upstream::{Scheme, Upstream, UpstreamOptions, UpstreamSpec};
 
 /// What can go wrong in the router.

@@ -49,6 +49,11 @@ pub(crate) enum Page {
         host: String,
         known: (Vec<KnownRoute>, usize),
     },
+    /// The host is a declared app's that is not serving now.
+    Unavailable {
+        host: String,
+        reason: String,
+    },
     UpstreamFailed {
         status: u16,
         route: String,
@@ -77,8 +82,14 @@ impl Page {
             Page::TooManyConnections => 503,
             Page::Loop { .. } => 508,
             Page::NoRoute { .. } => 404,
+            Page::Unavailable { .. } => 503,
             Page::UpstreamFailed { status, .. } => *status,
         }
+    }
+
+    /// `Retry-After` (seconds): a page that says "soon" says when to try again.
+    pub(crate) fn retry_after(&self) -> Option<u32> {
+        matches!(self, Page::Unavailable { .. }).then_some(1)
     }
 
     /// One line for the log.
@@ -107,6 +118,9 @@ impl Page {
             Page::NoRoute { host, .. } => format!(
                 "itproxy has no route for host {host:?}; add one with `itproxy route NAME TARGET`"
             ),
+            Page::Unavailable { host, reason } => {
+                format!("{host} is not being served right now: {reason}")
+            }
             Page::UpstreamFailed {
                 status: 504,
                 route,
@@ -146,6 +160,9 @@ impl Page {
             b"Date",
             pingora::protocols::http::date::get_cached_date().as_bytes(),
         );
+        if let Some(seconds) = self.retry_after() {
+            let _ = write!(out, "Retry-After: {seconds}\r\n");
+        }
         out.extend_from_slice(b"Connection: close\r\n\r\n");
         out.extend_from_slice(body.as_bytes());
     }
@@ -169,6 +186,11 @@ impl Page {
             Page::Loop { host } => {
                 v["error"] = json!("loop_detected");
                 v["host"] = json!(host);
+            }
+            Page::Unavailable { host, reason } => {
+                v["error"] = json!("app_unavailable");
+                v["host"] = json!(host);
+                v["reason"] = json!(reason);
             }
             Page::NoRoute {
                 host,

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::pages::{self, Page};
-use crate::{Route, RouteTable};
+use crate::{Route, RouteTable, Unavailable};
 
 /// Routes, trusted proxies and HTTPS redirects, shared by both fronts (cheap to clone).
 #[derive(Clone)]
@@ -46,6 +46,8 @@ pub(crate) enum Decision {
     RedirectHttps { route: Arc<Route>, port: u16 },
     /// Nowhere: no route has this host (answered 404 with the known routes).
     NoRoute,
+    /// Nowhere for now: the host is a declared app's that is not serving (answered 503).
+    Unavailable(Arc<Unavailable>),
 }
 
 /// The `X-Forwarded-*` headers a client sent, as far as the policy needs them.
@@ -137,9 +139,15 @@ impl RoutingPolicy {
     /// Where a request for `authority` (a Host header or a URI authority) goes, on a
     /// connection that is (`tls`) or is not encrypted.
     pub(crate) fn decide(&self, authority: &str, tls: bool) -> Decision {
-        let route = match self.routes.load().lookup(authority) {
+        let table = self.routes.load();
+        let route = match table.lookup(authority) {
             Some(route) => route.clone(),
-            None => return Decision::NoRoute,
+            None => {
+                return match table.unavailable(authority) {
+                    Some(u) => Decision::Unavailable(u.clone()),
+                    None => Decision::NoRoute,
+                }
+            }
         };
         match (route.redirects_https(), self.https_port) {
             (true, Some(port)) if !tls => Decision::RedirectHttps { route, port },
@@ -268,6 +276,7 @@ mod tests {
             Decision::Forward(route) => format!("forward {}", route.upstream().spec()),
             Decision::RedirectHttps { route, port } => format!("redirect {}:{port}", route.host()),
             Decision::NoRoute => "no route".to_string(),
+            Decision::Unavailable(u) => format!("unavailable: {}", u.reason()),
         }
     }
 

@@ -46,6 +46,26 @@ impl Route {
     }
 }
 
+/// A host that belongs to a declared app which is not serving now (starting, restarting,
+/// stopped, failed): answered 503 saying why, instead of 404 "no route".
+#[derive(Debug)]
+pub struct Unavailable {
+    host: HostName,
+    reason: String,
+}
+
+impl Unavailable {
+    /// The host.
+    pub fn host(&self) -> &HostName {
+        &self.host
+    }
+
+    /// Why nothing serves it, for the person: "app web is restarting".
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 /// An immutable set of routes, looked up by host name on every request.
 ///
 /// The daemon builds a new table for every change and publishes it with one
@@ -54,6 +74,7 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: HashMap<Box<str>, Arc<Route>>,
+    unavailable: HashMap<Box<str>, Arc<Unavailable>>,
 }
 
 impl RouteTable {
@@ -63,7 +84,36 @@ impl RouteTable {
             .into_iter()
             .map(|r| (Box::from(r.host.as_str()), Arc::new(r)))
             .collect();
-        RouteTable { routes }
+        RouteTable {
+            routes,
+            unavailable: HashMap::new(),
+        }
+    }
+
+    /// The same table with hosts that are known but not served now, each with why; a host
+    /// that has a route is served, whatever this says of it.
+    pub fn with_unavailable(mut self, hosts: impl IntoIterator<Item = (HostName, String)>) -> Self {
+        self.unavailable = hosts
+            .into_iter()
+            .filter(|(h, _)| !self.routes.contains_key(h.as_str()))
+            .map(|(host, reason)| {
+                (
+                    Box::from(host.as_str()),
+                    Arc::new(Unavailable { host, reason }),
+                )
+            })
+            .collect();
+        self
+    }
+
+    /// Why a request host without a route is not served now, if it is a known one.
+    pub fn unavailable(&self, host: &str) -> Option<&Arc<Unavailable>> {
+        let host = crate::host::request_host(host)?;
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.unavailable.get(host.to_ascii_lowercase().as_str())
+        } else {
+            self.unavailable.get(host)
+        }
     }
 
     /// The route for a request host, case-insensitively, ignoring a port and a trailing dot
@@ -136,6 +186,26 @@ mod tests {
         let hosts: Vec<_> = t.routes().iter().map(|r| r.host().to_string()).collect();
         assert_eq!(hosts, ["api.test", "web.test"]);
         assert_eq!(t.lookup("web.test").unwrap().upstream().spec().port(), 3);
+    }
+
+    #[test]
+    fn a_known_host_without_a_route_says_why_unless_it_is_routed() {
+        let t = RouteTable::new([route("api.test", "localhost:1")]).with_unavailable([
+            (
+                HostName::parse("web.test").unwrap(),
+                "app web is stopped".into(),
+            ),
+            (
+                HostName::parse("api.test").unwrap(),
+                "app api is starting".into(),
+            ),
+        ]);
+        assert_eq!(
+            t.unavailable("WEB.test:80").unwrap().reason(),
+            "app web is stopped"
+        );
+        assert!(t.unavailable("api.test").is_none(), "routed, so served");
+        assert!(t.unavailable("other.test").is_none());
     }
 
     #[test]

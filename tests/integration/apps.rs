@@ -778,3 +778,74 @@ async fn commands_ask_the_running_daemon_before_any_config() {
     let left = docker(&["ps", "-aq", "--filter", &format!("label=itproxy.env={env}")]);
     assert_eq!(left.trim(), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_is_not_serving_answers_503_saying_why_and_keeps_its_name() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("u");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nimage = \"{APPS_IMAGE}\"\nport = 8000\n\
+             command = \"sleep 0.3; mkdir -p /w && echo hello > /w/index.html && exec httpd -f -p 8000 -h /w\"\n\
+             ready = {{ http = \"/\", timeout = \"20s\" }}\n"
+        ),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    assert_eq!(get(p.http, "web.test", "/").await.status, 200);
+    let dig = |name: &str| {
+        let out = Command::new("dig")
+            .args([
+                "+short",
+                "@127.0.0.1",
+                "-p",
+                &p.dns.port().to_string(),
+                name,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Stopped: 503 naming the app, its state and what to do; the name still resolves.
+    p.ok(&["app", "stop", "web"]);
+    let r = get(p.http, "web.test", "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.json()["error"], "app_unavailable");
+    assert_eq!(
+        r.json()["reason"],
+        "app web is stopped; `itproxy app start web` starts it"
+    );
+    assert_eq!(dig("web.test"), "127.0.0.1", "not NXDOMAIN");
+
+    // Restarting under requests: each one is served (200) or told to retry (503), none is
+    // a 404, and the name resolves throughout.
+    p.ok(&["app", "start", "web", "--wait"]);
+    let http = p.http;
+    let load = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..400 {
+            let r = get(http, "web.test", "/").await;
+            *seen.entry(r.status).or_insert(0) += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    let restart = p.cli(&["app", "restart", "web", "--wait"]);
+    assert!(restart.status.success(), "{}", output_text(&restart));
+    let seen = load.await.unwrap();
+    assert!(seen.keys().all(|s| *s == 200 || *s == 503), "{seen:?}");
+    assert!(seen.contains_key(&200), "{seen:?}");
+    assert_eq!(dig("web.test"), "127.0.0.1");
+
+    // A name removed by hand is gone for good: 404, as asked.
+    p.ok(&["unroute", "web"]);
+    assert_eq!(get(p.http, "web.test", "/").await.status, 404);
+}

@@ -130,6 +130,14 @@ pub enum Change {
         /// The app.
         app: AppName,
     },
+    /// What a declared app is doing, said to clients of its names while it serves none
+    /// ("is starting", "is stopped; ..."): not persisted.
+    AppStatus {
+        /// The app.
+        app: AppName,
+        /// Its state, as the rest of "app NAME ...".
+        status: String,
+    },
 }
 
 /// Where an app's endpoint is reached.
@@ -186,6 +194,11 @@ pub struct DesiredState {
     apps: BTreeMap<HostName, (AppName, BuiltRoute)>,
     /// Apps' TCP endpoints: names that resolve to the container itself.
     direct: BTreeMap<HostName, (AppName, IpAddr)>,
+    /// Every declared app's HTTP endpoint names: they resolve to the proxy and, while the app
+    /// serves none (starting, restarting, stopped), are answered 503 saying why, not 404.
+    app_hosts: BTreeMap<HostName, AppName>,
+    /// What each declared app is doing, for those answers.
+    app_status: BTreeMap<AppName, String>,
     overrides: BTreeMap<HostName, OverrideState>,
     /// Bumped for every upstream built, so pooled connections never cross routes' lives; also
     /// the zone's serial.
@@ -203,9 +216,17 @@ impl DesiredState {
             discovered: BTreeMap::new(),
             apps: BTreeMap::new(),
             direct: BTreeMap::new(),
+            app_hosts: BTreeMap::new(),
+            app_status: BTreeMap::new(),
             overrides: BTreeMap::new(),
             generation: 0,
         }
+    }
+
+    /// Names a declared app's HTTP endpoint (at start-up): it is the app's even while the app
+    /// does not serve it.
+    pub fn declare_app_host(&mut self, host: HostName, app: AppName) {
+        self.app_hosts.insert(host, app);
     }
 
     /// Adds a route from the config file (at start-up only: the config does not change while
@@ -269,17 +290,23 @@ impl DesiredState {
                 self.overrides.insert(host, OverrideState::Target(built));
             }
             Change::Unroute { host } => {
-                if self.view(&host).is_none() {
+                let app_host = self.app_hosts.contains_key(&host);
+                let waiting = app_host
+                    && !matches!(self.overrides.get(&host), Some(OverrideState::Removed));
+                if self.view(&host).is_none() && !waiting {
                     return Err(ChangeError::NoRoute(host));
                 }
-                if self.base(&host).is_some() {
+                // Removed for good, even from an app that comes back later.
+                if self.base(&host).is_some() || app_host {
                     self.overrides.insert(host, OverrideState::Removed);
                 } else {
                     self.overrides.remove(&host);
                 }
             }
             Change::Restore { host } => {
-                let has_base = self.base(&host).is_some() || self.direct.contains_key(&host);
+                let has_base = self.base(&host).is_some()
+                    || self.direct.contains_key(&host)
+                    || self.app_hosts.contains_key(&host);
                 match (self.overrides.contains_key(&host), has_base) {
                     (false, true) => return Ok(Applied::Unchanged),
                     (false, false) => return Err(ChangeError::NoRoute(host)),
@@ -314,7 +341,17 @@ impl DesiredState {
                     }
                 }
             }
-            Change::AppDown { app } => self.remove_app(&app),
+            Change::AppDown { app } => {
+                self.remove_app(&app);
+                // Until the supervisor says more (stopped, restarting...).
+                self.app_status.insert(app, "is stopping".into());
+            }
+            Change::AppStatus { app, status } => {
+                if self.app_status.get(&app) == Some(&status) {
+                    return Ok(Applied::Unchanged);
+                }
+                self.app_status.insert(app, status);
+            }
         }
         Ok(Applied::Changed)
     }
@@ -477,13 +514,32 @@ impl DesiredState {
         RouteTable::new(self.effective().map(|(h, r, _)| {
             Route::new(h.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
         }))
+        .with_unavailable(self.waiting().map(|(h, app)| {
+            let status = self
+                .app_status
+                .get(app)
+                .map_or("has not started yet", String::as_str);
+            (h.clone(), format!("app {app} {status}"))
+        }))
+    }
+
+    /// Declared apps' HTTP endpoint names, but those removed by hand (`unroute`): the table
+    /// answers them when nothing routes them, and the zone always has them.
+    fn waiting(&self) -> impl Iterator<Item = (&HostName, &AppName)> {
+        self.app_hosts
+            .iter()
+            .filter(|(h, _)| !matches!(self.overrides.get(*h), Some(OverrideState::Removed)))
     }
 
     /// The DNS view of the same routes: every routed host resolves to the proxy, a TCP
     /// endpoint's name to its container (unless an override routes it).
     fn zone(&self) -> itproxy_dns::Zone {
         let domains: Vec<String> = self.domains.iter().map(|d| d.to_string()).collect();
-        let hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
+        let mut hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
+        // An app's names resolve while it restarts too: a client sees 503, not NXDOMAIN.
+        hosts.extend(self.waiting().map(|(h, _)| h.as_str()));
+        hosts.sort_unstable();
+        hosts.dedup();
         let direct = self
             .direct
             .iter()

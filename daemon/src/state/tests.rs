@@ -467,3 +467,60 @@ fn names_are_qualified_below_the_domains() {
         "{e}"
     );
 }
+
+#[test]
+fn a_declared_app_name_is_answered_503_while_the_app_serves_none() {
+    let mut s = state();
+    let web: AppName = "web".parse().unwrap();
+    s.declare_app_host(host("web.test"), web.clone());
+    let why = |s: &DesiredState| {
+        s.snapshot()
+            .table
+            .unavailable("web.test")
+            .map(|u| u.reason().to_string())
+    };
+    let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // Before its first start: not routed, but known and resolvable.
+    assert_eq!(routed_to(&s, "web.test"), None);
+    assert_eq!(why(&s).as_deref(), Some("app web has not started yet"));
+    assert_eq!(resolves_to(&s, "web.test"), [proxy]);
+
+    ok(
+        &mut s,
+        Change::AppStatus {
+            app: web.clone(),
+            status: "is starting".into(),
+        },
+    );
+    assert_eq!(why(&s).as_deref(), Some("app web is starting"));
+    let again = Change::AppStatus {
+        app: web.clone(),
+        status: "is starting".into(),
+    };
+    assert!(matches!(ok(&mut s, again), Applied::Unchanged));
+
+    // Serving: routed, nothing to explain.
+    ok(
+        &mut s,
+        Change::AppUp {
+            app: web.clone(),
+            endpoints: vec![(host("web.test"), Endpoint::Http(addr("172.18.0.4:80")))],
+        },
+    );
+    assert!(routed_to(&s, "web.test").is_some());
+    assert_eq!(why(&s), None);
+
+    // Going down: explained at once, before the supervisor says more.
+    ok(&mut s, Change::AppDown { app: web.clone() });
+    assert_eq!(routed_to(&s, "web.test"), None);
+    assert_eq!(why(&s).as_deref(), Some("app web is stopping"));
+    assert_eq!(resolves_to(&s, "web.test"), [proxy]);
+
+    // Removed by hand: gone from the table and the zone alike, until restored.
+    ok(&mut s, Change::Unroute { host: host("web.test") });
+    assert_eq!(why(&s), None);
+    assert_eq!(resolves_to(&s, "web.test"), Vec::<IpAddr>::new());
+    ok(&mut s, Change::Restore { host: host("web.test") });
+    assert_eq!(why(&s).as_deref(), Some("app web is stopping"));
+}

@@ -60,5 +60,8 @@ pub(super) async fn send_page(session: &mut Session, page: Page) -> PResult<()> 
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(seconds) = page.retry_after() {
+        resp.insert_header(header::RETRY_AFTER, seconds)?;
+    }
     answer(session, resp, Bytes::from(body)).await
 }

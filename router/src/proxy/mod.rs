@@ -130,6 +130,14 @@ impl ProxyHttp for HostRouter {
                 send_page(session, page).await?;
                 Ok(true)
             }
+            Decision::Unavailable(u) => {
+                let page = Page::Unavailable {
+                    host: u.host().to_string(),
+                    reason: u.reason().to_string(),
+                };
+                send_page(session, page).await?;
+                Ok(true)
+            }
         }
     }
 
