@@ -328,6 +328,9 @@ pub struct ErrorFinding {
     pub app: String,
     /// The container's name.
     pub container: String,
-    /// The line.
+    /// The line (a traceback's last line).
     pub line: String,
+    /// A traceback's lines, first to last; absent for a single line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
 }

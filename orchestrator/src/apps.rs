@@ -12,7 +12,23 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The step of apps that name none.
 pub const DEFAULT_STEP: &str = "apps";
 /// What `logs --errors` looks for when an app sets no patterns of its own.
-pub const DEFAULT_ERROR_PATTERN: &str = r"(?i)\b(error|fatal|panic|panicked|traceback)\b";
+pub const DEFAULT_ERROR_PATTERNS: [&str; 6] = [
+    // A level in capitals, as loggers write it: Python's logging, PostgreSQL, gunicorn's
+    // `[ERROR]`, tracing, log4j; not the word "error" in a message or a URL.
+    r"\b(ERROR|FATAL|CRITICAL|PANIC|EMERG|ALERT)\b",
+    // nginx and Apache: `[error]`, `[crit]`.
+    r"\[(error|crit|alert|emerg)\]",
+    // logfmt and JSON: `level=error`, `"level":"error"`.
+    r#"(?i)\blevel"?\s*[=:]\s*"?(error|fatal|panic|critical)\b"#,
+    // Go and Rust panics.
+    r"^panic: ",
+    r"\bpanicked at\b",
+    // A Python traceback: one finding with its last line (see ErrorScan::findings).
+    TRACEBACK_START,
+];
+
+/// The first line of a Python traceback.
+const TRACEBACK_START: &str = r"^Traceback \(most recent call last\):";
 
 /// A mistake in the declared apps, naming the app and the key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -159,10 +175,22 @@ pub struct ErrorScan {
 impl Default for ErrorScan {
     fn default() -> Self {
         ErrorScan {
-            patterns: vec![Regex::new(DEFAULT_ERROR_PATTERN).expect("valid default pattern")],
+            patterns: DEFAULT_ERROR_PATTERNS
+                .iter()
+                .map(|p| Regex::new(p).expect("valid default pattern"))
+                .collect(),
             ignore: Vec::new(),
         }
     }
+}
+
+/// An error in a container's output: one line, or a Python traceback as one finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The line, or a traceback's last line (the exception).
+    pub line: String,
+    /// A traceback's lines, first to last (empty for a single line).
+    pub context: Vec<String>,
 }
 
 impl ErrorScan {
@@ -170,6 +198,61 @@ impl ErrorScan {
     pub fn is_error(&self, line: &str) -> bool {
         self.patterns.iter().any(|p| p.is_match(line))
             && !self.ignore.iter().any(|p| p.is_match(line))
+    }
+
+    /// The errors in `lines`, in order. A line the patterns mark that starts a Python
+    /// traceback takes the traceback with it (its indented frames, chained tracebacks, up to
+    /// the exception line) as one finding named by its last line, which `ignore` applies to.
+    pub fn findings<'a>(&self, lines: impl IntoIterator<Item = &'a str>) -> Vec<Finding> {
+        let lines: Vec<&str> = lines.into_iter().collect();
+        let traceback = Regex::new(TRACEBACK_START).expect("valid pattern");
+        let chained = |l: &str| {
+            l.starts_with("During handling of the above exception")
+                || l.starts_with("The above exception was the direct cause")
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            i += 1;
+            if !traceback.is_match(line) || !self.patterns.iter().any(|p| p.is_match(line)) {
+                if self.is_error(line) {
+                    out.push(Finding {
+                        line: line.to_string(),
+                        context: Vec::new(),
+                    });
+                }
+                continue;
+            }
+            // Frames are indented; the first line that is not ends the traceback, unless
+            // (after blank lines) a chained one follows.
+            let start = i - 1;
+            while i < lines.len() {
+                let next = lines[i];
+                i += 1;
+                if next.starts_with([' ', '\t']) || traceback.is_match(next) || chained(next) {
+                    continue;
+                }
+                let mut j = i;
+                while j < lines.len() && lines[j].is_empty() {
+                    j += 1;
+                }
+                if j < lines.len() && (chained(lines[j]) || traceback.is_match(lines[j])) {
+                    i = j;
+                    continue;
+                }
+                break;
+            }
+            let context: Vec<String> = lines[start..i].iter().map(|l| l.to_string()).collect();
+            let last = context.last().cloned().unwrap_or_default();
+            if !self.ignore.iter().any(|p| p.is_match(&last)) {
+                out.push(Finding {
+                    line: last,
+                    context,
+                });
+            }
+        }
+        out
     }
 }
 
@@ -497,10 +580,72 @@ mod tests {
         assert!(scan.is_error("2026 ERROR: disk full"));
         assert!(scan.is_error("thread 'main' panicked at src/main.rs"));
         assert!(!scan.is_error("errors=0 all good"));
+        // Levels, as loggers write them.
+        for line in [
+            "ERROR:django.request:Internal Server Error: /api/orders",
+            "2026-11-27 10:00:00.123 UTC [61] FATAL:  password authentication failed",
+            "[2026-11-27 10:00:00 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:7)",
+            "2026/11/27 10:00:00 [error] 12#12: *1 connect() failed",
+            "ts=2026-11-27T10:00:00Z level=error msg=\"queue down\"",
+            r#"{"time":"2026-11-27T10:00:00Z","level":"error","msg":"boom"}"#,
+            "panic: runtime error: index out of range",
+        ] {
+            assert!(scan.is_error(line), "{line}");
+        }
+        // The word in a message, a URL or a count is not a level.
+        for line in [
+            "INFO:root:retrying after a connection error",
+            r#"172.18.0.1 - - [27/Nov/2026:10:00:00 +0000] "GET /docs/errors/404 HTTP/1.1" 200 512"#,
+            "2026-11-27 10:00:00 INFO worker: 0 errors, 12 jobs",
+            "level=info msg=\"error budget fine\"",
+        ] {
+            assert!(!scan.is_error(line), "{line}");
+        }
         let scan = ErrorScan {
             ignore: vec![Regex::new("expected error").unwrap()],
             ..ErrorScan::default()
         };
         assert!(!scan.is_error("an expected error: retrying"));
+    }
+
+    #[test]
+    fn a_traceback_is_one_finding_named_by_its_exception() {
+        let log = [
+            "INFO starting",
+            "Traceback (most recent call last):",
+            "  File \"/app/views.py\", line 12, in checkout",
+            "    total = cart.total()",
+            "KeyError: 'price'",
+            "",
+            "During handling of the above exception, another exception occurred:",
+            "",
+            "Traceback (most recent call last):",
+            "  File \"/app/views.py\", line 14, in checkout",
+            "ValueError: cart without prices",
+            "INFO request done",
+            "ERROR another one",
+        ];
+        let found = ErrorScan::default().findings(log);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found[0].line, "ValueError: cart without prices");
+        assert_eq!(found[0].context.len(), 10);
+        assert_eq!(found[0].context[3], "KeyError: 'price'");
+        assert_eq!(found[1].line, "ERROR another one");
+        assert!(found[1].context.is_empty());
+
+        let ignoring = ErrorScan {
+            ignore: vec![Regex::new("cart without prices").unwrap()],
+            ..ErrorScan::default()
+        };
+        assert_eq!(
+            ignoring.findings(log).len(),
+            1,
+            "ignore applies to the exception"
+        );
+        // A traceback cut short by the end of the log is still one finding.
+        let cut =
+            ErrorScan::default().findings(["Traceback (most recent call last):", "  File \"x\""]);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].line, "  File \"x\"");
     }
 }

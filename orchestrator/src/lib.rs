@@ -29,8 +29,8 @@ mod containers;
 mod discovery;
 mod ready;
 pub use apps::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness, Step,
-    DEFAULT_ERROR_PATTERN, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Finding, Plan, PlanError,
+    Readiness, Step, DEFAULT_ERROR_PATTERNS, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 pub use containers::{
     container_name, Container, Environment, Exited, APP_LABEL, CA_BUNDLE_IN_CONTAINER,

@@ -7,7 +7,7 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::{Stream, StreamExt};
 
-use crate::apps::{AppSpec, Check, ErrorScan};
+use crate::apps::{AppSpec, Check, ErrorScan, Finding};
 use crate::containers::Container;
 use crate::{engine_err, Engine, Error};
 
@@ -166,24 +166,21 @@ impl Engine {
             .await
     }
 
-    /// The lines of a container's output since `since` (Unix seconds, 0 for all) that `scan`
-    /// marks as errors: the `logs --errors` rule, shared by the CLI and the control API.
+    /// The errors `scan` finds in a container's output since `since` (Unix seconds, 0 for
+    /// all): the `logs --errors` rule, shared by the CLI and the control API.
     pub async fn error_lines(
         &self,
         id: &str,
         since: f64,
         scan: &ErrorScan,
-    ) -> Result<Vec<LogLine>, Error> {
+    ) -> Result<Vec<Finding>, Error> {
         let lines: Vec<LogLine> = self
             .logs(id, since, false, None)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        Ok(lines
-            .into_iter()
-            .filter(|l| scan.is_error(&l.text))
-            .collect())
+        Ok(scan.findings(lines.iter().map(|l| l.text.as_str())))
     }
 
     /// A container's output as lines (stdout and stderr), from `since` (Unix seconds with a

@@ -420,6 +420,20 @@ pub async fn logs(config: Option<PathBuf>, state_dir: &Path, args: LogsArgs) -> 
     Ok(())
 }
 
+/// `container: line`, then a traceback's lines indented below it.
+fn print_finding(
+    out: &mut impl Write,
+    container: &str,
+    line: &str,
+    context: &[String],
+) -> std::io::Result<()> {
+    writeln!(out, "{container}: {line}")?;
+    for l in context {
+        writeln!(out, "    | {l}")?;
+    }
+    Ok(())
+}
+
 /// `GET /v1/errors`, printed as [`scan_errors`] prints.
 async fn errors_from_daemon(state_dir: &Path, since: f64) -> anyhow::Result<()> {
     let scan: api::ErrorScanView = Client::new(state_dir)
@@ -427,7 +441,7 @@ async fn errors_from_daemon(state_dir: &Path, since: f64) -> anyhow::Result<()> 
         .await?;
     let mut out = std::io::stdout().lock();
     for f in &scan.findings {
-        writeln!(out, "{}: {}", f.container, f.line)?;
+        print_finding(&mut out, &f.container, &f.line, &f.context)?;
     }
     if !scan.findings.is_empty() {
         let mut with: Vec<&str> = scan.findings.iter().map(|f| f.container.as_str()).collect();
@@ -477,8 +491,8 @@ async fn scan_errors(
         if !bad.is_empty() {
             containers_with += 1;
             found += bad.len();
-            for l in bad {
-                writeln!(out, "{}: {}", c.name, l.text)?;
+            for f in bad {
+                print_finding(&mut out, &c.name, &f.line, &f.context)?;
             }
         }
     }

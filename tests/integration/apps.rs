@@ -742,11 +742,33 @@ async fn commands_ask_the_running_daemon_before_any_config() {
         "-c",
         "echo 'ERROR: it broke' > /proc/1/fd/1",
     ]);
+    // An INFO line and an access line that merely contain the word are not errors; a Python
+    // traceback is one finding named by its exception, with its lines below.
+    let script = r#"printf '%s\n' 'INFO retrying after a connection error' '"GET /docs/errors HTTP/1.1" 200 12' 'Traceback (most recent call last):' '  File "/app/views.py", line 12, in checkout' "KeyError: 'price'" > /proc/1/fd/2"#;
+    docker(&["exec", &container, "sh", "-c", script]);
     let out = p.cli(&["logs", "--errors"]);
     assert_eq!(out.status.code(), Some(1));
+    let text = output_text(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("{container}: ERROR: it broke"), "{text}");
     assert_eq!(
-        output_text(&out).lines().next(),
-        Some(format!("{container}: ERROR: it broke").as_str())
+        lines[1],
+        format!("{container}: KeyError: 'price'"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[2], "    | Traceback (most recent call last):",
+        "{text}"
+    );
+    assert!(
+        text.contains("2 error line(s) in 1 of 1 containers"),
+        "{text}"
+    );
+    let (_, scan) = p.api("GET", "/v1/errors", None);
+    assert_eq!(
+        scan["findings"][1]["context"].as_array().unwrap().len(),
+        3,
+        "{scan}"
     );
     // A plan where there is a resolver to configure; where there is none, the advice.
     let plan = output_text(&p.cli(&["dns", "setup"]));

@@ -291,8 +291,8 @@ impl DesiredState {
             }
             Change::Unroute { host } => {
                 let app_host = self.app_hosts.contains_key(&host);
-                let waiting = app_host
-                    && !matches!(self.overrides.get(&host), Some(OverrideState::Removed));
+                let waiting =
+                    app_host && !matches!(self.overrides.get(&host), Some(OverrideState::Removed));
                 if self.view(&host).is_none() && !waiting {
                     return Err(ChangeError::NoRoute(host));
                 }

@@ -518,9 +518,19 @@ fn a_declared_app_name_is_answered_503_while_the_app_serves_none() {
     assert_eq!(resolves_to(&s, "web.test"), [proxy]);
 
     // Removed by hand: gone from the table and the zone alike, until restored.
-    ok(&mut s, Change::Unroute { host: host("web.test") });
+    ok(
+        &mut s,
+        Change::Unroute {
+            host: host("web.test"),
+        },
+    );
     assert_eq!(why(&s), None);
     assert_eq!(resolves_to(&s, "web.test"), Vec::<IpAddr>::new());
-    ok(&mut s, Change::Restore { host: host("web.test") });
+    ok(
+        &mut s,
+        Change::Restore {
+            host: host("web.test"),
+        },
+    );
     assert_eq!(why(&s).as_deref(), Some("app web is stopping"));
 }

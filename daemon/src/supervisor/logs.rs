@@ -57,10 +57,11 @@ impl AppSupervisor {
                 .error_lines(&c.id, since, scan)
                 .await
                 .map_err(|e| AppError::Engine(e.to_string()))?;
-            findings.extend(bad.into_iter().map(|l| api::ErrorFinding {
+            findings.extend(bad.into_iter().map(|f| api::ErrorFinding {
                 app: c.app.clone(),
                 container: c.name.clone(),
-                line: l.text,
+                line: f.line,
+                context: f.context,
             }));
         }
         Ok(api::ErrorScanView {

@@ -167,14 +167,16 @@ class LogLine:
 
 @dataclass(frozen=True)
 class ErrorFinding:
-    """A line an app's ``log_errors`` patterns mark as an error."""
+    """A line an app's ``log_errors`` patterns mark as an error, or a Python traceback as one
+    finding: ``line`` is then its last line (the exception) and ``context`` all its lines."""
 
     app: str
     container: str
     line: str
+    context: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.container}: {self.line}"
+        return "\n".join([f"{self.container}: {self.line}", *(f"    | {l}" for l in self.context)])
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,10 @@ class ErrorScan:
             env=d["env"],
             since=float(d["since"]),
             containers=int(d["containers"]),
-            findings=tuple(ErrorFinding(f["app"], f["container"], f["line"]) for f in d["findings"]),
+            findings=tuple(
+                ErrorFinding(f["app"], f["container"], f["line"], tuple(f.get("context", ())))
+                for f in d["findings"]
+            ),
         )
 
     def report(self) -> str:
