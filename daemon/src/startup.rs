@@ -118,8 +118,11 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     ));
     if config.tls.mint == MintPolicy::Routed {
         let table = state.table();
+        // A declared app's name gets its certificate while the app restarts too, so the
+        // 503 saying so arrives over TLS the browser trusts.
         tls.resolver.serve_only(Arc::new(move |name: &str| {
-            table.load().lookup(name).is_some()
+            let table = table.load();
+            table.lookup(name).is_some() || table.unavailable(name).is_some()
         }));
     }
     let (apps, discovery) = match env {

@@ -19,6 +19,21 @@ fn already_up(status: &api::Status, config: &Config, state_dir: &Path) -> anyhow
         .map(|p| canonical(Path::new(p)));
     let ours = config.source.as_deref().map(canonical);
     let env = config.env.as_ref().map(|e| e.name.to_string());
+    let listens = listens_on(&config.listen.http, &status.listeners.http)
+        && listens_on(&config.listen.https, &status.listeners.https)
+        && listens_on(&config.listen.dns, &status.listeners.dns);
+    if !listens {
+        bail!(
+            "itproxy (pid {}) is already running with the state directory {}, listening on \
+             HTTP {}, HTTPS {}, DNS {}; this `up` asks for other addresses: stop it \
+             (`itproxy stop`), or give this one its own --state-dir",
+            status.pid,
+            state_dir.display(),
+            status.listeners.http.join(", "),
+            status.listeners.https.join(", "),
+            status.listeners.dns.join(", ")
+        );
+    }
     if theirs != ours || status.env != env {
         let show = |f: &Option<PathBuf>, e: &Option<String>| {
             format!(
@@ -45,6 +60,16 @@ fn already_up(status: &api::Status, config: &Config, state_dir: &Path) -> anyhow
         state_dir.display()
     );
     Ok(())
+}
+
+/// Whether the daemon's listeners include every `requested` address (port 0: any port).
+fn listens_on(requested: &[std::net::SocketAddr], running: &[String]) -> bool {
+    let running: Vec<std::net::SocketAddr> = running.iter().filter_map(|a| a.parse().ok()).collect();
+    requested.iter().all(|r| {
+        running
+            .iter()
+            .any(|a| a.ip() == r.ip() && (r.port() == 0 || a.port() == r.port()))
+    })
 }
 
 /// `up`: loads the config with the flags over it and runs the daemon until it is stopped.

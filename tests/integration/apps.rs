@@ -364,10 +364,12 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
     assert_eq!(of_www.len(), 1, "{logs}");
     assert_eq!(of_www[0]["text"], "ERROR: disk on fire", "{logs}");
 
-    // Stop an app: its route goes; start it again, waiting for readiness.
+    // Stop an app: its route goes (503 saying so); start it again, waiting for readiness.
     p.ok(&["app", "stop", "web"]);
     assert!(!p.routes().contains_key("www.test"));
-    assert_eq!(curl(p.http, "www.test", "/", &[]).await.0, 404);
+    let (code, body) = curl(p.http, "www.test", "/", &[]).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("app web is stopped"), "{body}");
     let out = p.ok(&["app", "start", "web", "--wait"]);
     assert!(out.starts_with("web: ready"), "{out}");
     assert_eq!(
