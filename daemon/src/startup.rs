@@ -18,7 +18,7 @@ use std::time::Instant;
 use itproxy_router::{RouteTable, RouterConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MintPolicy};
+use crate::config::{Config, Gateway, MintPolicy};
 use crate::control::{Control, DaemonInfo, Listening};
 use crate::persist::{self, Overrides, StateError};
 use crate::state::{Change, DesiredState, StateHandle};
@@ -137,7 +137,10 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
 
     let router_config = config.proxy.router_config(
         &config.listen,
-        gateway,
+        gateway.map(|ip| Gateway {
+            ip,
+            standard_ports: may_listen_on_standard_ports(ip, &config.listen),
+        }),
         tls.resolver.clone(),
         // `https://` upstreams are verified against the system roots plus ours.
         tls.files.bundle.clone(),
@@ -231,6 +234,33 @@ fn check_steps(config: &Config, steps: &[String]) -> Result<(), StartError> {
         });
     }
     Ok(())
+}
+
+/// Whether the proxy can take ports 80 and 443 on the gateway (as root, or where unprivileged
+/// ports start low enough), tried by binding them for a moment; if not, containers reach it
+/// at the host's ports only, and the log says so.
+fn may_listen_on_standard_ports(gateway: IpAddr, listen: &crate::config::Listen) -> bool {
+    for (used, port) in [(&listen.http, 80), (&listen.https, 443)] {
+        // Not needed without such listeners, nor where one already covers the gateway.
+        if used.is_empty()
+            || used
+                .iter()
+                .any(|a| a.port() == port && a.ip().is_unspecified())
+        {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind((gateway, port)) {
+            tracing::warn!(
+                %gateway,
+                port,
+                "containers reach itproxy at the host's ports only, not at 80 and 443 ({e}); \
+                 run it as root or lower net.ipv4.ip_unprivileged_port_start to give them the \
+                 URLs production uses"
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).

@@ -64,7 +64,8 @@ fn already_up(status: &api::Status, config: &Config, state_dir: &Path) -> anyhow
 
 /// Whether the daemon's listeners include every `requested` address (port 0: any port).
 fn listens_on(requested: &[std::net::SocketAddr], running: &[String]) -> bool {
-    let running: Vec<std::net::SocketAddr> = running.iter().filter_map(|a| a.parse().ok()).collect();
+    let running: Vec<std::net::SocketAddr> =
+        running.iter().filter_map(|a| a.parse().ok()).collect();
     requested.iter().all(|r| {
         running
             .iter()

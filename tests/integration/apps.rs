@@ -264,6 +264,17 @@ async fn an_environment_comes_up_in_steps_and_serves_every_app_by_name() {
         seen.contains("HTTP/1.1 200") && seen.contains("hello-www"),
         "{seen}"
     );
+    // ...and at the URLs production uses: port 80 (wget, no port in the URL) and 443.
+    let seen = from_container(
+        &env,
+        &gateway,
+        "wget -qO- http://www.test/ && nc -w 3 www.test 443 </dev/null && echo tls-port-open",
+    )
+    .await;
+    assert!(
+        seen.contains("hello-www") && seen.contains("tls-port-open"),
+        "{seen}"
+    );
 
     // Swap www for a dev server on the host: the host and the containers see it; restore.
     let dev = Backend::start("dev-server").await;

@@ -29,7 +29,7 @@ mod settings;
 pub use domains::Domains;
 pub use file::parse_resolver;
 pub use settings::{
-    DnsSettings, Listen, MintPolicy, ProxySettings, RouteSpec, Timeouts, TlsSettings,
+    DnsSettings, Gateway, Listen, MintPolicy, ProxySettings, RouteSpec, Timeouts, TlsSettings,
 };
 
 use file::{FileConfig, FileRoute};

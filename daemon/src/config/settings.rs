@@ -136,26 +136,42 @@ impl RouteSpec {
     }
 }
 
+/// Where containers of the environment reach itproxy: its network's gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gateway {
+    /// The gateway's address.
+    pub ip: IpAddr,
+    /// Whether the proxy may listen there on 80 and 443 too (it can bind them).
+    pub standard_ports: bool,
+}
+
 impl ProxySettings {
     /// The proxy's configuration: `listen`'s HTTP and HTTPS addresses, plus, with an
-    /// environment, the same ports on its network's `gateway` (where containers reach the
-    /// proxy, so `api.test:PORT` works alike from the host and from containers). TLS
-    /// handshakes get their certificate from `certificates`; `https://` upstreams are verified
-    /// against `upstream_roots` (the system's roots plus ours).
+    /// environment, the same ports on its network's gateway (where containers reach the
+    /// proxy, so `api.test:PORT` works alike from the host and from containers) and, when
+    /// [`Gateway::standard_ports`], 80 and 443 there too, so containers use the URLs
+    /// production uses (`https://api.test/`). TLS handshakes get their certificate from
+    /// `certificates`; `https://` upstreams are verified against `upstream_roots` (the
+    /// system's roots plus ours).
     pub fn router_config(
         &self,
         listen: &Listen,
-        gateway: Option<IpAddr>,
+        gateway: Option<Gateway>,
         certificates: Arc<itproxy_certs::CertResolver>,
         upstream_roots: PathBuf,
     ) -> RouterConfig {
         let (mut http, mut https) = (listen.http.clone(), listen.https.clone());
-        if let Some(gateway) = gateway {
-            if let Some(a) = listen.http.first() {
-                http.push(SocketAddr::new(gateway, a.port()));
-            }
-            if let Some(a) = listen.https.first() {
-                https.push(SocketAddr::new(gateway, a.port()));
+        if let Some(g) = gateway {
+            for (first, list, standard) in [
+                (listen.http.first(), &mut http, 80),
+                (listen.https.first(), &mut https, 443),
+            ] {
+                if let Some(a) = first {
+                    list.push(SocketAddr::new(g.ip, a.port()));
+                    if g.standard_ports && a.port() != standard {
+                        list.push(SocketAddr::new(g.ip, standard));
+                    }
+                }
             }
         }
         RouterConfig {
@@ -346,15 +362,37 @@ mod tests {
         assert_eq!(r.shutdown_timeout, Duration::from_secs(1));
         assert_eq!(r.header_timeout, c.proxy.timeouts.header);
 
-        let r = c.proxy.router_config(
-            &c.listen,
-            Some("172.18.0.1".parse().unwrap()),
-            certs,
-            bundle,
-        );
+        let gateway = |standard_ports| {
+            Some(Gateway {
+                ip: "172.18.0.1".parse().unwrap(),
+                standard_ports,
+            })
+        };
+        let r = c
+            .proxy
+            .router_config(&c.listen, gateway(false), certs.clone(), bundle.clone());
         let http: Vec<String> = r.http.iter().map(|a| a.to_string()).collect();
         let https: Vec<String> = r.https.iter().map(|a| a.to_string()).collect();
         assert_eq!(http, ["0.0.0.0:8080", "[::1]:8080", "172.18.0.1:8080"]);
         assert_eq!(https, ["127.0.0.1:8443", "172.18.0.1:8443"]);
+        // Where it may, the gateway also gets the ports production URLs imply.
+        let r = c
+            .proxy
+            .router_config(&c.listen, gateway(true), certs, bundle);
+        let http: Vec<String> = r.http.iter().map(|a| a.to_string()).collect();
+        let https: Vec<String> = r.https.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            http,
+            [
+                "0.0.0.0:8080",
+                "[::1]:8080",
+                "172.18.0.1:8080",
+                "172.18.0.1:80"
+            ]
+        );
+        assert_eq!(
+            https,
+            ["127.0.0.1:8443", "172.18.0.1:8443", "172.18.0.1:443"]
+        );
     }
 }
