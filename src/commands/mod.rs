@@ -159,7 +159,7 @@ fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
     for r in routes {
         let source = match (&r.source, &r.declared) {
             (api::RouteSource::Config, _) => "config".to_string(),
-            (api::RouteSource::Discovered, _) => "container".to_string(),
+            (api::RouteSource::Discovered, _) => "discovered".to_string(),
             (api::RouteSource::App, _) => "app".to_string(),
             (api::RouteSource::Override, None) => "override".to_string(),
             (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),

@@ -281,7 +281,7 @@ async fn labelled_containers_get_a_route_while_they_run() {
     );
     let listed = p.ok(&["routes"]);
     assert!(
-        listed.contains("before.test") && listed.contains("container"),
+        listed.contains("before.test") && listed.contains("discovered"),
         "{listed}"
     );
 
