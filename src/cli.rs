@@ -110,6 +110,12 @@ pub enum Command {
     /// command line (a profile and NSS database of its own under the state directory), or
     /// start it with --launch.
     Browser(BrowserArgs),
+    /// Print a shell completion script, e.g. `itproxy completions bash >
+    /// ~/.local/share/bash-completion/completions/itproxy`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Validate a config file and print what it declares.
     CheckConfig {
         /// The file [default: ./itproxy.toml].

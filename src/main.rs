@@ -70,6 +70,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         )),
         Command::Bench(args) => commands::bench::main(args, &state_dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "itproxy", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Browser(args) => runtime()?.block_on(commands::browser::run(&state_dir, args)),
         Command::Route(args) => runtime()?.block_on(commands::route(args, &state_dir)),
         Command::Unroute { name, json } => {

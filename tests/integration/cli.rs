@@ -218,3 +218,35 @@ fn damaged_state_is_reported_not_overwritten() {
     assert!(err.contains("routes.json is damaged"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
 }
+
+#[test]
+fn completions_load_in_bash_and_know_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = run_in(dir.path(), &["completions", "bash"]);
+    assert!(script.status.success());
+    let path = dir.path().join("itproxy.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    // Loaded by bash, then asked what follows `itproxy br`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(itproxy br) COMP_CWORD=1 && _itproxy itproxy br itproxy \
+             && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        offered.trim(),
+        "browser",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zsh = run_in(dir.path(), &["completions", "zsh"]);
+    assert!(String::from_utf8_lossy(&zsh.stdout).contains("#compdef itproxy"));
+    assert_eq!(
+        run_in(dir.path(), &["completions", "tcsh"]).status.code(),
+        Some(2)
+    );
+}
