@@ -71,6 +71,9 @@ pub enum Command {
         /// The environment [default: the running daemon's, else the config's `env.name`].
         #[arg(long, value_name = "NAME")]
         env: Option<String>,
+        /// Remove the environment's volumes too (their data is lost).
+        #[arg(long)]
+        volumes: bool,
     },
     /// Stop the daemon only; the environment's containers keep running (`up` reuses them).
     Stop,

@@ -53,7 +53,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => commands::up::run(args, config, state_dir),
         Command::CheckConfig { file } => commands::check_config::run(file.or(config)),
         Command::Ca(cmd) => commands::ca::run(cmd, config, &state_dir),
-        Command::Down { env } => commands::env::down_command(config, env, &state_dir),
+        Command::Down { env, volumes } => {
+            commands::env::down_command(config, env, volumes, &state_dir)
+        }
         Command::Apps { json } => runtime()?.block_on(commands::env::apps(&state_dir, json)),
         Command::App(cmd) => runtime()?.block_on(commands::env::app(&state_dir, cmd)),
         Command::Logs(args) => runtime()?.block_on(commands::env::logs(config, &state_dir, args)),

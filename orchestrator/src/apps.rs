@@ -275,6 +275,29 @@ pub struct AppSpec {
     pub ready: Readiness,
     /// What `logs --errors` reports.
     pub errors: ErrorScan,
+    /// What is mounted into its containers.
+    pub volumes: Vec<Volume>,
+}
+
+/// A mount of an app's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// What is mounted.
+    pub source: VolumeSource,
+    /// Where, in the container (an absolute path).
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// What a [`Volume`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A Docker volume of the environment: `data` is `itproxy-<env>-data` on the engine,
+    /// created (and labelled) on first use, kept when containers are recreated.
+    Named(String),
+    /// A directory or file of the host (absolute).
+    Host(std::path::PathBuf),
 }
 
 /// One step: apps started together, each once its dependencies are ready.
@@ -488,6 +511,7 @@ mod tests {
                 timeout: DEFAULT_READY_TIMEOUT,
             },
             errors: ErrorScan::default(),
+            volumes: Vec::new(),
         }
     }
 

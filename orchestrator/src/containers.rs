@@ -12,7 +12,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
-use crate::apps::AppSpec;
+use crate::apps::{AppSpec, VolumeSource};
 use crate::{engine_err, found, Engine, EnvName, Error, NetworkInfo, ENV_LABEL};
 
 /// The label naming a container's app.
@@ -111,6 +111,11 @@ pub fn container_name(env: &EnvName, app: &str, endpoint: &str) -> String {
     }
 }
 
+/// The engine's name of the environment's volume `name`.
+pub fn volume_name(env: &EnvName, name: &str) -> String {
+    format!("itproxy-{env}-{name}")
+}
+
 /// FNV-1a: a digest that stays the same across builds (std's hasher does not promise that), so
 /// an unchanged declaration reuses its container after an upgrade too.
 fn digest(bytes: &[u8]) -> String {
@@ -142,6 +147,7 @@ impl Engine {
             })?
             .id
             .unwrap_or_default();
+        self.ensure_volumes(environment, app).await?;
         let mut body = self.create_body(environment, app, index);
         // Through a JSON value, whose maps are sorted: the labels' HashMap order is not stable.
         let canonical = serde_json::to_value(&body).expect("serializable body");
@@ -176,6 +182,30 @@ impl Engine {
         self.start(&name).await
     }
 
+    /// Creates the app's named volumes that do not exist yet, labelled with the environment
+    /// (a volume that exists, with its data, is kept as it is).
+    async fn ensure_volumes(&self, environment: &Environment, app: &AppSpec) -> Result<(), Error> {
+        for v in &app.volumes {
+            if let VolumeSource::Named(name) = &v.source {
+                let full = volume_name(&environment.env, name);
+                let request = bollard::models::VolumeCreateRequest {
+                    name: Some(full.clone()),
+                    labels: Some(HashMap::from([
+                        (ENV_LABEL.to_string(), environment.env.to_string()),
+                        (APP_LABEL.to_string(), app.name.to_string()),
+                    ])),
+                    ..Default::default()
+                };
+                // Idempotent on the engine: an existing volume is returned unchanged.
+                self.docker
+                    .create_volume(request)
+                    .await
+                    .map_err(engine_err(format!("create the volume {full}")))?;
+            }
+        }
+        Ok(())
+    }
+
     fn create_body(
         &self,
         environment: &Environment,
@@ -199,6 +229,14 @@ impl Engine {
             }
         }
         env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}")));
+        for v in &app.volumes {
+            let source = match &v.source {
+                VolumeSource::Named(name) => volume_name(&environment.env, name),
+                VolumeSource::Host(path) => path.display().to_string(),
+            };
+            let mode = if v.read_only { ":ro" } else { "" };
+            binds.push(format!("{source}:{}{mode}", v.target));
+        }
         let labels = HashMap::from([
             (ENV_LABEL.to_string(), environment.env.to_string()),
             (APP_LABEL.to_string(), app.name.to_string()),

@@ -30,7 +30,8 @@ mod discovery;
 mod ready;
 pub use apps::{
     AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Finding, Plan, PlanError,
-    Readiness, Step, DEFAULT_ERROR_PATTERNS, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    Readiness, Step, Volume, VolumeSource, DEFAULT_ERROR_PATTERNS, DEFAULT_READY_TIMEOUT,
+    DEFAULT_STEP,
 };
 pub use containers::{
     container_name, Container, Environment, Exited, APP_LABEL, CA_BUNDLE_IN_CONTAINER,
@@ -277,6 +278,34 @@ impl Engine {
             gateway: config.and_then(|c| c.gateway).and_then(|g| g.parse().ok()),
             created: false,
         }))
+    }
+
+    /// Removes the environment's volumes (those it created, by label; its containers must be
+    /// gone); returns their names.
+    pub async fn remove_env_volumes(&self, env: &EnvName) -> Result<Vec<String>, Error> {
+        let label = format!("{ENV_LABEL}={env}");
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let listed = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(engine_err("list the environment's volumes"))?;
+        let mut removed = Vec::new();
+        for v in listed.volumes.unwrap_or_default() {
+            self.docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+                .map_err(engine_err(format!("remove the volume {}", v.name)))?;
+            removed.push(v.name);
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// Removes the environment's network; returns whether there was one.

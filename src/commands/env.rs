@@ -301,6 +301,7 @@ fn which_env(
 pub fn down_command(
     config: Option<PathBuf>,
     env: Option<String>,
+    volumes: bool,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
@@ -318,7 +319,7 @@ pub fn down_command(
             }
         }
         match env {
-            Some(env) => remove_env(&env).await,
+            Some(env) => remove_env(&env, volumes).await,
             None => Ok(()),
         }
     })
@@ -511,10 +512,15 @@ async fn scan_errors(
 }
 
 /// Removes the environment's containers and network from the engine (nothing else).
-async fn remove_env(env: &EnvName) -> anyhow::Result<()> {
+async fn remove_env(env: &EnvName, volumes: bool) -> anyhow::Result<()> {
     let engine = Engine::connect().await?;
     for name in engine.remove_env_containers(env).await? {
         println!("removed the container {name}");
+    }
+    if volumes {
+        for name in engine.remove_env_volumes(env).await? {
+            println!("removed the volume {name}");
+        }
     }
     if engine.remove_network(env).await? {
         println!("removed the network {}", env.network_name());

@@ -32,6 +32,19 @@ impl Drop for EnvGuard {
         let _ = Command::new("docker")
             .args(["network", "rm", &format!("itproxy-{}", self.0)])
             .output();
+        let out = Command::new("docker")
+            .args([
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=itproxy.env={}", self.0),
+            ])
+            .output()
+            .unwrap();
+        for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["volume", "rm", name]).output();
+        }
     }
 }
 
@@ -883,4 +896,70 @@ async fn an_app_that_is_not_serving_answers_503_saying_why_and_keeps_its_name() 
     // A name removed by hand is gone for good: 404, as asked.
     p.ok(&["unroute", "web"]);
     assert_eq!(get(p.http, "web.test", "/").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_files_and_volumes_reach_the_container_and_data_outlives_it() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("v");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("db.env"),
+        "# settings\nPGDATA=/data\nGREETING=from-file\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("seed")).unwrap();
+    std::fs::write(dir.path().join("seed/schema.sql"), "create table t ();\n").unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"db\"\nimage = \"{APPS_IMAGE}\"\n\
+             env_file = \"db.env\"\nenv = {{ GREETING = \"from-env\" }}\n\
+             volumes = [\"pgdata:/data\", \"./seed:/seed:ro\"]\n\
+             command = \"exec sleep 600\"\n"
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let mut p = Itproxy::start_with(&["--config", cfg]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    let container = format!("itproxy-{env}-db");
+    let exec = |script: &str| docker(&["exec", &container, "sh", "-c", script]);
+    assert_eq!(
+        exec("echo $PGDATA $GREETING").trim(),
+        "/data from-env",
+        "env over env_file"
+    );
+    assert_eq!(exec("cat /seed/schema.sql").trim(), "create table t ();");
+    assert!(
+        exec("touch /seed/x 2>&1; echo rc=$?").contains("rc=1"),
+        "the seed is read-only"
+    );
+    exec("echo kept > /data/row");
+
+    // The data is in the environment's volume: a new container (down, up) finds it...
+    p.stop();
+    let out = run_in(p.state_dir(), &["-c", cfg, "down"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let volume = format!("itproxy-{env}-pgdata");
+    let labels = docker(&["volume", "inspect", "-f", "{{json .Labels}}", &volume]);
+    assert!(
+        labels.contains(&format!("\"itproxy.env\":\"{env}\"")),
+        "{labels}"
+    );
+    p.relaunch();
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    assert_eq!(exec("cat /data/row").trim(), "kept");
+
+    // ...until `down --volumes`.
+    let out = p.ok(&["-c", cfg, "down", "--volumes"]);
+    assert!(
+        out.contains(&format!("removed the volume {volume}")),
+        "{out}"
+    );
+    let left = docker(&["volume", "ls", "-q", "--filter", &format!("name={volume}")]);
+    assert_eq!(left.trim(), "");
 }

@@ -2,14 +2,16 @@
 //! their ports, `ready`, log patterns, step); the plan as a whole (duplicate names, cycles,
 //! step order) is checked by [`Plan::new`].
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use itproxy_orchestrator::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness,
-    DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness, Volume,
+    VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 
-use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, Parsed, Port};
+use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, OneOrMany, Parsed, Port};
 use super::Domains;
 
 /// A mistake in the `[[app]]` tables, naming the app and the key.
@@ -34,10 +36,11 @@ pub(super) fn build_plan(
     apps: Vec<FileApp>,
     steps: Option<Vec<String>>,
     domains: &Domains,
+    base: &Path,
 ) -> Result<Plan, AppsError> {
     let apps = apps
         .into_iter()
-        .map(|a| app_spec(a, domains))
+        .map(|a| app_spec(a, domains, base))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan::new(apps, steps)?)
 }
@@ -52,7 +55,7 @@ fn key_error(app: &AppName, key: &'static str, message: impl Into<String>) -> Ap
 }
 
 /// One `[[app]]`: its image, endpoints, env, `ready`, log patterns and step.
-fn app_spec(a: FileApp, domains: &Domains) -> Result<AppSpec, AppsError> {
+fn app_spec(a: FileApp, domains: &Domains, base: &Path) -> Result<AppSpec, AppsError> {
     let name = a.name.0;
     if a.image.trim().is_empty() {
         return Err(key_error(
@@ -62,7 +65,18 @@ fn app_spec(a: FileApp, domains: &Domains) -> Result<AppSpec, AppsError> {
         ));
     }
     let endpoints = endpoints(&name, a.command, a.port, a.kind, a.endpoints)?;
-    for k in a.env.keys() {
+    // The files first, `env` over them.
+    let mut env = BTreeMap::new();
+    for file in a.env_file.map(OneOrMany::into_vec).unwrap_or_default() {
+        env.extend(env_file(&name, &base.join(&file))?);
+    }
+    env.extend(a.env);
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| volume(&name, v, base))
+        .collect::<Result<Vec<_>, _>>()?;
+    for k in env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(key_error(
                 &name,
@@ -89,10 +103,105 @@ fn app_spec(a: FileApp, domains: &Domains) -> Result<AppSpec, AppsError> {
         image: a.image,
         step,
         depends_on: a.depends_on.into_iter().map(|d| d.0).collect(),
-        env: a.env,
+        env,
         endpoints,
         ready,
         errors,
+        volumes,
+    })
+}
+
+/// The largest `env_file` read (a config file names files; it should not name a disk).
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// `KEY=VALUE` lines (blank lines and `#` comments skipped, an `export ` prefix and quotes
+/// around the value dropped), as Compose reads an `env_file`.
+fn env_file(app: &AppName, path: &Path) -> Result<BTreeMap<String, String>, AppsError> {
+    use std::io::Read;
+    let err = |m: String| key_error(app, "env_file", format!("{}: {m}", path.display()));
+    // Regular files only: a device or a pipe could be read forever.
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ENV_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_ENV_FILE {
+        return Err(err(format!("is larger than {MAX_ENV_FILE} bytes")));
+    }
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(err(format!("line {}: {line:?} is not KEY=VALUE", n + 1)));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(err(format!(
+                "line {}: {key:?} is not a variable name",
+                n + 1
+            )));
+        }
+        let value = value.trim();
+        let value = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|(a, b)| {
+                (value.len() >= 2 && value.starts_with(*a) && value.ends_with(*b))
+                    .then(|| &value[1..value.len() - 1])
+            })
+            .unwrap_or(value);
+        vars.insert(key.to_string(), value.to_string());
+    }
+    Ok(vars)
+}
+
+/// `SOURCE:TARGET[:ro|:rw]`: a source with a `/` (or `.`, `~`) is a host path, relative to
+/// the config file; otherwise it names a volume of the environment.
+fn volume(app: &AppName, spec: &str, base: &Path) -> Result<Volume, AppsError> {
+    let err = |m: String| key_error(app, "volumes", format!("{spec:?}: {m}"));
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, read_only) = match parts[..] {
+        [s, t] => (s, t, false),
+        [s, t, "ro"] => (s, t, true),
+        [s, t, "rw"] => (s, t, false),
+        [_, _, mode] => return Err(err(format!("mode {mode:?} is neither ro nor rw"))),
+        _ => return Err(err("use SOURCE:TARGET or SOURCE:TARGET:ro".into())),
+    };
+    if !target.starts_with('/') {
+        return Err(err(format!(
+            "the target {target:?} is not an absolute path"
+        )));
+    }
+    let source = if source.starts_with(['/', '.', '~']) {
+        let path = match source.strip_prefix("~/") {
+            Some(rest) => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(rest))
+                .ok_or_else(|| err("HOME is not set for ~".into()))?,
+            None => base.join(source),
+        };
+        VolumeSource::Host(path)
+    } else if !source.is_empty()
+        && source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && source.as_bytes()[0].is_ascii_alphanumeric()
+    {
+        VolumeSource::Named(source.to_string())
+    } else {
+        return Err(err(format!(
+            "{source:?} is neither a path (./data, /srv/data) nor a volume name (data)"
+        )));
+    };
+    Ok(Volume {
+        source,
+        target: target.to_string(),
+        read_only,
     })
 }
 
@@ -303,6 +412,7 @@ fn error_scan(
 mod tests {
     use super::super::{CliOverrides, Config};
     use super::*;
+    use itproxy_orchestrator::{Volume, VolumeSource};
 
     fn load(text: &str) -> Result<Config, String> {
         Config::from_str(text, &CliOverrides::default()).map_err(|e| e.to_string())
@@ -392,6 +502,105 @@ mod tests {
             ["/bin/sh", "-c"]
         );
         assert_eq!(c.domains.to_string_list(), "test");
+    }
+
+    #[test]
+    fn env_files_and_volumes_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("api.env"),
+            "# the api's settings\n\nexport DEBUG=1\nNAME=\"shop api\"\nTOKEN='a=b'\nPORT=1\n",
+        )
+        .unwrap();
+        let path = dir.path().join("itproxy.toml");
+        std::fs::write(
+            &path,
+            "[env]\nname = \"d\"\n[[app]]\nname = \"api\"\nimage = \"i\"\n\
+             env_file = \"api.env\"\nenv = { PORT = \"8000\" }\n\
+             volumes = [\"data:/var/lib/data\", \"./seed:/seed:ro\", \"/srv/x:/x:rw\"]\n",
+        )
+        .unwrap();
+        let c = super::super::Config::load(Some(&path), &CliOverrides::default()).unwrap();
+        let api = c.env.as_ref().unwrap().apps.app("api").unwrap();
+        let env: Vec<(&str, &str)> = api
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("DEBUG", "1"),
+                ("NAME", "shop api"),
+                ("PORT", "8000"),
+                ("TOKEN", "a=b")
+            ],
+            "env over the file"
+        );
+        assert_eq!(
+            api.volumes,
+            [
+                Volume {
+                    source: VolumeSource::Named("data".into()),
+                    target: "/var/lib/data".into(),
+                    read_only: false
+                },
+                Volume {
+                    source: VolumeSource::Host(dir.path().join("./seed")),
+                    target: "/seed".into(),
+                    read_only: true
+                },
+                Volume {
+                    source: VolumeSource::Host("/srv/x".into()),
+                    target: "/x".into(),
+                    read_only: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_env_files_and_volumes_say_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.env"), "OK=1\nnot a variable\n").unwrap();
+        let load = |app: &str| {
+            let path = dir.path().join("itproxy.toml");
+            std::fs::write(
+                &path,
+                format!("[env]\nname = \"d\"\n[[app]]\nname = \"a\"\nimage = \"i\"\n{app}\n"),
+            )
+            .unwrap();
+            super::super::Config::load(Some(&path), &CliOverrides::default())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        for (app, needles) in [
+            (
+                "env_file = \"missing.env\"",
+                &["env_file", "missing.env"][..],
+            ),
+            (
+                "env_file = \"bad.env\"",
+                &["bad.env", "line 2", "not KEY=VALUE"],
+            ),
+            (
+                "env_file = \"/dev/zero\"",
+                &["/dev/zero", "not a regular file"],
+            ),
+            ("volumes = [\"data\"]", &["volumes", "SOURCE:TARGET"]),
+            ("volumes = [\"data:relative\"]", &["not an absolute path"]),
+            ("volumes = [\"data:/x:rx\"]", &["neither ro nor rw"]),
+            (
+                "volumes = [\"da ta:/x\"]",
+                &["neither a path", "nor a volume name"],
+            ),
+        ] {
+            let e = load(app);
+            for n in needles {
+                assert!(e.contains(n), "{app}: {e}");
+            }
+        }
     }
 
     #[test]

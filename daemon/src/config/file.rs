@@ -211,6 +211,11 @@ pub(super) struct FileApp {
     pub(super) log_errors: Option<Vec<Parsed<Regex>>>,
     #[serde(default)]
     pub(super) log_ignore: Vec<Parsed<Regex>>,
+    /// `SOURCE:TARGET[:ro]`, as docker run's `-v`.
+    #[serde(default)]
+    pub(super) volumes: Vec<String>,
+    /// Files of `KEY=VALUE` lines, under `env`.
+    pub(super) env_file: Option<OneOrMany<String>>,
 }
 
 /// One of an app's `endpoints`.

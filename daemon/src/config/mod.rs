@@ -192,11 +192,19 @@ impl Config {
         let tls = tls(file.tls, &invalid)?;
         let proxy = proxy(file.proxy, &invalid)?;
         let routes = routes(file.routes, &domains, &invalid)?;
+        // Paths in the file (env_file, volumes) are relative to the file.
+        let base = source
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let env = env(
             file.env.name,
             file.app,
             file.env.steps,
             &domains,
+            &base,
             cli,
             &invalid,
         )?;
@@ -408,6 +416,7 @@ fn env(
     apps: Vec<file::FileApp>,
     steps: Option<Vec<String>>,
     domains: &Domains,
+    base: &Path,
     cli: &CliOverrides,
     invalid: &impl Fn(String) -> ConfigError,
 ) -> Result<Option<EnvConfig>, ConfigError> {
@@ -417,7 +426,7 @@ fn env(
         }
         None => name.map(|n| n.0),
     };
-    let apps = apps::build_plan(apps, steps, domains).map_err(|e| invalid(e.to_string()))?;
+    let apps = apps::build_plan(apps, steps, domains, base).map_err(|e| invalid(e.to_string()))?;
     match name {
         Some(name) => Ok(Some(EnvConfig { name, apps })),
         None if apps.is_empty() => Ok(None),
