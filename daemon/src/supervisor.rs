@@ -302,6 +302,9 @@ impl AppSupervisor {
         }
         self.set(&app.name, AppState::Starting, None, None);
         let began = Instant::now();
+        if let Err(e) = self.engine.build_app_image(app).await {
+            return Err(fail(e.to_string()));
+        }
         // The endpoints' containers start together.
         let started = futures_util::future::join_all(
             (0..app.endpoints.len())

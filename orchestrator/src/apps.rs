@@ -261,8 +261,11 @@ impl ErrorScan {
 pub struct AppSpec {
     /// Its name.
     pub name: AppName,
-    /// The image, which must be on the engine (itproxy does not pull).
+    /// The image, which must be on the engine (itproxy does not pull), or which `build` makes.
     pub image: String,
+    /// A directory with a Dockerfile to build `image` from before each start (the engine's
+    /// cache makes an unchanged one quick).
+    pub build: Option<std::path::PathBuf>,
     /// The step it starts in.
     pub step: String,
     /// Apps that must be ready before it starts.
@@ -497,6 +500,7 @@ mod tests {
         AppSpec {
             name: name.parse().unwrap(),
             image: "img".into(),
+            build: None,
             step: step.into(),
             depends_on: deps.iter().map(|d| d.parse().unwrap()).collect(),
             env: BTreeMap::new(),

@@ -25,6 +25,7 @@ use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
 
 mod apps;
+mod build;
 mod containers;
 mod discovery;
 mod ready;
@@ -98,6 +99,20 @@ pub enum Error {
         /// What it wrote last.
         last_logs: Vec<LogLine>,
     },
+    /// An app's image could not be built from its `build` context.
+    #[error("app {app}: building the image {image} from {} failed: {reason}{}", .context.display(), format_text(.output))]
+    Build {
+        /// The app.
+        app: String,
+        /// The image's tag.
+        image: String,
+        /// The build context.
+        context: std::path::PathBuf,
+        /// Why.
+        reason: String,
+        /// The build's last lines.
+        output: Vec<String>,
+    },
     /// The engine refused a request.
     #[error("Docker refused to {action}: {error}")]
     Engine {
@@ -106,6 +121,10 @@ pub enum Error {
         /// The engine's answer.
         error: String,
     },
+}
+
+fn format_text(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("\n    | {l}")).collect()
 }
 
 fn format_lines(lines: &[LogLine]) -> String {

@@ -963,3 +963,58 @@ async fn env_files_and_volumes_reach_the_container_and_data_outlives_it() {
     let left = docker(&["volume", "ls", "-q", "--filter", &format!("name={volume}")]);
     assert_eq!(left.trim(), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_is_built_from_its_dockerfile_through_the_engine() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("b");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("images/web");
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::write(
+        img.join("Dockerfile"),
+        format!("FROM {APPS_IMAGE}\nCOPY index.html /www/index.html\n"),
+    )
+    .unwrap();
+    std::fs::write(img.join("index.html"), "built-from-the-repo\n").unwrap();
+    let broken = dir.path().join("images/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("Dockerfile"),
+        format!("FROM {APPS_IMAGE}\nRUN echo about to fail && exit 7\n"),
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nbuild = \"images/web\"\nport = 8000\n\
+             command = \"exec httpd -f -p 8000 -h /www\"\nready = {{ tcp = 8000 }}\n\
+             [[app]]\nname = \"broken\"\nbuild = \"images/broken\"\nstep = \"later\"\n"
+        ),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    let apps = wait_apps(&p).await;
+    assert_eq!(app(&apps, "web")["state"], "ready", "{apps}\n{}", p.log());
+    assert_eq!(
+        app(&apps, "web")["image"],
+        format!("itproxy-{env}/web:latest")
+    );
+    assert_eq!(
+        get(p.http, "web.test", "/").await.text().trim(),
+        "built-from-the-repo"
+    );
+    // A build that fails says so, with what the build printed last.
+    assert_eq!(app(&apps, "broken")["state"], "failed", "{apps}");
+    let error = app(&apps, "broken")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("building the image") && error.contains("about to fail"),
+        "{error}"
+    );
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &format!("itproxy-{env}/web:latest")])
+        .output();
+}

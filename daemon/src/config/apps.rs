@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use itproxy_orchestrator::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Plan, PlanError, Readiness, Volume,
-    VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, EnvName, ErrorScan, Plan, PlanError,
+    Readiness, Volume, VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 
 use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, OneOrMany, Parsed, Port};
@@ -37,10 +37,11 @@ pub(super) fn build_plan(
     steps: Option<Vec<String>>,
     domains: &Domains,
     base: &Path,
+    env: Option<&EnvName>,
 ) -> Result<Plan, AppsError> {
     let apps = apps
         .into_iter()
-        .map(|a| app_spec(a, domains, base))
+        .map(|a| app_spec(a, domains, base, env))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan::new(apps, steps)?)
 }
@@ -55,15 +56,51 @@ fn key_error(app: &AppName, key: &'static str, message: impl Into<String>) -> Ap
 }
 
 /// One `[[app]]`: its image, endpoints, env, `ready`, log patterns and step.
-fn app_spec(a: FileApp, domains: &Domains, base: &Path) -> Result<AppSpec, AppsError> {
+fn app_spec(
+    a: FileApp,
+    domains: &Domains,
+    base: &Path,
+    env_name: Option<&EnvName>,
+) -> Result<AppSpec, AppsError> {
     let name = a.name.0;
-    if a.image.trim().is_empty() {
-        return Err(key_error(
-            &name,
-            "image",
-            "is empty; name an image on the engine, e.g. \"itproxy-test/web:latest\"",
-        ));
-    }
+    let build = match a.build {
+        Some(dir) => {
+            let dir = base.join(dir);
+            if !dir.join("Dockerfile").is_file() {
+                return Err(key_error(
+                    &name,
+                    "build",
+                    format!("{} has no Dockerfile", dir.display()),
+                ));
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    let image = match (a.image, &build) {
+        (Some(i), _) if i.trim().is_empty() => {
+            return Err(key_error(
+                &name,
+                "image",
+                "is empty; name an image on the engine, e.g. \"itproxy-test/web:latest\"",
+            ))
+        }
+        (Some(i), _) => i,
+        // Built images are named after the environment and the app.
+        (None, Some(_)) => format!(
+            "itproxy-{}/{}:latest",
+            env_name.map_or("local".to_string(), |e| e.to_string()),
+            name.as_str()
+        ),
+        (None, None) => {
+            return Err(key_error(
+                &name,
+                "image",
+                "is missing; name an image on the engine, or give `build = \"./dir\"` with a \
+                 Dockerfile",
+            ))
+        }
+    };
     let endpoints = endpoints(&name, a.command, a.port, a.kind, a.endpoints)?;
     // The files first, `env` over them.
     let mut env = BTreeMap::new();
@@ -100,7 +137,8 @@ fn app_spec(a: FileApp, domains: &Domains, base: &Path) -> Result<AppSpec, AppsE
     }
     Ok(AppSpec {
         name,
-        image: a.image,
+        image,
+        build,
         step,
         depends_on: a.depends_on.into_iter().map(|d| d.0).collect(),
         env,
@@ -595,12 +633,22 @@ mod tests {
                 "volumes = [\"da ta:/x\"]",
                 &["neither a path", "nor a volume name"],
             ),
+            (
+                "build = \"nowhere\"",
+                &["`build`", "nowhere has no Dockerfile"],
+            ),
         ] {
             let e = load(app);
             for n in needles {
                 assert!(e.contains(n), "{app}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn an_app_without_image_or_build_says_both() {
+        let e = load("[env]\nname = \"d\"\n[[app]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.contains("`image`") && e.contains("build = "), "{e}");
     }
 
     #[test]

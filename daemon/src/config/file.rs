@@ -196,7 +196,9 @@ pub(super) struct RouteOptions {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileApp {
     pub(super) name: Parsed<AppName>,
-    pub(super) image: String,
+    pub(super) image: Option<String>,
+    /// A directory with a Dockerfile: `image` is built from it before each start.
+    pub(super) build: Option<String>,
     pub(super) step: Option<String>,
     #[serde(default)]
     pub(super) depends_on: Vec<Parsed<AppName>>,

@@ -426,7 +426,8 @@ fn env(
         }
         None => name.map(|n| n.0),
     };
-    let apps = apps::build_plan(apps, steps, domains, base).map_err(|e| invalid(e.to_string()))?;
+    let apps = apps::build_plan(apps, steps, domains, base, name.as_ref())
+        .map_err(|e| invalid(e.to_string()))?;
     match name {
         Some(name) => Ok(Some(EnvConfig { name, apps })),
         None if apps.is_empty() => Ok(None),
