@@ -141,6 +141,9 @@ pub enum AppCommand {
     },
     /// Stop, then start the app.
     Restart(AppActionArgs),
+    /// Start the app afresh: its containers recreated from the image and its volumes emptied
+    /// (their data is lost), as a fixture between tests.
+    Reset(AppActionArgs),
 }
 
 #[derive(Args, Debug)]

@@ -46,7 +46,7 @@ pub enum AppError {
         reason: String,
     },
     /// An action other than start, stop and restart.
-    #[error("unknown app action {0:?}; use start, stop or restart")]
+    #[error("unknown app action {0:?}; use start, stop, restart or reset")]
     UnknownAction(String),
     /// A start by hand of an app whose dependency is not ready.
     #[error(
@@ -495,7 +495,7 @@ impl AppSupervisor {
                 self.stop_app(&app).await?;
                 return Ok(done(self.app_view(&app).await));
             }
-            "start" | "restart" => {}
+            "start" | "restart" | "reset" => {}
             _ => return Err(AppError::UnknownAction(action.to_string())),
         }
         // Dependencies must already be ready: a start by hand does not cascade.
@@ -507,8 +507,17 @@ impl AppSupervisor {
                 });
             }
         }
-        if action == "restart" {
+        if action == "restart" || action == "reset" {
             self.stop_app(&app).await?;
+        }
+        if action == "reset" {
+            // From the image again, with empty volumes: the fixture tests start from.
+            let removed = self
+                .engine
+                .remove_app(&self.environment, &app)
+                .await
+                .map_err(|e| AppError::Engine(e.to_string()))?;
+            tracing::info!(app = %app.name, removed = ?removed, "app reset");
         }
         if body.wait {
             self.start_app(&app, timeout).await?;

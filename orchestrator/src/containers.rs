@@ -182,6 +182,44 @@ impl Engine {
         self.start(&name).await
     }
 
+    /// Removes the app's containers and its named volumes (their data is lost): what a reset
+    /// starts again from. Returns what was removed.
+    pub async fn remove_app(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+    ) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        for e in &app.endpoints {
+            let name = container_name(&environment.env, app.name.as_str(), e.name.as_str());
+            if self.container(&name).await?.is_some() {
+                self.remove_container(&name).await?;
+                removed.push(format!("container {name}"));
+            }
+        }
+        for v in &app.volumes {
+            if let VolumeSource::Named(name) = &v.source {
+                let full = volume_name(&environment.env, name);
+                match self
+                    .docker
+                    .remove_volume(
+                        &full,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                {
+                    Ok(()) => removed.push(format!("volume {full}")),
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(engine_err(format!("remove the volume {full}"))(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Creates the app's named volumes that do not exist yet, labelled with the environment
     /// (a volume that exists, with its data, is kept as it is).
     async fn ensure_volumes(&self, environment: &Environment, app: &AppSpec) -> Result<(), Error> {

@@ -224,6 +224,7 @@ pub async fn app(state_dir: &Path, cmd: AppCommand) -> anyhow::Result<()> {
     let (name, action, args) = match cmd {
         AppCommand::Start(a) => (a.name.clone(), "start", Some(a)),
         AppCommand::Restart(a) => (a.name.clone(), "restart", Some(a)),
+        AppCommand::Reset(a) => (a.name.clone(), "reset", Some(a)),
         AppCommand::Stop { name, json } => (
             name.clone(),
             "stop",

@@ -954,6 +954,16 @@ async fn env_files_and_volumes_reach_the_container_and_data_outlives_it() {
     assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
     assert_eq!(exec("cat /data/row").trim(), "kept");
 
+    // A reset starts from the image and empty volumes: what a fixture between tests needs.
+    let out = p.ok(&["app", "reset", "db", "--wait"]);
+    assert!(out.starts_with("db: ready"), "{out}");
+    assert!(
+        exec("cat /data/row 2>&1").contains("No such file"),
+        "the data is gone"
+    );
+    assert_eq!(exec("echo $GREETING").trim(), "from-env");
+    exec("echo again > /data/row");
+
     // ...until `down --volumes`.
     let out = p.ok(&["-c", cfg, "down", "--volumes"]);
     assert!(

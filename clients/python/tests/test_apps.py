@@ -1,5 +1,7 @@
 """Apps: state, stop, start and restart with waiting, logs."""
 
+import subprocess
+
 import pytest
 
 import itproxy
@@ -23,6 +25,20 @@ def test_restart_and_wait_returns_a_ready_app(itproxy_env):
     assert info.containers[0].address  # a new container; its address may be the old one
     assert before is not None
     assert itproxy_env.http().get("http://api.test/").status_code == 200
+
+
+def test_a_reset_starts_from_the_image_with_empty_volumes(itproxy_env):
+    container = itproxy_env.apps["db"].info.containers[0].name
+
+    def sh(script: str) -> str:
+        return subprocess.run(["docker", "exec", container, "sh", "-c", script],
+                              capture_output=True, text=True).stdout
+
+    sh("echo order-42 > /var/lib/db/rows")
+    assert sh("cat /var/lib/db/rows").strip() == "order-42"
+    assert itproxy_env.apps["db"].reset_and_wait(timeout=30).state == "ready"
+    assert sh("ls /var/lib/db").strip() == "", "the volume starts empty"
+    assert itproxy_env.resolve("db") == [itproxy_env.apps["db"].info.containers[0].address]
 
 
 def test_logs_are_the_containers_lines(itproxy_env):

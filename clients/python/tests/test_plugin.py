@@ -125,9 +125,13 @@ def state(tmp_path_factory):
 
 
 def _leftovers(env_name: str) -> str:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=itproxy.env={env_name}"], capture_output=True, text=True
-    ).stdout.strip()
+    """The environment's containers and volumes still on the engine."""
+    found = []
+    for what in (["ps", "-aq"], ["volume", "ls", "-q"]):
+        found.append(subprocess.run(
+            ["docker", *what, "--filter", f"label=itproxy.env={env_name}"], capture_output=True, text=True
+        ).stdout.strip())
+    return " ".join(f for f in found if f)
 
 
 def _own_config(pytester, itproxy_env, env_name: str, image: str = "itproxy-pytest/busybox:latest") -> str:
@@ -156,7 +160,7 @@ def test_up(itproxy_env):
     if keep:
         kept = itproxy.Env.connect(state)
         assert kept.apps["api"].state == "ready", "--itproxy-keep leaves it running"
-        kept.down()
+        kept.down(volumes=True)
     else:
         with pytest.raises(itproxy.DaemonNotRunning):
             itproxy.Env.connect(state)

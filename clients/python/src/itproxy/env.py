@@ -101,6 +101,11 @@ class App:
         """Stop, start, and return once the app is ready again (see :meth:`start_and_wait`)."""
         return self._action("restart", True, timeout)
 
+    def reset_and_wait(self, timeout: Optional[float] = None) -> AppInfo:
+        """Start the app afresh and wait for it: its containers recreated from the image and
+        its named volumes emptied (their data is lost), as a fixture between tests."""
+        return self._action("reset", True, timeout)
+
     def logs(self, tail: Optional[int] = None, since: When = None) -> List[LogLine]:
         """What the app's containers wrote (stdout and stderr), the last ``tail`` lines of each."""
         data = self._env._control.call(
@@ -218,8 +223,9 @@ class Env:
         env.status()
         return env
 
-    def down(self, timeout: float = 120) -> None:
-        """Stop the daemon and remove the environment's containers and network (``itproxy down``)."""
+    def down(self, volumes: bool = False, timeout: float = 120) -> None:
+        """Stop the daemon and remove the environment's containers and network (``itproxy down``),
+        and with ``volumes`` its volumes too (their data is lost)."""
         env_name = None
         try:
             env_name = self.status().env
@@ -230,6 +236,8 @@ class Env:
             cmd += ["--config", str(self.config)]
         if env_name:
             cmd += ["--env", env_name]
+        if volumes:
+            cmd.append("--volumes")
         elif not self.config:
             # No daemon to ask and no config to read the environment from: nothing to remove.
             self.close()

@@ -1,7 +1,8 @@
 """pytest plugin (entry point ``pytest11``): an itproxy environment as fixtures.
 
 - ``itproxy_env`` (session): the environment, up from itproxy.toml at the start (or the daemon
-  already running with the state directory), down at the end unless ``--itproxy-keep``.
+  already running with the state directory), down at the end (volumes too) unless
+  ``--itproxy-keep``.
 - ``itproxy_route`` (function): ``itproxy_route("api", "localhost:8000")`` swaps a route for
   the test and puts it back after.
 - The error check: a test that uses the environment fails when any container logged an error
@@ -100,7 +101,7 @@ def itproxy_env(request: pytest.FixtureRequest) -> Iterator[Env]:
             # `up` leaves a failed environment running for inspection; a test session keeps it
             # only when asked to.
             if not config.getoption("itproxy_keep"):
-                Env(state_dir, config=chosen).down()
+                Env(state_dir, config=chosen).down(volumes=True)
             raise
         started = True
     session = config.stash[_SESSION]
@@ -110,7 +111,8 @@ def itproxy_env(request: pytest.FixtureRequest) -> Iterator[Env]:
         if _error_mode(config) == "session":
             session["errors"] = env.errors(since=session["started_at"])
         if started and not config.getoption("itproxy_keep"):
-            env.down()
+            # The session's environment is its own: nothing of it outlives the session.
+            env.down(volumes=True)
         else:
             env.close()
 
