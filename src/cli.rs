@@ -86,6 +86,10 @@ pub enum Command {
     /// Start, stop or restart one app.
     #[command(subcommand)]
     App(AppCommand),
+    /// Save the environment's named volumes as a snapshot, or restore one: known data for
+    /// each test without re-running seeds.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print an app's logs, or with --errors scan every container of the environment and
     /// exit 1 if a line looks like an error.
     #[command(arg_required_else_help = true)]
@@ -144,6 +148,26 @@ pub enum AppCommand {
     /// Start the app afresh: its containers recreated from the image and its volumes emptied
     /// (their data is lost), as a fixture between tests.
     Reset(AppActionArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save every app's named volumes as NAME (each app stopped meanwhile, then started again).
+    Save {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// Give each app of snapshot NAME fresh volumes holding what was saved, and start it.
+    Restore {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// List the snapshots.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]

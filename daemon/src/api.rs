@@ -334,3 +334,30 @@ pub struct ErrorFinding {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context: Vec<String>,
 }
+
+/// A snapshot of the environment's named volumes (`itproxy snapshot save NAME`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SnapshotView {
+    /// Its name.
+    pub name: String,
+    /// When it was saved (Unix seconds).
+    pub created: u64,
+    /// The volumes it holds.
+    pub volumes: Vec<SnapshotVolume>,
+    /// How long the save or restore just done took (absent in a listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
+}
+
+/// One volume of a snapshot.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotVolume {
+    /// The app that mounts it.
+    pub app: String,
+    /// The volume's name in the config (`pgdata`).
+    pub volume: String,
+    /// Where the app mounts it.
+    pub target: String,
+    /// The archive's size in bytes.
+    pub bytes: u64,
+}

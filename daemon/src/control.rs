@@ -59,12 +59,16 @@ pub enum ErrorCode {
     EngineError,
     /// An app did not start or become ready (503).
     NotReady,
+    /// No snapshot of that name (404).
+    NoSnapshot,
+    /// A snapshot cannot be saved or restored as asked (409).
+    SnapshotFailed,
 }
 
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 17] = [
+    const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -82,6 +86,8 @@ impl ErrorCode {
         ErrorCode::PersistFailed,
         ErrorCode::EngineError,
         ErrorCode::NotReady,
+        ErrorCode::NoSnapshot,
+        ErrorCode::SnapshotFailed,
     ];
 
     /// The code as the API writes it.
@@ -104,6 +110,8 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::EngineError => "engine_error",
             ErrorCode::NotReady => "not_ready",
+            ErrorCode::NoSnapshot => "no_snapshot",
+            ErrorCode::SnapshotFailed => "snapshot_failed",
         }
     }
 
@@ -118,9 +126,12 @@ impl ErrorCode {
             ErrorCode::NoRoute
             | ErrorCode::NoApp
             | ErrorCode::NoEnvironment
-            | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::NotFound
+            | ErrorCode::NoSnapshot => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::NothingToRestore | ErrorCode::DependencyNotReady => StatusCode::CONFLICT,
+            ErrorCode::NothingToRestore
+            | ErrorCode::DependencyNotReady
+            | ErrorCode::SnapshotFailed => StatusCode::CONFLICT,
             ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -177,6 +188,8 @@ impl From<AppError> for ApiError {
             AppError::InvalidTimeout { .. } => ErrorCode::InvalidTimeout,
             AppError::UnknownAction(_) => ErrorCode::NotFound,
             AppError::DependencyNotReady { .. } => ErrorCode::DependencyNotReady,
+            AppError::Snapshot(_) => ErrorCode::SnapshotFailed,
+            AppError::NoSnapshot(_) => ErrorCode::NoSnapshot,
         };
         ApiError::new(code, e.to_string())
     }
@@ -296,6 +309,9 @@ pub fn app(control: Arc<Control>) -> Router {
         .route("/v1/apps/{name}/logs", get(app_logs))
         .route("/v1/apps/{name}/{action}", post(app_action))
         .route("/v1/errors", get(errors))
+        .route("/v1/snapshots", get(snapshots))
+        .route("/v1/snapshots/{name}", post(snapshot_save))
+        .route("/v1/snapshots/{name}/restore", post(snapshot_restore))
         .route("/v1/shutdown", post(shutdown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -420,6 +436,29 @@ async fn errors(
         ));
     }
     Ok(Json(c.apps()?.error_lines(q.since.unwrap_or(0.0)).await?))
+}
+
+async fn snapshots(State(c): Shared) -> Result<Json<Vec<api::SnapshotView>>, ApiError> {
+    c.apps()?;
+    Ok(Json(crate::supervisor::list_snapshots(
+        &c.info.state_dir.snapshots(),
+    )?))
+}
+
+async fn snapshot_save(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::SnapshotView>, ApiError> {
+    let root = c.info.state_dir.snapshots();
+    Ok(Json(c.apps()?.snapshot_save(&root, &name).await?))
+}
+
+async fn snapshot_restore(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::SnapshotView>, ApiError> {
+    let root = c.info.state_dir.snapshots();
+    Ok(Json(c.apps()?.snapshot_restore(&root, &name).await?))
 }
 
 async fn shutdown(State(c): Shared) -> (StatusCode, Json<serde_json::Value>) {

@@ -53,6 +53,11 @@ impl StateDir {
         self.0.join("itproxy.log")
     }
 
+    /// Snapshots of the environment's volumes, one directory each.
+    pub fn snapshots(&self) -> PathBuf {
+        self.0.join("snapshots")
+    }
+
     /// The local CA's directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("ca")

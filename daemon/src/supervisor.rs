@@ -14,6 +14,9 @@ use crate::config::Domains;
 use crate::state::{Change, Endpoint, StateHandle};
 
 mod logs;
+mod snapshots;
+
+pub use snapshots::list_snapshots;
 
 /// Why an app operation was refused or failed; the control API maps each to a code.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,12 @@ pub enum AppError {
         /// Why it is not a duration.
         reason: String,
     },
+    /// A snapshot that cannot be saved or restored (the message says why).
+    #[error("{0}")]
+    Snapshot(String),
+    /// No snapshot of that name.
+    #[error("there is no snapshot {0:?}; `itproxy snapshot list` shows those there are")]
+    NoSnapshot(String),
     /// An action other than start, stop and restart.
     #[error("unknown app action {0:?}; use start, stop, restart or reset")]
     UnknownAction(String),

@@ -136,6 +136,27 @@ impl Engine {
         app: &AppSpec,
         index: usize,
     ) -> Result<Container, Error> {
+        let (name, existing) = self.ensure_created(environment, app, index).await?;
+        match existing {
+            Some(mut c) => {
+                if !c.running() {
+                    c = self.start(&name).await?;
+                }
+                c.reused = true;
+                Ok(c)
+            }
+            None => self.start(&name).await,
+        }
+    }
+
+    /// The container of `app`'s endpoint `index` as declared, created if need be but not
+    /// started: its name, and the container when an existing one was kept.
+    pub async fn ensure_created(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> Result<(String, Option<Container>), Error> {
         let endpoint = &app.endpoints[index];
         let env = &environment.env;
         let name = container_name(env, app.name.as_str(), endpoint.name.as_str());
@@ -164,12 +185,8 @@ impl Engine {
                 return Err(Error::ContainerNotOurs { name });
             }
             if labels.and_then(|l| l.get(SPEC_LABEL)) == Some(&spec) {
-                let mut c = Container::from_inspect(c, &name);
-                if !c.running() {
-                    c = self.start(&name).await?;
-                }
-                c.reused = true;
-                return Ok(c);
+                let c = Container::from_inspect(c, &name);
+                return Ok((name, Some(c)));
             }
             tracing::info!(container = %name, "declaration or image changed; recreating");
             self.remove_container(&name).await?;
@@ -179,7 +196,7 @@ impl Engine {
             .create_container(Some(options), body)
             .await
             .map_err(engine_err(format!("create the container {name}")))?;
-        self.start(&name).await
+        Ok((name, None))
     }
 
     /// Removes the app's containers and its named volumes (their data is lost): what a reset

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use http::Method;
 use itproxy_orchestrator::{Engine, EnvName, ErrorScan};
 
-use crate::cli::{AppActionArgs, AppCommand, LogsArgs};
+use crate::cli::{AppActionArgs, AppCommand, LogsArgs, SnapshotCommand};
 use crate::client::{Client, ClientError};
 use itproxy_daemon::api::{self, AppState, EnvPhase};
 use itproxy_daemon::config::Config;
@@ -529,4 +529,56 @@ async fn remove_env(env: &EnvName, volumes: bool) -> anyhow::Result<()> {
         println!("environment {env} has no network; nothing to remove");
     }
     Ok(())
+}
+
+/// `snapshot save|restore|list`.
+pub async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<()> {
+    let client = Client::new(state_dir);
+    let (path, verb) = match &cmd {
+        SnapshotCommand::List { json } => {
+            let all: Vec<api::SnapshotView> =
+                client.call(Method::GET, "/v1/snapshots", None).await?;
+            if *json {
+                return super::print_json(&all);
+            }
+            if all.is_empty() {
+                println!("no snapshots; `itproxy snapshot save NAME` makes one");
+            }
+            for s in all {
+                println!("{}  {}", s.name, describe_volumes(&s.volumes));
+            }
+            return Ok(());
+        }
+        SnapshotCommand::Save { name } => (format!("/v1/snapshots/{name}"), "saved"),
+        SnapshotCommand::Restore { name } => (format!("/v1/snapshots/{name}/restore"), "restored"),
+    };
+    if let SnapshotCommand::Save { name } | SnapshotCommand::Restore { name } = &cmd {
+        // The daemon checks too; a name that is not one must not become another path.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            anyhow::bail!("{name:?} is not a snapshot name; use 1 to 64 of a-z, 0-9, '-' and '_'");
+        }
+    }
+    // Restoring waits for the apps to be ready: as long as their readiness timeouts.
+    let s: api::SnapshotView = client
+        .call_within(Duration::from_secs(3700), Method::POST, &path, None)
+        .await?;
+    println!(
+        "{verb} snapshot {} in {:.2} s: {}",
+        s.name,
+        s.took_ms.unwrap_or(0) as f64 / 1000.0,
+        describe_volumes(&s.volumes)
+    );
+    Ok(())
+}
+
+fn describe_volumes(volumes: &[api::SnapshotVolume]) -> String {
+    let list: Vec<String> = volumes
+        .iter()
+        .map(|v| format!("{}:{} ({:.1} MB)", v.app, v.volume, v.bytes as f64 / 1e6))
+        .collect();
+    list.join(", ")
 }

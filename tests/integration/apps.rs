@@ -964,6 +964,33 @@ async fn env_files_and_volumes_reach_the_container_and_data_outlives_it() {
     assert_eq!(exec("echo $GREETING").trim(), "from-env");
     exec("echo again > /data/row");
 
+    // A snapshot holds the volumes as they were; a restore brings them back into fresh
+    // containers, as often as a test suite likes.
+    exec("dd if=/dev/urandom of=/data/blob bs=1M count=4 2>/dev/null");
+    let sum = exec("md5sum /data/blob");
+    let out = p.ok(&["snapshot", "save", "seeded"]);
+    assert!(
+        out.starts_with("saved snapshot seeded in ") && out.contains("db:pgdata (4.2 MB)"),
+        "{out}"
+    );
+    assert_eq!(
+        exec("cat /data/row").trim(),
+        "again",
+        "the app runs again after the save"
+    );
+    exec("rm /data/blob; echo changed > /data/row");
+    eprintln!("{}", out.trim());
+    let out = p.ok(&["snapshot", "restore", "seeded"]);
+    assert!(out.starts_with("restored snapshot seeded in "), "{out}");
+    eprintln!("{}", out.trim());
+    assert_eq!(exec("md5sum /data/blob"), sum);
+    assert_eq!(exec("cat /data/row").trim(), "again");
+    assert!(p.ok(&["snapshot", "list"]).starts_with("seeded  db:pgdata"));
+    let err = p.fails(&["snapshot", "restore", "nothing"]);
+    assert!(err.contains("there is no snapshot \"nothing\""), "{err}");
+    let err = p.fails(&["snapshot", "save", "../x"]);
+    assert!(err.contains("is not a snapshot name"), "{err}");
+
     // ...until `down --volumes`.
     let out = p.ok(&["-c", cfg, "down", "--volumes"]);
     assert!(

@@ -41,6 +41,29 @@ def test_a_reset_starts_from_the_image_with_empty_volumes(itproxy_env):
     assert itproxy_env.resolve("db") == [itproxy_env.apps["db"].info.containers[0].address]
 
 
+def test_a_snapshot_brings_the_data_back(itproxy_env):
+    container = itproxy_env.apps["db"].info.containers[0].name
+
+    def sh(script: str) -> str:
+        return subprocess.run(["docker", "exec", container, "sh", "-c", script],
+                              capture_output=True, text=True).stdout
+
+    sh("echo seeded > /var/lib/db/rows")
+    saved = itproxy_env.snapshot_save("seeded")
+    assert [(v.app, v.volume, v.target) for v in saved.volumes] == [("db", "dbdata", "/var/lib/db")]
+    assert "seeded" in [s.name for s in itproxy_env.snapshots]
+    container = itproxy_env.apps["db"].info.containers[0].name
+    sh("echo changed-by-a-test > /var/lib/db/rows")
+    restored = itproxy_env.snapshot_restore("seeded")
+    assert restored.took_ms is not None
+    container = itproxy_env.apps["db"].info.containers[0].name
+    assert sh("cat /var/lib/db/rows").strip() == "seeded"
+    assert itproxy_env.apps["db"].state == "ready"
+    with pytest.raises(itproxy.ApiError) as e:
+        itproxy_env.snapshot_restore("never-saved")
+    assert e.value.code == "no_snapshot"
+
+
 def test_logs_are_the_containers_lines(itproxy_env):
     itproxy_env.http().get("https://api.test/")
     lines = itproxy_env.apps["api"].logs()

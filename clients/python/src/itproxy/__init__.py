@@ -13,7 +13,19 @@ The pytest plugin (``itproxy.pytest_plugin``) turns this into fixtures.
 
 from .env import App, Apps, Env, RouteChange, default_state_dir, find_binary
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError, NotReady
-from .types import AppInfo, CaInfo, Container, ErrorFinding, ErrorScan, Listeners, LogLine, Route, Status
+from .types import (
+    AppInfo,
+    CaInfo,
+    Container,
+    ErrorFinding,
+    ErrorScan,
+    Listeners,
+    LogLine,
+    Route,
+    Snapshot,
+    SnapshotVolume,
+    Status,
+)
 
 __all__ = [
     "ApiError",
@@ -33,6 +45,8 @@ __all__ = [
     "NotReady",
     "Route",
     "RouteChange",
+    "Snapshot",
+    "SnapshotVolume",
     "Status",
     "default_state_dir",
     "find_binary",

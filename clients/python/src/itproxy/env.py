@@ -15,7 +15,7 @@ import httpx
 from . import _names
 from ._control import ControlClient
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError
-from .types import AppInfo, ErrorScan, LogLine, Route, Status
+from .types import AppInfo, ErrorScan, LogLine, Route, Snapshot, Status
 
 When = Union[None, float, int, _dt.datetime]
 """A point in time: Unix seconds, an aware or local datetime, or None for "from the start"."""
@@ -296,6 +296,21 @@ class Env:
     def apps(self) -> Apps:
         """The declared apps: ``env.apps["api"].start_and_wait()``."""
         return Apps(self)
+
+    def snapshot_save(self, name: str) -> Snapshot:
+        """Save every app's named volumes as ``name`` (each app stopped meanwhile, then
+        started again): known data to come back to."""
+        return Snapshot.from_json(self._control.call("POST", f"/v1/snapshots/{name}", timeout=3700))
+
+    def snapshot_restore(self, name: str) -> Snapshot:
+        """Give each app of snapshot ``name`` fresh volumes holding what was saved, and wait
+        until it is ready again: the fixture between tests."""
+        return Snapshot.from_json(self._control.call("POST", f"/v1/snapshots/{name}/restore", timeout=3700))
+
+    @property
+    def snapshots(self) -> List[Snapshot]:
+        """The snapshots saved, by name."""
+        return [Snapshot.from_json(s) for s in self._control.call("GET", "/v1/snapshots")]
 
     def errors(self, since: When = None) -> ErrorScan:
         """Every container's lines since ``since`` scanned for errors with its app's patterns

@@ -208,3 +208,32 @@ class ErrorScan:
         """The findings as ``itproxy logs --errors`` prints them."""
         lines: Sequence[str] = [str(f) for f in self.findings]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SnapshotVolume:
+    """One volume of a snapshot."""
+
+    app: str
+    volume: str
+    target: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot of the environment's named volumes."""
+
+    name: str
+    created: int
+    volumes: Tuple[SnapshotVolume, ...]
+    took_ms: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Snapshot":
+        return cls(
+            name=d["name"],
+            created=int(d["created"]),
+            volumes=tuple(SnapshotVolume(**v) for v in d["volumes"]),
+            took_ms=d.get("took_ms"),
+        )
