@@ -111,10 +111,9 @@ impl Page {
                 "the request for {host:?} came back to this itproxy: its route leads to itproxy \
                  itself (directly or through another proxy); point it at the service instead"
             ),
-            Page::MissingHost => {
-                "the request has no Host header, so itproxy cannot tell which route it is for"
-                    .to_string()
-            }
+            Page::MissingHost => "the request has no Host header (or one that is not a host \
+                 name), so itproxy cannot tell which route it is for"
+                .to_string(),
             Page::NoRoute { host, .. } => format!(
                 "itproxy has no route for host {host:?}; add one with `itproxy route NAME TARGET`"
             ),
@@ -142,8 +141,8 @@ impl Page {
 
     /// Writes the whole HTTP/1.1 response for this page (head and body, `Connection: close`)
     /// into `out`, as the HTTP/1.1 front sends it: HTML for browsers (`html`), JSON for
-    /// everyone else.
-    pub(crate) fn write_h1(&self, html: bool, out: &mut Vec<u8>) {
+    /// everyone else; the head alone for a HEAD request (`head`), with the body's length.
+    pub(crate) fn write_h1(&self, html: bool, head: bool, out: &mut Vec<u8>) {
         let (content_type, body) = self.render(html);
         let status = self.status();
         let reason = http::StatusCode::from_u16(status)
@@ -164,7 +163,9 @@ impl Page {
             let _ = write!(out, "Retry-After: {seconds}\r\n");
         }
         out.extend_from_slice(b"Connection: close\r\n\r\n");
-        out.extend_from_slice(body.as_bytes());
+        if !head {
+            out.extend_from_slice(body.as_bytes());
+        }
     }
 
     /// The content type and body: HTML for browsers (`html`), JSON for everyone else.
@@ -339,7 +340,7 @@ mod tests {
     #[test]
     fn an_h1_page_is_one_closing_response() {
         let mut out = Vec::new();
-        Page::RequestTimeout.write_h1(false, &mut out);
+        Page::RequestTimeout.write_h1(false, false, &mut out);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(

@@ -607,6 +607,20 @@ fn table() -> Vec<Req> {
             )
         },
         Req {
+            method: "HEAD",
+            expect: |_, got, seen| {
+                // itproxy's own page: its length, and no body (HTTP/2 sent one, a stream error).
+                assert_eq!((got.status, got.body.as_str()), (404, ""));
+                let length: usize = header(&got.headers, "content-length")
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(length > 0, "{:?}", got.headers);
+                assert!(seen.is_empty());
+            },
+            ..Req::get("HEAD of a host with no route", "nowhere.test", "/")
+        },
+        Req {
             expect: |_, got, _| {
                 assert_eq!((got.status, got.body.as_str()), (204, ""));
                 assert_eq!(header(&got.headers, "content-length"), None);

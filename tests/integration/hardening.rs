@@ -236,6 +236,14 @@ async fn ambiguous_lengths_are_refused_on_both_fronts() {
         let two_hosts = b"GET / HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\n\r\n";
         let reply = exchange(&p, two_hosts, Duration::from_millis(500)).await;
         assert_eq!(status_of(&reply), 400, "{front}: {reply}");
+        // A HEAD gets the refusal's head alone.
+        let head = b"HEAD / HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\n\r\n";
+        let reply = exchange(&p, head, Duration::from_millis(500)).await;
+        assert_eq!(status_of(&reply), 400, "{front}: {reply}");
+        assert!(
+            reply.ends_with("\r\n\r\n"),
+            "{front}: a body after the head: {reply}"
+        );
         assert_eq!(api.hits(), before, "{front}: the backend saw none of it");
     }
 }

@@ -140,13 +140,19 @@ impl<C> Conn<C> {
             .take(16 * 1024)
             .any(|w| w == b"text/html")
     }
+
+    /// Whether the request being answered is a HEAD (whose answer has no body).
+    pub(super) fn asked_head(&self) -> bool {
+        self.buf.starts_with(b"HEAD ")
+    }
 }
 
 impl<C: AsyncWrite + Unpin> Conn<C> {
     /// Answers with `page` (HTML for a browser, `html`) and closes the connection, giving up on
     /// a client that does not take it within `timeout`.
     pub(super) async fn answer_and_close(&mut self, page: &Page, html: bool, timeout: Duration) {
-        page.write_h1(html, &mut self.out);
+        let head = self.asked_head();
+        page.write_h1(html, head, &mut self.out);
         let (client, out) = (&mut self.client, &self.out);
         let _ = tokio::time::timeout(timeout, async {
             client.write_all(out).await?;

@@ -33,6 +33,13 @@ pub(super) async fn redirect_https(session: &mut Session, host: &str, port: u16)
 /// keeps its connection for the next request (as nginx does after a 404 or a redirect), unless
 /// the request was bad (4xx other than 404) or a proxying error occurred.
 async fn answer(session: &mut Session, resp: ResponseHeader, body: Bytes) -> PResult<()> {
+    // A HEAD answer has the GET's headers (its Content-Length too) and no body: HTTP/1.1
+    // would drop one, HTTP/2 would send it and break the stream.
+    let body = if session.req_header().method == http::Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
     let status = resp.status.as_u16();
     if (400..500).contains(&status) && status != 404 || status >= 500 {
         return session.write_error_response(resp, body).await;
