@@ -78,10 +78,11 @@ class App:
         body: Dict[str, Any] = {"wait": wait}
         if timeout is not None:
             body["timeout"] = _duration(timeout)
-        # The daemon answers once the app is ready or its own timeout passed; leave it room.
-        http_timeout = None if timeout is None else timeout + 60
+        # The daemon answers once the app is ready or its timeout passed (the app's own, up to
+        # an hour, when none is given here); leave it room.
+        http_timeout = 3700.0 if timeout is None else timeout + 60
         return AppInfo.from_json(
-            self._env._control.call("POST", f"/v1/apps/{self.name}/{action}", body, timeout=http_timeout or 600)
+            self._env._control.call("POST", f"/v1/apps/{self.name}/{action}", body, timeout=http_timeout)
         )
 
     def start(self) -> AppInfo:
