@@ -84,10 +84,6 @@ pub async fn wait_until_up(
                     eprintln!("  {now}");
                     last_state = now;
                 }
-                let pid = || match child.as_deref() {
-                    Some(c) => c.id(),
-                    None => 0,
-                };
                 match view.phase {
                     EnvPhase::Ready | EnvPhase::Idle => {
                         let ready = view
@@ -95,15 +91,14 @@ pub async fn wait_until_up(
                             .iter()
                             .filter(|a| a.state == AppState::Ready)
                             .count();
-                        if child.is_some() {
-                            println!(
+                        match child.as_deref() {
+                            Some(c) => println!(
                                 "itproxy is up (pid {}) in {:.2} s: {ready} apps ready; log: {}",
-                                pid(),
+                                c.id(),
                                 began.elapsed().as_secs_f64(),
                                 log_path.display()
-                            );
-                        } else {
-                            println!("{ready} apps ready");
+                            ),
+                            None => println!("{ready} apps ready"),
                         }
                         return Ok(());
                     }
