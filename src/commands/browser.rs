@@ -17,34 +17,11 @@ use itproxy_daemon::api;
 /// `a:b` as token `a`, name `b`).
 const NICKNAME: &str = "itproxy local CA";
 
-/// The address a local client dials for a listener (`0.0.0.0` means loopback).
-fn dialable(listener: &str) -> Option<String> {
-    let addr: std::net::SocketAddr = listener.parse().ok()?;
-    let ip = match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".parse().ok()?,
-        ip if ip.is_unspecified() => "::1".parse().ok()?,
-        ip => ip,
-    };
-    Some(std::net::SocketAddr::new(ip, addr.port()).to_string())
-}
-
-/// A loopback listener if there is one, else the first.
-fn pick(listeners: &[String]) -> Option<String> {
-    let all: Vec<String> = listeners.iter().filter_map(|l| dialable(l)).collect();
-    all.iter()
-        .find(|a| {
-            a.parse::<std::net::SocketAddr>()
-                .is_ok_and(|s| s.ip().is_loopback())
-        })
-        .or(all.first())
-        .cloned()
-}
-
 /// `--host-resolver-rules`: each domain and the names under it, port 443 to the HTTPS
 /// listener and 80 to the HTTP one, so pages use URLs without ports.
 pub fn resolver_rules(status: &api::Status) -> String {
-    let https = pick(&status.listeners.https);
-    let http = pick(&status.listeners.http);
+    let https = super::local_listener(&status.listeners.https);
+    let http = super::local_listener(&status.listeners.http);
     let mut rules = Vec::new();
     for d in &status.domains {
         for pattern in [format!("*.{d}"), d.clone()] {
@@ -201,10 +178,14 @@ mod tests {
 
     #[test]
     fn wildcard_listeners_are_dialled_on_loopback() {
-        assert_eq!(dialable("0.0.0.0:8443").as_deref(), Some("127.0.0.1:8443"));
-        assert_eq!(dialable("[::]:8443").as_deref(), Some("[::1]:8443"));
+        let pick = |l: &[&str]| {
+            let l: Vec<String> = l.iter().map(|s| s.to_string()).collect();
+            super::super::local_listener(&l).map(|a| a.to_string())
+        };
+        assert_eq!(pick(&["0.0.0.0:8443"]).as_deref(), Some("127.0.0.1:8443"));
+        assert_eq!(pick(&["[::]:8443"]).as_deref(), Some("[::1]:8443"));
         assert_eq!(
-            pick(&["172.18.0.1:80".into(), "127.0.0.1:8080".into()]).as_deref(),
+            pick(&["172.18.0.1:80", "127.0.0.1:8080"]).as_deref(),
             Some("127.0.0.1:8080")
         );
         assert_eq!(pick(&[]), None);

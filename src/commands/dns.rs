@@ -27,18 +27,7 @@ struct Target {
 
 fn target(config: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<Target> {
     if let Some(status) = super::runtime()?.block_on(super::running_daemon(state_dir))? {
-        let listeners: Vec<SocketAddr> = status
-            .listeners
-            .dns
-            .iter()
-            .filter_map(|l| l.parse().ok())
-            .collect();
-        let Some(dns) = listeners
-            .iter()
-            .find(|a| a.ip().is_loopback())
-            .or(listeners.first())
-            .copied()
-        else {
+        let Some(dns) = super::local_listener(&status.listeners.dns) else {
             bail!(
                 "the daemon (pid {}) serves no DNS; start it with a DNS listener",
                 status.pid

@@ -32,6 +32,27 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The listener a client on this machine dials, of those the daemon reports: a loopback one
+/// if there is one, else the first; a wildcard address is dialled on loopback.
+pub fn local_listener(listeners: &[String]) -> Option<std::net::SocketAddr> {
+    let all: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.parse::<std::net::SocketAddr>().ok())
+        .map(|a| {
+            let ip: std::net::IpAddr = match a.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            std::net::SocketAddr::new(ip, a.port())
+        })
+        .collect();
+    all.iter()
+        .find(|a| a.ip().is_loopback())
+        .or(all.first())
+        .copied()
+}
+
 /// The daemon running with `state_dir`, if one answers: commands ask it before reading a
 /// config file, so they act on what runs.
 pub async fn running_daemon(state_dir: &Path) -> anyhow::Result<Option<api::Status>> {

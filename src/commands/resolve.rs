@@ -48,7 +48,7 @@ async fn over_tcp(server: SocketAddr, query: &[u8]) -> anyhow::Result<Vec<u8>> {
         .context("DNS over TCP timed out")??)
 }
 
-/// Queries the daemon's first DNS listener for `name`/`record_type` and prints the answer.
+/// Queries the daemon's DNS listener (a loopback one first) for `name`/`record_type` and prints the answer.
 pub async fn run(
     state_dir: &Path,
     name: &str,
@@ -58,12 +58,9 @@ pub async fn run(
     let status: api::Status = Client::new(state_dir)
         .call(Method::GET, "/v1/status", None)
         .await?;
-    let Some(server) = status.listeners.dns.first() else {
+    let Some(server) = super::local_listener(&status.listeners.dns) else {
         bail!("the itproxy daemon serves no DNS (it was started with --no-dns)");
     };
-    let server: SocketAddr = server
-        .parse()
-        .context("bad DNS address in the daemon's status")?;
     let rtype = RecordType::from_str(&record_type.to_ascii_uppercase()).map_err(|_| {
         anyhow::anyhow!("unknown record type {record_type:?}; try A, AAAA, SOA, NS, MX, TXT")
     })?;
