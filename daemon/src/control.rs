@@ -61,6 +61,8 @@ pub enum ErrorCode {
     NotReady,
     /// No snapshot of that name (404).
     NoSnapshot,
+    /// The config file, read again for an app's start, is not valid (422).
+    InvalidConfig,
     /// A snapshot cannot be saved or restored as asked (409).
     SnapshotFailed,
 }
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 19] = [
+    const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -88,6 +90,7 @@ impl ErrorCode {
         ErrorCode::NotReady,
         ErrorCode::NoSnapshot,
         ErrorCode::SnapshotFailed,
+        ErrorCode::InvalidConfig,
     ];
 
     /// The code as the API writes it.
@@ -112,6 +115,7 @@ impl ErrorCode {
             ErrorCode::NotReady => "not_ready",
             ErrorCode::NoSnapshot => "no_snapshot",
             ErrorCode::SnapshotFailed => "snapshot_failed",
+            ErrorCode::InvalidConfig => "invalid_config",
         }
     }
 
@@ -132,7 +136,7 @@ impl ErrorCode {
             ErrorCode::NothingToRestore
             | ErrorCode::DependencyNotReady
             | ErrorCode::SnapshotFailed => StatusCode::CONFLICT,
-            ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself => {
+            ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself | ErrorCode::InvalidConfig => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::PersistFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,6 +194,7 @@ impl From<AppError> for ApiError {
             AppError::DependencyNotReady { .. } => ErrorCode::DependencyNotReady,
             AppError::Snapshot(_) => ErrorCode::SnapshotFailed,
             AppError::NoSnapshot(_) => ErrorCode::NoSnapshot,
+            AppError::Config(_) => ErrorCode::InvalidConfig,
         };
         ApiError::new(code, e.to_string())
     }

@@ -354,6 +354,7 @@ impl OpenEnvironment {
                 ca: Some((tls.files.bundle.clone(), tls.files.root.clone())),
             },
             env.apps.clone(),
+            Some(config.clone()),
         ))
     }
 }

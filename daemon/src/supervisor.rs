@@ -57,6 +57,9 @@ pub enum AppError {
     /// An action other than start, stop and restart.
     #[error("unknown app action {0:?}; use start, stop, restart or reset")]
     UnknownAction(String),
+    /// The config file, read again for a start by hand, is not valid (nothing was stopped).
+    #[error("{0}")]
+    Config(String),
     /// A start by hand of an app whose dependency is not ready.
     #[error(
         "app {app} depends on {dependency}, which is not ready; start it first with \
@@ -127,6 +130,11 @@ pub struct AppSupervisor {
     engine: Engine,
     environment: Environment,
     plan: Plan,
+    /// The config the daemon runs: read again when an app starts by hand, so an edited
+    /// declaration takes effect on `app restart` (none: no file to read).
+    config: Option<crate::config::Config>,
+    /// Apps whose declaration changed since start-up, as last read.
+    edited: std::sync::Mutex<HashMap<AppName, AppSpec>>,
     status: std::sync::Mutex<BTreeMap<AppName, AppStatus>>,
     /// Bumped on every state change, so dependents waiting for an app wake up.
     changed: tokio::sync::watch::Sender<u64>,
@@ -143,6 +151,7 @@ impl AppSupervisor {
         engine: Engine,
         environment: Environment,
         plan: Plan,
+        config: Option<crate::config::Config>,
     ) -> Self {
         let status = plan
             .apps()
@@ -173,6 +182,8 @@ impl AppSupervisor {
             engine,
             environment,
             plan,
+            config,
+            edited: std::sync::Mutex::new(HashMap::new()),
             status: std::sync::Mutex::new(status),
             changed: tokio::sync::watch::channel(0).0,
             locks,
@@ -486,11 +497,12 @@ impl AppSupervisor {
         action: &str,
         body: api::AppAction,
     ) -> Result<ActionDone, AppError> {
-        let app = self
-            .plan
-            .app(name)
-            .cloned()
-            .ok_or_else(|| self.no_app(name))?;
+        let app = if action == "stop" {
+            self.current(name).ok_or_else(|| self.no_app(name))?
+        } else {
+            // Read before anything stops: a config with a mistake changes nothing.
+            self.declared_now(name)?
+        };
         let timeout = body.timeout().map_err(|e| AppError::InvalidTimeout {
             given: body.timeout.clone().unwrap_or_default(),
             reason: e.to_string(),
@@ -584,7 +596,8 @@ impl AppSupervisor {
         let views: Vec<api::AppView> = self
             .plan
             .apps()
-            .map(|app| self.app_view_from(app, &listed))
+            .filter_map(|app| self.current(app.name.as_str()))
+            .map(|app| self.app_view_from(&app, &listed))
             .collect();
         let phase = self.phase.lock().expect("phase lock");
         api::AppsView {
@@ -598,8 +611,8 @@ impl AppSupervisor {
 
     /// `GET /v1/apps/{name}`.
     pub async fn app(&self, name: &str) -> Result<api::AppView, AppError> {
-        let app = self.plan.app(name).ok_or_else(|| self.no_app(name))?;
-        Ok(self.app_view(app).await)
+        let app = self.current(name).ok_or_else(|| self.no_app(name))?;
+        Ok(self.app_view(&app).await)
     }
 
     async fn app_view(&self, app: &AppSpec) -> api::AppView {
@@ -650,6 +663,54 @@ impl AppSupervisor {
             depends_on: app.depends_on.iter().map(|d| d.to_string()).collect(),
             containers,
         }
+    }
+
+    /// The app's declaration in force: as last read from the file, else as at start-up.
+    fn current(&self, name: &str) -> Option<AppSpec> {
+        let app = self.plan.app(name)?;
+        let edited = self.edited.lock().expect("edited lock");
+        Some(edited.get(&app.name).unwrap_or(app).clone())
+    }
+
+    /// The app's declaration as the config file says now, for a start by hand. Only the app's
+    /// own keys take effect (image, command, env, ready, volumes...); its step and
+    /// dependencies stay those of start-up, and so do the domains, listeners and routes.
+    fn declared_now(&self, name: &str) -> Result<AppSpec, AppError> {
+        let known = self.current(name).ok_or_else(|| self.no_app(name))?;
+        let Some(reread) = self.config.as_ref().and_then(|c| c.reread()) else {
+            return Ok(known);
+        };
+        let config = reread.map_err(|e| {
+            AppError::Config(format!(
+                "the config file has a mistake, so app {name} was left as it is: {e}"
+            ))
+        })?;
+        let source = config
+            .source
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        let fresh = config
+            .env
+            .as_ref()
+            .and_then(|e| e.apps.app(name))
+            .cloned()
+            .ok_or_else(|| {
+                AppError::Config(format!(
+                    "app {name} is no longer declared in {source}; it keeps running as it was \
+                     (`itproxy down` and `itproxy up` apply a changed list of apps)"
+                ))
+            })?;
+        if fresh.depends_on != known.depends_on || fresh.step != known.step {
+            tracing::warn!(
+                app = name,
+                "a changed step or depends_on takes effect at the next `up`"
+            );
+        }
+        self.edited
+            .lock()
+            .expect("edited lock")
+            .insert(known.name.clone(), fresh.clone());
+        Ok(fresh)
     }
 
     fn no_app(&self, name: &str) -> AppError {

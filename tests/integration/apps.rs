@@ -1055,3 +1055,46 @@ async fn an_app_is_built_from_its_dockerfile_through_the_engine() {
         .args(["rmi", "-f", &format!("itproxy-{env}/web:latest")])
         .output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_takes_the_apps_edited_declaration_and_a_broken_file_stops_nothing() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("r");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let declare = |greeting: &str, extra: &str| {
+        format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nimage = \"{APPS_IMAGE}\"\nport = 8000\n\
+             env = {{ GREETING = \"{greeting}\" }}\n\
+             command = \"mkdir -p /w && echo $GREETING > /w/index.html && exec httpd -f -p 8000 -h /w\"\n\
+             ready = {{ tcp = 8000 }}\n{extra}"
+        )
+    };
+    let config = write_config(dir.path(), &declare("first", ""));
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    assert_eq!(get(p.http, "web.test", "/").await.text().trim(), "first");
+
+    // Edited: the restart runs the new declaration.
+    std::fs::write(&config, declare("second", "")).unwrap();
+    p.ok(&["app", "restart", "web", "--wait"]);
+    assert_eq!(get(p.http, "web.test", "/").await.text().trim(), "second");
+
+    // A mistake in the file: refused, and the app was not stopped.
+    std::fs::write(&config, declare("third", "colour = 1\n")).unwrap();
+    let err = p.fails(&["app", "restart", "web", "--wait"]);
+    assert!(
+        err.contains("the config file has a mistake") && err.contains("colour"),
+        "{err}"
+    );
+    assert_eq!(get(p.http, "web.test", "/").await.text().trim(), "second");
+
+    // An app no longer declared keeps running as it was.
+    std::fs::write(&config, format!("[env]\nname = \"{env}\"\n")).unwrap();
+    let err = p.fails(&["app", "restart", "web"]);
+    assert!(err.contains("no longer declared"), "{err}");
+    assert_eq!(get(p.http, "web.test", "/").await.text().trim(), "second");
+}

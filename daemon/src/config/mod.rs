@@ -109,6 +109,9 @@ pub struct Config {
     pub env: Option<EnvConfig>,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
+    /// The command-line values it was read with: reading the file again (an app's restart
+    /// picks up its edited declaration) applies them again.
+    pub overrides: CliOverrides,
 }
 
 /// The Docker environment (`[env]`, `--env`) and the apps declared to run in it.
@@ -220,7 +223,14 @@ impl Config {
             routes,
             env,
             source,
+            overrides: cli.clone(),
         })
+    }
+
+    /// The file read again, as it was first read (same flags): `None` without a file.
+    pub fn reread(&self) -> Option<Result<Config, ConfigError>> {
+        let source = self.source.as_deref()?;
+        Some(Config::load(Some(source), &self.overrides))
     }
 }
 

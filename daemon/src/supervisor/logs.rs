@@ -2,7 +2,6 @@
 //! every container (`itproxy logs --errors` as data, which test fixtures run after each test).
 
 use futures_util::StreamExt;
-use itproxy_orchestrator::ErrorScan;
 
 use super::{AppError, AppSupervisor};
 use crate::api;
@@ -16,10 +15,10 @@ impl AppSupervisor {
         since: f64,
         tail: Option<usize>,
     ) -> Result<api::AppLogs, AppError> {
-        let app = self.plan.app(name).ok_or_else(|| self.no_app(name))?;
+        let app = self.current(name).ok_or_else(|| self.no_app(name))?;
         let listed = self.listed().await;
         let mut lines = Vec::new();
-        for (endpoint, container) in self.containers_of(app) {
+        for (endpoint, container) in self.containers_of(&app) {
             let Some(c) = listed.iter().find(|c| c.name == container) else {
                 continue;
             };
@@ -48,10 +47,10 @@ impl AppSupervisor {
             .env_containers(&self.environment.env)
             .await
             .map_err(|e| AppError::Engine(e.to_string()))?;
-        let default = ErrorScan::default();
         let mut findings = Vec::new();
         for c in &containers {
-            let scan = self.plan.app(&c.app).map_or(&default, |a| &a.errors);
+            let scan = self.current(&c.app).map(|a| a.errors).unwrap_or_default();
+            let scan = &scan;
             let bad = self
                 .engine
                 .error_lines(&c.id, since, scan)

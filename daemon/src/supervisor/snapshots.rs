@@ -37,9 +37,10 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AppError {
 
 impl AppSupervisor {
     /// The apps with named volumes, and those volumes (name, target).
-    fn with_volumes(&self) -> Vec<(&AppSpec, Vec<(String, String)>)> {
+    fn with_volumes(&self) -> Vec<(AppSpec, Vec<(String, String)>)> {
         self.plan
             .apps()
+            .filter_map(|a| self.current(a.name.as_str()))
             .filter_map(|a| {
                 let named: Vec<(String, String)> = a
                     .volumes
@@ -84,7 +85,7 @@ impl AppSupervisor {
         std::fs::create_dir_all(&partial)
             .map_err(io_err(format!("create {}", partial.display())))?;
         let mut volumes = Vec::new();
-        for (app, named) in apps {
+        for (app, named) in &apps {
             let container = self.volume_container(app);
             if self
                 .engine
@@ -101,7 +102,7 @@ impl AppSupervisor {
             let was_ready = self.state(&app.name) == AppState::Ready;
             self.stop_app(app).await?;
             let mut saved = Ok(());
-            for (volume, target) in &named {
+            for (volume, target) in named {
                 let file = partial.join(format!("{}-{volume}.tar", app.name));
                 match self.engine.save_path(&container, target, &file).await {
                     Ok(bytes) => volumes.push(api::SnapshotVolume {
@@ -153,9 +154,9 @@ impl AppSupervisor {
         let began = Instant::now();
         let dir = root.join(name);
         let view = read_manifest(&dir)?;
-        let mut apps: Vec<&AppSpec> = Vec::new();
+        let mut apps: Vec<AppSpec> = Vec::new();
         for v in &view.volumes {
-            let app = self.plan.app(&v.app).ok_or_else(|| {
+            let app = self.current(&v.app).ok_or_else(|| {
                 AppError::Snapshot(format!(
                     "snapshot {name} holds volumes of app {}, which this environment no longer declares",
                     v.app
@@ -165,7 +166,7 @@ impl AppSupervisor {
                 apps.push(app);
             }
         }
-        for app in apps {
+        for app in &apps {
             self.stop_app(app).await?;
             self.engine
                 .remove_app(&self.environment, app)
