@@ -1098,3 +1098,63 @@ async fn a_restart_takes_the_apps_edited_declaration_and_a_broken_file_stops_not
     assert!(err.contains("no longer declared"), "{err}");
     assert_eq!(get(p.http, "web.test", "/").await.text().trim(), "second");
 }
+
+/// The 503 of an app that serves nothing, through both HTTP fronts: the same answer, closed
+/// after it, and a HEAD gets the head alone. The app's image does not exist, so it fails at
+/// once without a container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_503_of_an_app_that_serves_nothing_is_the_same_on_both_fronts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !docker_ready() {
+        return;
+    }
+    for (front, h1) in [("h1", true), ("pipeline", false)] {
+        let env = unique_env("f");
+        let _guard = EnvGuard(env.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[proxy]\nh1_front = {h1}\n[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\n\
+                 image = \"itproxy-test/no-such-image:latest\"\nport = 8000\n"
+            ),
+        );
+        let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+        assert_eq!(wait_apps(&p).await["phase"], "failed", "{front}");
+        for method in ["GET", "HEAD"] {
+            // A second request after it must not be answered: the 503 closes the connection.
+            let mut tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
+            let req = format!(
+                "{method} / HTTP/1.1\r\nHost: WEB.test.\r\n\r\nGET / HTTP/1.1\r\nHost: web.test\r\n\r\n"
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got))
+                .await
+                .expect("closed after the answer")
+                .unwrap();
+            let got = String::from_utf8_lossy(&got);
+            let (head, body) = got.split_once("\r\n\r\n").unwrap();
+            let head = head.to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 503"), "{front} {method}: {got}");
+            assert!(head.contains("retry-after: 1"), "{front} {method}: {got}");
+            assert_eq!(
+                got.matches("HTTP/1.1").count(),
+                1,
+                "{front} {method}: {got}"
+            );
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if method == "HEAD" {
+                assert_eq!(body, "", "{front}: a HEAD answer has no body");
+            } else {
+                assert_eq!(body.len(), length, "{front}: {got}");
+                assert!(body.contains("app web failed"), "{front}: {body}");
+            }
+        }
+    }
+}

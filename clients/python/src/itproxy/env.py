@@ -15,7 +15,7 @@ import httpx
 from . import _names
 from ._control import ControlClient
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError
-from .types import AppInfo, ErrorScan, LogLine, Route, Snapshot, Status
+from .types import AppInfo, CaInfo, ErrorScan, LogLine, Route, Snapshot, Status
 
 When = Union[None, float, int, _dt.datetime]
 """A point in time: Unix seconds, an aware or local datetime, or None for "from the start"."""
@@ -383,21 +383,21 @@ class Env:
             raise ItproxyError(f"itproxy's DNS has no address for {self.host(name)}; is its app ready?")
         return found[0]
 
-    @property
-    def ca_bundle(self) -> Path:
-        """The system's roots plus itproxy's root, for SSL_CERT_FILE, REQUESTS_CA_BUNDLE, verify=."""
+    def _ca(self) -> CaInfo:
         ca = self._known_status().ca
         if ca is None:
             raise ItproxyError("this daemon reports no CA")
-        return ca.bundle
+        return ca
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The system's roots plus itproxy's root, for SSL_CERT_FILE, REQUESTS_CA_BUNDLE, verify=."""
+        return self._ca().bundle
 
     @property
     def ca_root(self) -> Path:
         """itproxy's root certificate alone (PEM), e.g. for a browser's NSS database."""
-        ca = self._known_status().ca
-        if ca is None:
-            raise ItproxyError("this daemon reports no CA")
-        return ca.root
+        return self._ca().root
 
     def name_map(self) -> _names.NameMap:
         """Where connections to names under the domains go: itproxy's HTTP and HTTPS listeners."""
@@ -414,14 +414,12 @@ class Env:
         """An httpx client for which ``https://api.test/`` reaches itproxy, with its CA trusted;
         no port in URLs, the system resolver untouched. Keyword arguments go to httpx.Client
         (``transport``-level ones: ``http2``, ``retries``, ``limits``)."""
-        t_args = {k: kwargs.pop(k) for k in ("http1", "http2", "retries", "limits") if k in kwargs}
-        kwargs.setdefault("trust_env", False)
+        t_args = _transport_args(kwargs)
         return httpx.Client(transport=_names.http_transport(self.name_map(), self.ssl_context(), **t_args), **kwargs)
 
     def async_http(self, **kwargs: Any) -> httpx.AsyncClient:
         """The async twin of :meth:`http`."""
-        t_args = {k: kwargs.pop(k) for k in ("http1", "http2", "retries", "limits") if k in kwargs}
-        kwargs.setdefault("trust_env", False)
+        t_args = _transport_args(kwargs)
         return httpx.AsyncClient(
             transport=_names.async_http_transport(self.name_map(), self.ssl_context(), **t_args), **kwargs
         )
@@ -451,6 +449,13 @@ class Env:
                 if names.http:
                     rules.append(f"MAP {pattern}:80 {_host_port(names.http)}")
         return [f"--host-resolver-rules={', '.join(rules)}"]
+
+
+def _transport_args(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Takes the transport's keyword arguments out of a client's; the client never goes
+    through a proxy from the environment (names under the domains must reach itproxy)."""
+    kwargs.setdefault("trust_env", False)
+    return {k: kwargs.pop(k) for k in ("http1", "http2", "retries", "limits") if k in kwargs}
 
 
 def _host_port(a: _names.Address) -> str:
