@@ -143,7 +143,9 @@ pub enum AppCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop, then start the app.
+    /// Restart the app: a ready app without writable named volumes keeps serving while new
+    /// containers start beside its own, and switches to them once they are ready
+    /// (`restart = "stop-first"` in the config stops it first).
     Restart(AppActionArgs),
     /// Start the app afresh: its containers recreated from the image and its volumes emptied
     /// (their data is lost), as a fixture between tests.

@@ -177,6 +177,9 @@ pub enum AppState {
     Starting,
     /// Its readiness check passed.
     Ready,
+    /// Ready and serving, while replacement containers start beside its own (a start-first
+    /// restart); it stays ready if they fail.
+    Restarting,
     /// It did not become ready.
     Failed,
     /// Stopped (or its step was not selected and it was not running).

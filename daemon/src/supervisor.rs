@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use itproxy_orchestrator::{AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan};
+use itproxy_orchestrator::{
+    AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan, RestartOrder,
+};
 
 use crate::api::{self, AppState, EnvPhase};
 use crate::config::Domains;
@@ -91,7 +93,7 @@ fn describe(app: &AppName, status: Option<&AppStatus>) -> String {
         Some((AppState::Starting, _)) => {
             "is starting; it is served once its readiness check passes".into()
         }
-        Some((AppState::Ready, _)) => "is ready".into(),
+        Some((AppState::Ready | AppState::Restarting, _)) => "is ready".into(),
         Some((AppState::Failed, error)) => {
             let why = error
                 .and_then(|e| e.lines().next())
@@ -106,6 +108,10 @@ fn describe(app: &AppName, status: Option<&AppStatus>) -> String {
 
 /// Grace period for an app's containers to stop before they are killed.
 const STOP_GRACE_SECONDS: i32 = 10;
+
+/// How long replaced containers keep running after the routes moved to their replacements:
+/// requests already sent to them finish before they are told to stop.
+const DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct AppStatus {
@@ -369,7 +375,7 @@ impl AppSupervisor {
             let mut waiting = false;
             for dep in &app.depends_on {
                 match self.state(dep) {
-                    AppState::Ready => {}
+                    AppState::Ready | AppState::Restarting => {}
                     AppState::Failed => return Err(format!("its dependency {dep} failed")),
                     AppState::Stopped => {
                         return Err(format!(
@@ -442,6 +448,88 @@ impl AppSupervisor {
         Ok(())
     }
 
+    /// A blue/green restart: new containers start beside the running ones, which keep
+    /// serving until the new ones are ready; then the routes and records move to them in one
+    /// change, the old ones drain and stop, and the new ones take their names. If the new ones
+    /// fail, they are removed and the old ones go on serving.
+    async fn replace_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
+        let _one_at_a_time = self.locks[&app.name].lock().await;
+        let began = Instant::now();
+        let names: Vec<String> = self.containers_of(app).map(|(_, n)| n).collect();
+        let discard = || async {
+            for name in &names {
+                let next = itproxy_orchestrator::replacement_name(name);
+                if let Err(e) = self.engine.remove_container(&next).await {
+                    tracing::warn!(app = %app.name, "cannot remove {next}: {e}");
+                }
+            }
+        };
+        let kept = |message: String| {
+            let message =
+                format!("the restart failed and the running containers go on serving: {message}");
+            tracing::error!(app = %app.name, "{message}");
+            self.set(&app.name, AppState::Ready, Some(message.clone()), None);
+            AppError::NotReady {
+                app: app.name.clone(),
+                message,
+            }
+        };
+        self.set(&app.name, AppState::Restarting, None, None);
+        tracing::info!(app = %app.name, "restarting start-first: the app serves meanwhile");
+        if let Err(e) = self.engine.build_app_image(app).await {
+            return Err(kept(e.to_string()));
+        }
+        let started = futures_util::future::join_all(
+            (0..app.endpoints.len())
+                .map(|i| self.engine.start_replacement(&self.environment, app, i)),
+        )
+        .await;
+        let mut containers = Vec::new();
+        for c in started {
+            match c {
+                Ok(c) => containers.push(c),
+                Err(e) => {
+                    discard().await;
+                    return Err(kept(e.to_string()));
+                }
+            }
+        }
+        let mut check = app.clone();
+        if let Some(t) = timeout {
+            check.ready.timeout = t;
+        }
+        if let Err(e) = self
+            .engine
+            .wait_ready(&check, &containers[app.ready.endpoint])
+            .await
+        {
+            discard().await;
+            return Err(kept(e.to_string()));
+        }
+        self.publish_app(app, &containers).await;
+        tokio::time::sleep(DRAIN).await;
+        let mut misnamed = None;
+        for name in &names {
+            if let Err(e) = self
+                .engine
+                .promote_replacement(name, STOP_GRACE_SECONDS)
+                .await
+            {
+                // The new containers serve; only their names are off.
+                tracing::warn!(app = %app.name, "{e}");
+                misnamed = Some(format!(
+                    "the new containers serve, but {e}; `itproxy app restart {}` again \
+                     or `itproxy down` and `up` put things straight",
+                    app.name
+                ));
+            }
+        }
+        let took = began.elapsed();
+        self.set(&app.name, AppState::Ready, misnamed, Some(took));
+        tracing::info!(app = %app.name, took_ms = took.as_millis() as u64, "app restarted start-first");
+        Ok(())
+    }
+
     /// Marks a ready app failed when one of its containers stops on its own (its routes stay:
     /// requests get a 502 naming the target, which says more than a 404). If the events
     /// stream ends, it is watched again.
@@ -463,6 +551,14 @@ impl AppSupervisor {
                 let Ok(app) = exit.app.parse::<AppName>() else {
                     continue;
                 };
+                // Only the app's own containers: not a replacement that did not become ready
+                // (the app kept serving from the containers it replaced).
+                let Some(spec) = self.current(app.as_str()) else {
+                    continue;
+                };
+                if !self.containers_of(&spec).any(|(_, name)| name == exit.name) {
+                    continue;
+                }
                 // A start, stop or restart in progress owns the app's state.
                 let Some(Ok(_idle)) = self.locks.get(&app).map(|l| l.try_lock()) else {
                     continue;
@@ -521,12 +617,34 @@ impl AppSupervisor {
         }
         // Dependencies must already be ready: a start by hand does not cascade.
         for dep in &app.depends_on {
-            if self.state(dep) != AppState::Ready {
+            if !matches!(self.state(dep), AppState::Ready | AppState::Restarting) {
                 return Err(AppError::DependencyNotReady {
                     app: name.to_string(),
                     dependency: dep.clone(),
                 });
             }
+        }
+        // A ready app restarts blue/green when it may: it serves until its replacement is.
+        if action == "restart"
+            && app.restart == RestartOrder::StartFirst
+            && matches!(
+                self.state(&app.name),
+                AppState::Ready | AppState::Restarting
+            )
+        {
+            if body.wait {
+                self.replace_app(&app, timeout).await?;
+                return Ok(done(self.app_view(&app).await));
+            }
+            let supervisor = self.clone();
+            let spec = app.clone();
+            tokio::spawn(async move {
+                let _ = supervisor.replace_app(&spec, timeout).await;
+            });
+            return Ok(ActionDone {
+                view: self.app_view(&app).await,
+                finished: false,
+            });
         }
         if action == "restart" || action == "reset" {
             self.stop_app(&app).await?;

@@ -280,6 +280,43 @@ pub struct AppSpec {
     pub errors: ErrorScan,
     /// What is mounted into its containers.
     pub volumes: Vec<Volume>,
+    /// How `app restart` replaces its containers.
+    pub restart: RestartOrder,
+}
+
+/// How a restart replaces a running app's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartOrder {
+    /// Blue/green: new containers start beside the old ones, which serve until the new ones
+    /// are ready; then the routes switch and the old ones stop. No request fails. Not for apps
+    /// that own data (two PostgreSQL servers cannot share a data directory).
+    StartFirst,
+    /// The old containers stop, then new ones start; meanwhile the app's names answer 503.
+    StopFirst,
+}
+
+impl RestartOrder {
+    /// The order an app gets when it declares none: start-first, unless it mounts a named
+    /// volume writable (its data would have two writers).
+    pub fn default_for(volumes: &[Volume]) -> RestartOrder {
+        if volumes
+            .iter()
+            .any(|v| matches!(v.source, VolumeSource::Named(_)) && !v.read_only)
+        {
+            RestartOrder::StopFirst
+        } else {
+            RestartOrder::StartFirst
+        }
+    }
+}
+
+impl fmt::Display for RestartOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartOrder::StartFirst => "start-first",
+            RestartOrder::StopFirst => "stop-first",
+        })
+    }
 }
 
 /// A mount of an app's containers.
@@ -516,6 +553,7 @@ mod tests {
             },
             errors: ErrorScan::default(),
             volumes: Vec::new(),
+            restart: RestartOrder::StartFirst,
         }
     }
 

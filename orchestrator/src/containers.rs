@@ -111,6 +111,12 @@ pub fn container_name(env: &EnvName, app: &str, endpoint: &str) -> String {
     }
 }
 
+/// The name of the container that replaces `name` while both run (a blue/green restart).
+/// App and endpoint names have no `_`, so it cannot be another endpoint's container.
+pub fn replacement_name(name: &str) -> String {
+    format!("{name}_next")
+}
+
 /// The engine's name of the environment's volume `name`.
 pub fn volume_name(env: &EnvName, name: &str) -> String {
     format!("itproxy-{env}-{name}")
@@ -160,22 +166,7 @@ impl Engine {
         let endpoint = &app.endpoints[index];
         let env = &environment.env;
         let name = container_name(env, app.name.as_str(), endpoint.name.as_str());
-        let image = self.docker.inspect_image(&app.image).await;
-        let image_id = found(image, || format!("inspect the image {}", app.image))?
-            .ok_or_else(|| Error::NoImage {
-                app: app.name.to_string(),
-                image: app.image.clone(),
-            })?
-            .id
-            .unwrap_or_default();
-        self.ensure_volumes(environment, app).await?;
-        let mut body = self.create_body(environment, app, index);
-        // Through a JSON value, whose maps are sorted: the labels' HashMap order is not stable.
-        let canonical = serde_json::to_value(&body).expect("serializable body");
-        let spec = digest(format!("{image_id}\n{canonical}").as_bytes());
-        body.labels
-            .get_or_insert_with(HashMap::new)
-            .insert(SPEC_LABEL.into(), spec.clone());
+        let (body, spec) = self.declared_body(environment, app, index).await?;
 
         let answer = self.docker.inspect_container(&name, None).await;
         let existing = found(answer, || format!("inspect the container {name}"))?;
@@ -197,6 +188,74 @@ impl Engine {
             .await
             .map_err(engine_err(format!("create the container {name}")))?;
         Ok((name, None))
+    }
+
+    /// What the container of `app`'s endpoint `index` is created from, labelled with a digest
+    /// of it and of the image it runs (the image must be on the engine), and that digest.
+    async fn declared_body(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> Result<(ContainerCreateBody, String), Error> {
+        let image = self.docker.inspect_image(&app.image).await;
+        let image_id = found(image, || format!("inspect the image {}", app.image))?
+            .ok_or_else(|| Error::NoImage {
+                app: app.name.to_string(),
+                image: app.image.clone(),
+            })?
+            .id
+            .unwrap_or_default();
+        self.ensure_volumes(environment, app).await?;
+        let mut body = self.create_body(environment, app, index);
+        // Through a JSON value, whose maps are sorted: the labels' HashMap order is not stable.
+        let canonical = serde_json::to_value(&body).expect("serializable body");
+        let spec = digest(format!("{image_id}\n{canonical}").as_bytes());
+        body.labels
+            .get_or_insert_with(HashMap::new)
+            .insert(SPEC_LABEL.into(), spec.clone());
+        Ok((body, spec))
+    }
+
+    /// Creates and starts a container for `app`'s endpoint `index` beside the one that runs
+    /// (under [`replacement_name`]), so the app keeps serving while its replacement starts.
+    /// A replacement left by an earlier attempt is removed first.
+    pub async fn start_replacement(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> Result<Container, Error> {
+        let endpoint = &app.endpoints[index];
+        let name = replacement_name(&container_name(
+            &environment.env,
+            app.name.as_str(),
+            endpoint.name.as_str(),
+        ));
+        self.remove_container(&name).await?;
+        let (body, _) = self.declared_body(environment, app, index).await?;
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(engine_err(format!("create the container {name}")))?;
+        self.start(&name).await
+    }
+
+    /// Puts a started replacement in the place of the container it replaces: the old one is
+    /// stopped (SIGTERM, then SIGKILL after `grace_seconds`) and removed, and the replacement
+    /// takes its name (its address stays), so the next `up` reuses it.
+    pub async fn promote_replacement(&self, name: &str, grace_seconds: i32) -> Result<(), Error> {
+        self.stop(name, grace_seconds).await?;
+        self.remove_container(name).await?;
+        let next = replacement_name(name);
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(name)
+            .build();
+        self.docker
+            .rename_container(&next, options)
+            .await
+            .map_err(engine_err(format!("rename the container {next} to {name}")))
     }
 
     /// Removes the app's containers and its named volumes (their data is lost): what a reset

@@ -32,12 +32,12 @@ mod ready;
 mod snapshot;
 pub use apps::{
     AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Finding, Plan, PlanError,
-    Readiness, Step, Volume, VolumeSource, DEFAULT_ERROR_PATTERNS, DEFAULT_READY_TIMEOUT,
-    DEFAULT_STEP,
+    Readiness, RestartOrder, Step, Volume, VolumeSource, DEFAULT_ERROR_PATTERNS,
+    DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 pub use containers::{
-    container_name, volume_name, Container, Environment, Exited, APP_LABEL, CA_BUNDLE_IN_CONTAINER,
-    CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
+    container_name, replacement_name, volume_name, Container, Environment, Exited, APP_LABEL,
+    CA_BUNDLE_IN_CONTAINER, CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
 };
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
 pub use ready::{unix_seconds, unix_time, LogLine, LOG_LINES_ON_FAILURE};

@@ -138,6 +138,7 @@ fn state_word(s: AppState) -> &'static str {
         AppState::Pending => "pending",
         AppState::Starting => "starting",
         AppState::Ready => "ready",
+        AppState::Restarting => "restarting",
         AppState::Failed => "FAILED",
         AppState::Stopped => "stopped",
     }

@@ -841,7 +841,7 @@ async fn an_app_that_is_not_serving_answers_503_saying_why_and_keeps_its_name() 
         &format!(
             "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nimage = \"{APPS_IMAGE}\"\nport = 8000\n\
              command = \"sleep 0.3; mkdir -p /w && echo hello > /w/index.html && exec httpd -f -p 8000 -h /w\"\n\
-             ready = {{ http = \"/\", timeout = \"20s\" }}\n"
+             ready = {{ http = \"/\", timeout = \"20s\" }}\nrestart = \"stop-first\"\n"
         ),
     );
     let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
@@ -873,8 +873,8 @@ async fn an_app_that_is_not_serving_answers_503_saying_why_and_keeps_its_name() 
     );
     assert_eq!(dig("web.test"), "127.0.0.1", "not NXDOMAIN");
 
-    // Restarting under requests: each one is served (200) or told to retry (503), none is
-    // a 404, and the name resolves throughout.
+    // Restarting stop-first under requests: each one is served (200) or told to retry (503),
+    // none is a 404, and the name resolves throughout.
     p.ok(&["app", "start", "web", "--wait"]);
     let http = p.http;
     let load = tokio::spawn(async move {
@@ -891,6 +891,7 @@ async fn an_app_that_is_not_serving_answers_503_saying_why_and_keeps_its_name() 
     let seen = load.await.unwrap();
     assert!(seen.keys().all(|s| *s == 200 || *s == 503), "{seen:?}");
     assert!(seen.contains_key(&200), "{seen:?}");
+    assert!(seen.contains_key(&503), "stop-first has a gap: {seen:?}");
     assert_eq!(dig("web.test"), "127.0.0.1");
 
     // A name removed by hand is gone for good: 404, as asked.
@@ -1157,4 +1158,110 @@ async fn the_503_of_an_app_that_serves_nothing_is_the_same_on_both_fronts() {
             }
         }
     }
+}
+
+/// A blue/green restart: every request during it is answered by the old container or the
+/// new one, never refused; a replacement that does not become ready leaves the old one serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_every_request_and_a_failed_one_keeps_the_old_containers() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let env = unique_env("bg");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // Each container serves a page of its own (a fresh uuid), after a slow start.
+    let declare = |command: &str| {
+        format!(
+            "[env]\nname = \"{env}\"\n[[app]]\nname = \"web\"\nimage = \"{APPS_IMAGE}\"\n\
+             port = 8000\ncommand = \"{command}\"\n\
+             ready = {{ http = \"/\", timeout = \"4s\" }}\n"
+        )
+    };
+    let serve = "sleep 0.5; mkdir -p /w && cat /proc/sys/kernel/random/uuid > /w/index.html \
+                 && exec httpd -f -p 8000 -h /w";
+    let config = write_config(dir.path(), &declare(serve));
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    let first = get(p.http, "web.test", "/").await;
+    assert_eq!(first.status, 200);
+    let container = format!("itproxy-{env}-web");
+    let first_id = docker(&["inspect", "-f", "{{.Id}}", &container]);
+
+    // Two clients keep asking through the restart.
+    let http = p.http;
+    let load = |n: usize| {
+        tokio::spawn(async move {
+            let mut seen: Vec<(u16, String)> = Vec::new();
+            for _ in 0..n {
+                let r = get(http, "web.test", "/").await;
+                seen.push((r.status, r.text().trim().to_string()));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            seen
+        })
+    };
+    let loads = [load(600), load(600)];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let restart = p.cli(&["app", "restart", "web", "--wait"]);
+    assert!(restart.status.success(), "{}", output_text(&restart));
+    let mut seen = Vec::new();
+    for l in loads {
+        seen.extend(l.await.unwrap());
+    }
+    let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    let pages: std::collections::BTreeSet<&str> = seen.iter().map(|(_, b)| b.as_str()).collect();
+    assert!(
+        pages.contains(first.text().trim()),
+        "the old container served first"
+    );
+    let second = get(p.http, "web.test", "/").await;
+    assert_ne!(second.text(), first.text(), "the new container serves now");
+    assert!(pages.len() <= 2, "{pages:?}");
+
+    // The new container has the app's name; the old one and the replacement's name are gone.
+    let names = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=itproxy.env={env}"),
+        "--format",
+        "{{.Names}} {{.State}}",
+    ]);
+    assert_eq!(names.trim(), format!("{container} running"), "{names}");
+    assert_ne!(docker(&["inspect", "-f", "{{.Id}}", &container]), first_id);
+    let apps: Value = serde_json::from_str(&p.ok(&["apps", "--json"])).unwrap();
+    assert_eq!(app(&apps, "web")["state"], "ready", "{apps}");
+
+    // A declaration whose replacement never becomes ready: the restart fails, saying so, and
+    // the running container goes on serving the same page.
+    write_config(dir.path(), &declare("exec sleep 600"));
+    let refused = p.cli(&["app", "restart", "web", "--wait"]);
+    assert!(!refused.status.success());
+    let said = output_text(&refused);
+    assert!(said.contains("go on serving"), "{said}");
+    let after = get(p.http, "web.test", "/").await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.text(), second.text());
+    let names = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=itproxy.env={env}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(names.trim(), container, "the replacement was removed");
+    // The replacement's exit does not mark the serving app failed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let apps: Value = serde_json::from_str(&p.ok(&["apps", "--json"])).unwrap();
+    assert_eq!(app(&apps, "web")["state"], "ready", "{apps}");
+    assert!(
+        app(&apps, "web")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("go on serving")),
+        "{apps}"
+    );
 }

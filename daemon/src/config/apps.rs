@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use itproxy_orchestrator::{
     AppName, AppSpec, Check, Endpoint, EndpointKind, EnvName, ErrorScan, Plan, PlanError,
-    Readiness, Volume, VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    Readiness, RestartOrder, Volume, VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 
-use super::file::{Command, FileApp, FileEndpoint, FileReady, Kind, OneOrMany, Parsed, Port};
+use super::file::{
+    Command, FileApp, FileEndpoint, FileReady, Kind, OneOrMany, Parsed, Port, Restart,
+};
 use super::Domains;
 
 /// A mistake in the `[[app]]` tables, naming the app and the key.
@@ -131,6 +133,11 @@ fn app_spec(
         Some(r) => readiness(&name, r, &endpoints, domains)?,
     };
     let errors = error_scan(a.log_errors, a.log_ignore);
+    let restart = match a.restart {
+        Some(Restart::StartFirst) => RestartOrder::StartFirst,
+        Some(Restart::StopFirst) => RestartOrder::StopFirst,
+        None => RestartOrder::default_for(&volumes),
+    };
     let step = a.step.unwrap_or_else(|| DEFAULT_STEP.into());
     if step.trim().is_empty() {
         return Err(key_error(&name, "step", "is empty"));
@@ -146,6 +153,7 @@ fn app_spec(
         ready,
         errors,
         volumes,
+        restart,
     })
 }
 
@@ -540,6 +548,48 @@ mod tests {
             ["/bin/sh", "-c"]
         );
         assert_eq!(c.domains.to_string_list(), "test");
+    }
+
+    #[test]
+    fn apps_restart_start_first_unless_they_own_data_or_say_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("itproxy.toml");
+        let order = |keys: &str| {
+            std::fs::write(
+                &path,
+                format!("[env]\nname = \"d\"\n[[app]]\nname = \"a\"\nimage = \"i\"\n{keys}\n"),
+            )
+            .unwrap();
+            super::super::Config::load(Some(&path), &CliOverrides::default())
+                .map(|c| c.env.as_ref().unwrap().apps.app("a").unwrap().restart)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(order(""), Ok(RestartOrder::StartFirst));
+        assert_eq!(
+            order("volumes = [\"./src:/src\"]"),
+            Ok(RestartOrder::StartFirst)
+        );
+        assert_eq!(
+            order("volumes = [\"data:/d:ro\"]"),
+            Ok(RestartOrder::StartFirst)
+        );
+        assert_eq!(
+            order("volumes = [\"data:/d\"]"),
+            Ok(RestartOrder::StopFirst)
+        );
+        assert_eq!(
+            order("volumes = [\"data:/d\"]\nrestart = \"start-first\""),
+            Ok(RestartOrder::StartFirst)
+        );
+        assert_eq!(
+            order("restart = \"stop-first\""),
+            Ok(RestartOrder::StopFirst)
+        );
+        let err = order("restart = \"rolling\"").unwrap_err();
+        assert!(
+            err.contains("start-first") && err.contains("stop-first"),
+            "{err}"
+        );
     }
 
     #[test]

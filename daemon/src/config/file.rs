@@ -218,6 +218,17 @@ pub(super) struct FileApp {
     pub(super) volumes: Vec<String>,
     /// Files of `KEY=VALUE` lines, under `env`.
     pub(super) env_file: Option<OneOrMany<String>>,
+    /// How `app restart` replaces the containers (default: start-first unless a named volume
+    /// is mounted writable).
+    pub(super) restart: Option<Restart>,
+}
+
+/// An app's `restart` order.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Restart {
+    StartFirst,
+    StopFirst,
 }
 
 /// One of an app's `endpoints`.

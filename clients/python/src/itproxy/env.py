@@ -71,7 +71,8 @@ class App:
 
     @property
     def state(self) -> str:
-        """``pending``, ``starting``, ``ready``, ``failed`` or ``stopped``."""
+        """``pending``, ``starting``, ``ready``, ``restarting`` (ready, replacement starting),
+        ``failed`` or ``stopped``."""
         return self.info.state
 
     def _action(self, action: str, wait: bool, timeout: Optional[float]) -> AppInfo:

@@ -123,7 +123,8 @@ class AppInfo:
     step: str
     image: str
     state: str
-    """``pending``, ``starting``, ``ready``, ``failed`` or ``stopped``."""
+    """``pending``, ``starting``, ``ready``, ``restarting`` (ready, replacement starting),
+    ``failed`` or ``stopped``."""
     ready_check: str
     depends_on: Tuple[str, ...]
     containers: Tuple[Container, ...]
