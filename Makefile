@@ -28,8 +28,9 @@ endef
 PYTHON ?= python3
 PY_VENV := target/python-venv
 PY_RESULTS := target/python-tests.xml
+EXAMPLE_RESULTS := target/example-tests.xml
 
-.PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools python-test
+.PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools python-test python-test-venv example-test
 
 all: build
 
@@ -53,18 +54,16 @@ test: lint
 	@scripts/install-deps.sh --python-tests
 	$(CARGO) test --workspace --locked
 	$(MAKE) python-test
+	$(MAKE) example-test
 	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml
+	$(CARGO) run --locked --quiet -- check-config examples/shop/itproxy.toml
 	$(MAKE) fuzz-smoke
 
 ## The Python client (clients/python) and its pytest plugin: type-checked (mypy --strict), and
 ## tested with pytest against the
 ## real daemon, real Docker (images built here) and headless Chromium. Fails when a test fails
 ## or when none ran (all skipped counts as none).
-python-test: deps
-	@scripts/install-deps.sh --python-tests
-	$(CARGO) build --locked
-	test -x $(PY_VENV)/bin/pip || $(PYTHON) -m venv $(PY_VENV)
-	$(PY_VENV)/bin/pip install -q --disable-pip-version-check './clients/python[test]'
+python-test: python-test-venv
 	$(PY_VENV)/bin/mypy --strict --cache-dir target/mypy-cache clients/python/src/itproxy
 	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(PY_RESULTS) tests
@@ -72,6 +71,25 @@ python-test: deps
 	  s = E.parse("$(PY_RESULTS)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
 	  ran = int(s.get("tests")) - int(s.get("skipped")); \
 	  print(f"python client: {ran} tests ran"); sys.exit(0 if ran > 0 else "python client: no test ran")'
+
+## The production-shaped example (examples/shop: PostgreSQL, Redis, Django api + worker, nginx
+## front end, all built from a Debian base made by debootstrap) driven by its pytest suite:
+## prod URLs from the host, the containers and Chromium, data reset per test, a restart under
+## load. Fails when a test fails or when none ran.
+example-test: python-test-venv
+	cd examples/shop && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
+	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(EXAMPLE_RESULTS) tests
+	@$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \
+	  s = E.parse("$(EXAMPLE_RESULTS)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
+	  ran = int(s.get("tests")) - int(s.get("skipped")); \
+	  print(f"shop example: {ran} tests ran"); sys.exit(0 if ran > 0 else "shop example: no test ran")'
+
+## The debug build and a venv with the Python client and its test tools.
+python-test-venv: deps
+	@scripts/install-deps.sh --python-tests
+	$(CARGO) build --locked
+	test -x $(PY_VENV)/bin/pip || $(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q --disable-pip-version-check './clients/python[test]'
 
 fuzz-tools:
 	@rustup toolchain list | grep -q nightly || { echo 'cargo-fuzz needs a nightly toolchain: run `rustup toolchain install nightly`' >&2; exit 1; }

@@ -34,7 +34,7 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         for a in &step.apps {
             let deps: Vec<&str> = a.depends_on.iter().map(|d| d.as_str()).collect();
             println!(
-                "    {} ({}){}; ready: {} within {}",
+                "    {} ({}){}; ready: {} within {}; restart {}",
                 a.name,
                 a.image,
                 if deps.is_empty() {
@@ -43,7 +43,8 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
                     format!(" after {}", deps.join(", "))
                 },
                 a.ready.check,
-                humantime::format_duration(a.ready.timeout)
+                humantime::format_duration(a.ready.timeout),
+                a.restart
             );
         }
     }
