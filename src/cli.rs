@@ -77,6 +77,14 @@ pub enum Command {
     },
     /// Stop the daemon only; the environment's containers keep running (`up` reuses them).
     Stop,
+    /// Read the config file again and apply it: declared routes, and apps added (started),
+    /// removed (stopped, containers removed, volumes kept) or changed (restarted). Domains,
+    /// [listen], [env] name, [proxy], [dns] and [tls] need `itproxy stop` and `up`.
+    Reload {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the environment's apps: state, readiness, containers and what they serve.
     Apps {
         /// Print JSON.

@@ -364,3 +364,22 @@ pub struct SnapshotVolume {
     /// The archive's size in bytes.
     pub bytes: u64,
 }
+
+/// Answer of `POST /v1/reload`: what reading the config file again changed.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Reloaded {
+    /// Declared routes new in the file.
+    pub routes_added: Vec<String>,
+    /// Declared routes whose target or options changed.
+    pub routes_changed: Vec<String>,
+    /// Declared routes no longer in the file.
+    pub routes_removed: Vec<String>,
+    /// Apps new in the file, started.
+    pub apps_added: Vec<String>,
+    /// Apps whose declaration changed, restarted (as their `restart` order says).
+    pub apps_changed: Vec<String>,
+    /// Apps no longer in the file: stopped, their containers removed (their volumes kept).
+    pub apps_removed: Vec<String>,
+    /// Apps that did not become ready, with why (the rest of the reload took effect).
+    pub errors: Vec<String>,
+}

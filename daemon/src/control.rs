@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use http::StatusCode;
 
 use crate::api::{self, ErrorBody, ErrorDetail, PutRoute};
+use crate::reload::ReloadError;
 use crate::state::{ChangeError, StateHandle};
 use crate::state_dir::StateDir;
 use crate::supervisor::{AppError, AppSupervisor};
@@ -65,12 +66,14 @@ pub enum ErrorCode {
     InvalidConfig,
     /// A snapshot cannot be saved or restored as asked (409).
     SnapshotFailed,
+    /// A reload of a config whose changes only a new daemon applies (409).
+    NeedsRestart,
 }
 
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 20] = [
+    const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -91,6 +94,7 @@ impl ErrorCode {
         ErrorCode::NoSnapshot,
         ErrorCode::SnapshotFailed,
         ErrorCode::InvalidConfig,
+        ErrorCode::NeedsRestart,
     ];
 
     /// The code as the API writes it.
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::NoSnapshot => "no_snapshot",
             ErrorCode::SnapshotFailed => "snapshot_failed",
             ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::NeedsRestart => "needs_restart",
         }
     }
 
@@ -135,7 +140,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::NothingToRestore
             | ErrorCode::DependencyNotReady
-            | ErrorCode::SnapshotFailed => StatusCode::CONFLICT,
+            | ErrorCode::SnapshotFailed
+            | ErrorCode::NeedsRestart => StatusCode::CONFLICT,
             ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself | ErrorCode::InvalidConfig => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -195,6 +201,7 @@ impl From<AppError> for ApiError {
             AppError::Snapshot(_) => ErrorCode::SnapshotFailed,
             AppError::NoSnapshot(_) => ErrorCode::NoSnapshot,
             AppError::Config(_) => ErrorCode::InvalidConfig,
+            AppError::EnvironmentStarting => ErrorCode::NotReady,
         };
         ApiError::new(code, e.to_string())
     }
@@ -252,6 +259,9 @@ pub struct Control {
     pub info: DaemonInfo,
     /// Notified when `POST /v1/shutdown` asks the daemon to stop.
     pub stop: tokio::sync::Notify,
+    /// The config in force (none on built-in defaults); locked by a reload, so one runs at a
+    /// time.
+    pub config: tokio::sync::Mutex<Option<crate::config::Config>>,
 }
 
 impl Control {
@@ -318,6 +328,7 @@ pub fn app(control: Arc<Control>) -> Router {
         .route("/v1/snapshots/{name}", post(snapshot_save))
         .route("/v1/snapshots/{name}/restore", post(snapshot_restore))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/reload", post(reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
@@ -371,6 +382,23 @@ async fn restore_route(
 ) -> Result<Json<api::Restored>, ApiError> {
     let (changed, route) = c.state.restore(&name).await?;
     Ok(Json(api::Restored { changed, route }))
+}
+
+async fn reload(State(c): Shared) -> Result<Json<api::Reloaded>, ApiError> {
+    let mut config = c.config.lock().await;
+    let done = crate::reload::reload(&mut config, &c.state, c.apps.as_ref())
+        .await
+        .map_err(|e| {
+            let code = match &e {
+                ReloadError::NoFile | ReloadError::Invalid(_) => ErrorCode::InvalidConfig,
+                ReloadError::NeedsRestart(_) => ErrorCode::NeedsRestart,
+                ReloadError::Routes(_) => ErrorCode::PersistFailed,
+                ReloadError::Apps(AppError::EnvironmentStarting) => ErrorCode::NotReady,
+                ReloadError::Apps(_) => ErrorCode::EngineError,
+            };
+            ApiError::new(code, e.to_string())
+        })?;
+    Ok(Json(done))
 }
 
 async fn apps(State(c): Shared) -> Json<api::AppsView> {

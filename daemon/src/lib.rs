@@ -21,6 +21,7 @@ pub mod api;
 pub mod config;
 mod control;
 mod persist;
+mod reload;
 mod startup;
 mod state;
 mod state_dir;

@@ -187,7 +187,10 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
             listening: listening.into(),
         },
         stop: tokio::sync::Notify::new(),
+        config: tokio::sync::Mutex::new(config.source.is_some().then(|| config.clone())),
     });
+    // SIGHUP reloads the config file, as it does nginx's.
+    let hangups = tokio::spawn(crate::reload::on_hangup(control.clone()));
     let served = match bind_control(&dir).await {
         Ok(listener) => {
             let routes = state.read(|s| s.route_count()).await;
@@ -208,6 +211,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         }
         Err(e) => Err(e),
     };
+    hangups.abort();
     // Containers keep running: the next `up` reuses them; `itproxy down` removes them.
     if let Some(dns) = dns {
         dns.stop().await;
@@ -399,7 +403,7 @@ async fn initial_state(config: &Config, overrides: Overrides) -> DesiredState {
     state
 }
 
-async fn resolve_or_warn(
+pub(crate) async fn resolve_or_warn(
     host: &itproxy_router::HostName,
     target: &itproxy_router::UpstreamSpec,
 ) -> Vec<SocketAddr> {

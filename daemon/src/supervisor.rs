@@ -56,6 +56,9 @@ pub enum AppError {
     /// No snapshot of that name.
     #[error("there is no snapshot {0:?}; `itproxy snapshot list` shows those there are")]
     NoSnapshot(String),
+    /// A reload while the environment's steps still run.
+    #[error("the environment is still starting; reload once `itproxy up` has finished")]
+    EnvironmentStarting,
     /// An action other than start, stop and restart.
     #[error("unknown app action {0:?}; use start, stop, restart or reset")]
     UnknownAction(String),
@@ -135,7 +138,8 @@ pub struct AppSupervisor {
     started: Instant,
     engine: Engine,
     environment: Environment,
-    plan: Plan,
+    /// The declared apps: those of start-up, or of the last `reload`.
+    plan: std::sync::RwLock<Plan>,
     /// The config the daemon runs: read again when an app starts by hand, so an edited
     /// declaration takes effect on `app restart` (none: no file to read).
     config: Option<crate::config::Config>,
@@ -145,7 +149,7 @@ pub struct AppSupervisor {
     /// Bumped on every state change, so dependents waiting for an app wake up.
     changed: tokio::sync::watch::Sender<u64>,
     /// One operation at a time per app (start, stop, restart).
-    locks: HashMap<AppName, tokio::sync::Mutex<()>>,
+    locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     phase: std::sync::Mutex<Phase>,
 }
 
@@ -172,10 +176,7 @@ impl AppSupervisor {
                 )
             })
             .collect();
-        let locks = plan
-            .apps()
-            .map(|a| (a.name.clone(), tokio::sync::Mutex::new(())))
-            .collect();
+        let locks = std::sync::Mutex::new(HashMap::new());
         let phase = if plan.is_empty() {
             EnvPhase::Idle
         } else {
@@ -187,7 +188,7 @@ impl AppSupervisor {
             started: Instant::now(),
             engine,
             environment,
-            plan,
+            plan: std::sync::RwLock::new(plan),
             config,
             edited: std::sync::Mutex::new(HashMap::new()),
             status: std::sync::Mutex::new(status),
@@ -199,6 +200,21 @@ impl AppSupervisor {
                 ready_after: None,
             }),
         }
+    }
+
+    /// The declared apps now.
+    fn plan(&self) -> Plan {
+        self.plan.read().expect("plan lock").clone()
+    }
+
+    /// The lock an operation on `app` holds (start, stop, restart).
+    fn lock_of(&self, app: &AppName) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks lock")
+            .entry(app.clone())
+            .or_default()
+            .clone()
     }
 
     fn set(
@@ -256,7 +272,8 @@ impl AppSupervisor {
     /// dependencies are ready; a failed app stops the steps after its own.
     pub async fn bring_up(self: Arc<Self>, selected: Vec<String>) {
         let mut failed: Vec<String> = Vec::new();
-        for step in self.plan.steps() {
+        let plan = self.plan();
+        for step in plan.steps() {
             if !selected.is_empty() && !selected.contains(&step.name) {
                 for app in &step.apps {
                     self.adopt(app).await;
@@ -313,7 +330,8 @@ impl AppSupervisor {
     /// Starts `app`'s containers once its dependencies are ready, waits for its readiness
     /// check, then routes its endpoints.
     async fn start_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
-        let _one_at_a_time = self.locks[&app.name].lock().await;
+        let lock = self.lock_of(&app.name);
+        let _one_at_a_time = lock.lock().await;
         let fail = |message: String| {
             self.set(&app.name, AppState::Failed, Some(message.clone()), None);
             tracing::error!(app = %app.name, "{message}");
@@ -435,7 +453,8 @@ impl AppSupervisor {
 
     /// Stops an app: its routes and records go first, then its containers.
     async fn stop_app(&self, app: &AppSpec) -> Result<(), AppError> {
-        let _one_at_a_time = self.locks[&app.name].lock().await;
+        let lock = self.lock_of(&app.name);
+        let _one_at_a_time = lock.lock().await;
         self.unpublish_app(app).await;
         for (_, name) in self.containers_of(app) {
             self.engine
@@ -453,7 +472,8 @@ impl AppSupervisor {
     /// change, the old ones drain and stop, and the new ones take their names. If the new ones
     /// fail, they are removed and the old ones go on serving.
     async fn replace_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
-        let _one_at_a_time = self.locks[&app.name].lock().await;
+        let lock = self.lock_of(&app.name);
+        let _one_at_a_time = lock.lock().await;
         let began = Instant::now();
         let names: Vec<String> = self.containers_of(app).map(|(_, n)| n).collect();
         let discard = || async {
@@ -560,7 +580,8 @@ impl AppSupervisor {
                     continue;
                 }
                 // A start, stop or restart in progress owns the app's state.
-                let Some(Ok(_idle)) = self.locks.get(&app).map(|l| l.try_lock()) else {
+                let lock = self.lock_of(&app);
+                let Ok(_idle) = lock.try_lock() else {
                     continue;
                 };
                 if self.state(&app) != AppState::Ready {
@@ -675,6 +696,119 @@ impl AppSupervisor {
         }
     }
 
+    /// `itproxy reload`'s part: `plan` (the apps as the file declares them now) replaces the
+    /// declared apps. Apps no longer declared stop and their containers go (volumes stay);
+    /// new ones start; changed ones restart in their `restart` order if they ran, start if
+    /// they had failed, and stay as they are if stopped by hand. One app at a time, in plan
+    /// order, so dependencies come first. Refused while the environment is still starting.
+    pub async fn reload(
+        self: &Arc<Self>,
+        plan: Plan,
+        done: &mut api::Reloaded,
+    ) -> Result<(), AppError> {
+        if self.phase.lock().expect("phase lock").phase == EnvPhase::Starting {
+            return Err(AppError::EnvironmentStarting);
+        }
+        let old = self.plan();
+        let spec_text = |a: &AppSpec| format!("{a:?}");
+        let mut removed = Vec::new();
+        for app in old.apps() {
+            if plan.app(app.name.as_str()).is_none() {
+                removed.push(
+                    self.current(app.name.as_str())
+                        .unwrap_or_else(|| app.clone()),
+                );
+            }
+        }
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for app in plan.apps() {
+            match self.current(app.name.as_str()) {
+                None => added.push(app.name.clone()),
+                Some(now) if spec_text(&now) != spec_text(app) => changed.push(app.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for app in &removed {
+            if let Err(e) = self.stop_app(app).await {
+                done.errors.push(format!("app {}: {e}", app.name));
+            }
+            for (_, name) in self.containers_of(app) {
+                if let Err(e) = self.engine.remove_container(&name).await {
+                    done.errors.push(format!("app {}: {e}", app.name));
+                }
+            }
+            self.forget(&app.name).await;
+            done.apps_removed.push(app.name.to_string());
+            tracing::info!(app = %app.name, "no longer declared: stopped and removed");
+        }
+        *self.plan.write().expect("plan lock") = plan.clone();
+        self.edited.lock().expect("edited lock").clear();
+        for app in plan
+            .apps()
+            .filter(|a| added.contains(&a.name) || changed.contains(&a.name))
+        {
+            let hosts = app
+                .endpoints
+                .iter()
+                .filter(|e| matches!(e.port, Some((_, EndpointKind::Http))))
+                .filter_map(|e| self.domains.qualify(e.name.as_str()).ok())
+                .collect();
+            let change = Change::AppNames {
+                app: app.name.clone(),
+                hosts,
+            };
+            if let Err(e) = self.state.apply(change).await {
+                tracing::error!(app = %app.name, "cannot declare the app's names: {e}");
+            }
+            if added.contains(&app.name) {
+                self.set(&app.name, AppState::Pending, None, None);
+            }
+        }
+        for app in plan.apps() {
+            let result = if added.contains(&app.name) {
+                done.apps_added.push(app.name.to_string());
+                self.start_app(app, None).await
+            } else if changed.contains(&app.name) {
+                done.apps_changed.push(app.name.to_string());
+                match self.state(&app.name) {
+                    AppState::Ready | AppState::Restarting
+                        if app.restart == RestartOrder::StartFirst =>
+                    {
+                        self.replace_app(app, None).await
+                    }
+                    AppState::Ready | AppState::Restarting => match self.stop_app(app).await {
+                        Ok(()) => self.start_app(app, None).await,
+                        Err(e) => Err(e),
+                    },
+                    AppState::Failed => self.start_app(app, None).await,
+                    // Stopped by hand, or waiting for its dependencies: the new declaration is
+                    // used at its next start.
+                    AppState::Stopped | AppState::Pending | AppState::Starting => Ok(()),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                done.errors.push(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// An app no longer declared: its names, routes and state go.
+    async fn forget(&self, app: &AppName) {
+        let change = Change::AppNames {
+            app: app.clone(),
+            hosts: Vec::new(),
+        };
+        if let Err(e) = self.state.apply(change).await {
+            tracing::error!(%app, "cannot remove the app's names: {e}");
+        }
+        self.status.lock().expect("status lock").remove(app);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Tells the state what each app is doing whenever that changes, so requests for the names
     /// of an app that serves none get a 503 saying why (starting, stopped, failed).
     pub async fn tell_states(self: Arc<Self>) {
@@ -683,11 +817,13 @@ impl AppSupervisor {
         loop {
             let now: Vec<(AppName, String)> = {
                 let status = self.status.lock().expect("status lock");
-                self.plan
+                self.plan()
                     .apps()
                     .map(|a| (a.name.clone(), describe(&a.name, status.get(&a.name))))
                     .collect()
             };
+            // An app no longer declared is forgotten, so one declared again is told anew.
+            told.retain(|app, _| now.iter().any(|(a, _)| a == app));
             for (app, text) in now {
                 if told.get(&app) == Some(&text) {
                     continue;
@@ -712,7 +848,7 @@ impl AppSupervisor {
         // One listing for all apps, not an inspection per container.
         let listed = self.listed().await;
         let views: Vec<api::AppView> = self
-            .plan
+            .plan()
             .apps()
             .filter_map(|app| self.current(app.name.as_str()))
             .map(|app| self.app_view_from(&app, &listed))
@@ -785,7 +921,8 @@ impl AppSupervisor {
 
     /// The app's declaration in force: as last read from the file, else as at start-up.
     fn current(&self, name: &str) -> Option<AppSpec> {
-        let app = self.plan.app(name)?;
+        let plan = self.plan.read().expect("plan lock");
+        let app = plan.app(name)?;
         let edited = self.edited.lock().expect("edited lock");
         Some(edited.get(&app.name).unwrap_or(app).clone())
     }
@@ -832,7 +969,8 @@ impl AppSupervisor {
     }
 
     fn no_app(&self, name: &str) -> AppError {
-        let names: Vec<&str> = self.plan.apps().map(|a| a.name.as_str()).collect();
+        let plan = self.plan();
+        let names: Vec<&str> = plan.apps().map(|a| a.name.as_str()).collect();
         AppError::NoApp {
             name: name.to_string(),
             known: if names.is_empty() {

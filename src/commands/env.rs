@@ -571,6 +571,40 @@ pub async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<
     Ok(())
 }
 
+/// `itproxy reload`: what changed; exit 1 when an app did not become ready.
+pub async fn reload(state_dir: &Path, json: bool) -> anyhow::Result<()> {
+    // Started and restarted apps are waited for: as long as their readiness timeouts.
+    let done: api::Reloaded = Client::new(state_dir)
+        .call_within(Duration::from_secs(3700), Method::POST, "/v1/reload", None)
+        .await?;
+    if json {
+        super::print_json(&done)?;
+    } else {
+        let lines = [
+            ("routes added", &done.routes_added),
+            ("routes changed", &done.routes_changed),
+            ("routes removed", &done.routes_removed),
+            ("apps added", &done.apps_added),
+            ("apps changed", &done.apps_changed),
+            ("apps removed", &done.apps_removed),
+        ];
+        let mut any = false;
+        for (what, names) in lines {
+            if !names.is_empty() {
+                println!("{what}: {}", names.join(", "));
+                any = true;
+            }
+        }
+        if !any && done.errors.is_empty() {
+            println!("reloaded: nothing changed");
+        }
+    }
+    if !done.errors.is_empty() {
+        anyhow::bail!("reloaded, but:\n{}", done.errors.join("\n"));
+    }
+    Ok(())
+}
+
 fn describe_volumes(volumes: &[api::SnapshotVolume]) -> String {
     let list: Vec<String> = volumes
         .iter()

@@ -1265,3 +1265,134 @@ async fn a_restart_serves_every_request_and_a_failed_one_keeps_the_old_container
         "{apps}"
     );
 }
+
+/// `itproxy reload`: an edited file takes effect while the daemon runs. Routes and apps are
+/// added, changed and removed; an unchanged app is not touched; a change only a new daemon
+/// can apply, or a file with a mistake, is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_routes_and_apps_and_refuses_what_needs_a_new_daemon() {
+    if !docker_ready() {
+        return;
+    }
+    build_apps_image();
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let env = unique_env("rl");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let app = |name: &str, page: &str| {
+        format!(
+            "[[app]]\nname = \"{name}\"\nimage = \"{APPS_IMAGE}\"\nport = 8000\n\
+             command = \"mkdir -p /w && echo {page} > /w/index.html && exec httpd -f -p 8000 -h /w\"\n\
+             ready = {{ http = \"/\", timeout = \"20s\" }}\n"
+        )
+    };
+    let declare = |domains: &str, routes: &str, apps: &[String]| {
+        format!(
+            "domains = [\"{domains}\"]\n[routes]\n{routes}\n[env]\nname = \"{env}\"\n{}",
+            apps.concat()
+        )
+    };
+    let first = declare(
+        "test",
+        &format!("old = \"{0}\"\nmoved = \"{0}\"", a.target()),
+        &[
+            app("same", "same"),
+            app("edited", "v1"),
+            app("gone", "gone"),
+        ],
+    );
+    let config = write_config(dir.path(), &first);
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert_eq!(wait_apps(&p).await["phase"], "ready", "{}", p.log());
+    let id = |app: &str| docker(&["inspect", "-f", "{{.Id}}", &format!("itproxy-{env}-{app}")]);
+    let same_before = id("same");
+    assert_eq!(get(p.http, "gone.test", "/").await.text().trim(), "gone");
+
+    let second = declare(
+        "test",
+        &format!("moved = \"{0}\"\nnew = \"{0}\"", b.target()),
+        &[
+            app("same", "same"),
+            app("edited", "v2"),
+            app("added", "added"),
+        ],
+    );
+    write_config(dir.path(), &second);
+    let said = p.ok(&["reload"]);
+    for line in [
+        "routes added: new.test",
+        "routes changed: moved.test",
+        "routes removed: old.test",
+        "apps added: added",
+        "apps changed: edited",
+        "apps removed: gone",
+    ] {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    // Routes: as the file says now.
+    assert_eq!(get(p.http, "new.test", "/").await.json()["backend"], "b");
+    assert_eq!(get(p.http, "moved.test", "/").await.json()["backend"], "b");
+    assert_eq!(get(p.http, "old.test", "/").await.status, 404);
+    // Apps: the changed one serves its new page, the new one serves, the removed one is gone
+    // (no container, no name), the unchanged one is the same container.
+    assert_eq!(get(p.http, "edited.test", "/").await.text().trim(), "v2");
+    assert_eq!(get(p.http, "added.test", "/").await.text().trim(), "added");
+    assert_eq!(get(p.http, "gone.test", "/").await.status, 404);
+    assert_eq!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name=^itproxy-{env}-gone$")
+        ])
+        .trim(),
+        ""
+    );
+    assert_eq!(id("same"), same_before, "an unchanged app is not restarted");
+    let apps = wait_apps(&p).await;
+    let names: Vec<&str> = apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["same", "edited", "added"], "{apps}");
+    assert!(p.ok(&["reload"]).contains("nothing changed"));
+
+    // SIGHUP reloads too, as it does nginx.
+    write_config(
+        dir.path(),
+        &second.replace("new = ", "hup = \"127.0.0.1:1\"\nnew = "),
+    );
+    p.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(p.http, "hup.test", "/").await.status == 404 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_config(dir.path(), &second);
+    p.ok(&["reload"]);
+
+    // What only a new daemon applies: refused, and nothing changed.
+    write_config(
+        dir.path(),
+        &declare(
+            "other.test",
+            "",
+            &[app("same", "same"), app("edited", "v3")],
+        ),
+    );
+    let refused = p.fails(&["reload"]);
+    assert!(
+        refused.contains("domains changed") && refused.contains("nothing was reloaded"),
+        "{refused}"
+    );
+    assert_eq!(get(p.http, "edited.test", "/").await.text().trim(), "v2");
+    assert_eq!(get(p.http, "added.test", "/").await.status, 200);
+    // A file with a mistake: refused, saying where.
+    write_config(dir.path(), &second.replace("port = 8000", "port = \"x\""));
+    let refused = p.fails(&["reload"]);
+    assert!(refused.contains("mistake"), "{refused}");
+    assert_eq!(get(p.http, "new.test", "/").await.json()["backend"], "b");
+}

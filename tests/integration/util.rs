@@ -167,6 +167,13 @@ impl Itproxy {
         }
     }
 
+    /// Sends `signal` to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("itproxy runs");
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// SIGTERM and wait; panics unless it exits cleanly within 10 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -130,6 +130,20 @@ pub enum Change {
         /// The app.
         app: AppName,
     },
+    /// The config file's routes, read again (`itproxy reload`): they replace the declared
+    /// routes; one whose spec did not change keeps its upstream (and pooled connections).
+    Declared {
+        /// Every declared route, its target resolved.
+        routes: Vec<(HostName, RouteSpec, Vec<SocketAddr>)>,
+    },
+    /// A declared app's HTTP endpoint names, as the config now says (`itproxy reload`): none
+    /// when the app is no longer declared (its state is forgotten too).
+    AppNames {
+        /// The app.
+        app: AppName,
+        /// Its endpoints' names.
+        hosts: Vec<HostName>,
+    },
     /// What a declared app is doing, said to clients of its names while it serves none
     /// ("is starting", "is stopped; ..."): not persisted.
     AppStatus {
@@ -345,6 +359,39 @@ impl DesiredState {
                 self.remove_app(&app);
                 // Until the supervisor says more (stopped, restarting...).
                 self.app_status.insert(app, "is stopping".into());
+            }
+            Change::Declared { routes } => {
+                let mut declared = BTreeMap::new();
+                for (host, spec, addrs) in routes {
+                    let built = match self.declared.get(&host) {
+                        Some(b) if b.spec == spec => b.clone(),
+                        _ => self.build(spec, addrs),
+                    };
+                    declared.insert(host, built);
+                }
+                let same = declared.len() == self.declared.len()
+                    && declared.iter().all(|(h, b)| {
+                        self.declared
+                            .get(h)
+                            .is_some_and(|old| Arc::ptr_eq(&old.upstream, &b.upstream))
+                    });
+                if same {
+                    return Ok(Applied::Unchanged);
+                }
+                self.declared = declared;
+            }
+            Change::AppNames { app, hosts } => {
+                let before = self.app_hosts.clone();
+                self.app_hosts.retain(|_, a| *a != app);
+                for host in &hosts {
+                    self.app_hosts.insert(host.clone(), app.clone());
+                }
+                if hosts.is_empty() {
+                    self.remove_app(&app);
+                    self.app_status.remove(&app);
+                } else if self.app_hosts == before {
+                    return Ok(Applied::Unchanged);
+                }
             }
             Change::AppStatus { app, status } => {
                 if self.app_status.get(&app) == Some(&status) {

@@ -534,3 +534,94 @@ fn a_declared_app_name_is_answered_503_while_the_app_serves_none() {
     );
     assert_eq!(why(&s).as_deref(), Some("app web is stopping"));
 }
+
+#[test]
+fn reloaded_declared_routes_replace_the_old_and_keep_unchanged_upstreams() {
+    let mut s = state();
+    s.declare(
+        host("old.test"),
+        spec("127.0.0.1:8002"),
+        vec![addr("127.0.0.1:8002")],
+    );
+    let upstream =
+        |s: &DesiredState, h: &str| s.snapshot().table.lookup(h).unwrap().upstream().clone();
+    let api_before = upstream(&s, "api.test");
+    let reloaded = |moved: &str| Change::Declared {
+        routes: vec![
+            (
+                host("api.test"),
+                spec("127.0.0.1:8001"),
+                vec![addr("127.0.0.1:8001")],
+            ),
+            (host("new.test"), spec(moved), vec![addr(moved)]),
+        ],
+    };
+    assert!(matches!(
+        ok(&mut s, reloaded("127.0.0.1:8003")),
+        Applied::Changed
+    ));
+    assert_eq!(routed_to(&s, "old.test"), None);
+    assert_eq!(
+        routed_to(&s, "new.test").as_deref(),
+        Some("http://127.0.0.1:8003")
+    );
+    // Unchanged: the same upstream, so its pooled connections stay.
+    assert!(Arc::ptr_eq(&api_before, &upstream(&s, "api.test")));
+    assert!(matches!(
+        ok(&mut s, reloaded("127.0.0.1:8003")),
+        Applied::Unchanged
+    ));
+    ok(&mut s, reloaded("127.0.0.1:8004"));
+    assert_eq!(
+        routed_to(&s, "new.test").as_deref(),
+        Some("http://127.0.0.1:8004")
+    );
+    // An override still wins over a reloaded declaration.
+    ok(&mut s, set("api.test", "127.0.0.1:9009"));
+    ok(&mut s, reloaded("127.0.0.1:8004"));
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:9009")
+    );
+}
+
+#[test]
+fn an_app_no_longer_declared_loses_its_names_routes_and_state() {
+    let mut s = state();
+    let web: AppName = "web".parse().unwrap();
+    ok(
+        &mut s,
+        Change::AppNames {
+            app: web.clone(),
+            hosts: vec![host("web.test"), host("www.test")],
+        },
+    );
+    assert!(s.snapshot().table.unavailable("www.test").is_some());
+    ok(
+        &mut s,
+        Change::AppUp {
+            app: web.clone(),
+            endpoints: vec![(host("web.test"), Endpoint::Http(addr("172.18.0.4:80")))],
+        },
+    );
+    // Declared again with one name fewer: the other is no longer the app's.
+    ok(
+        &mut s,
+        Change::AppNames {
+            app: web.clone(),
+            hosts: vec![host("web.test")],
+        },
+    );
+    assert!(s.snapshot().table.unavailable("www.test").is_none());
+    assert!(routed_to(&s, "web.test").is_some());
+    ok(
+        &mut s,
+        Change::AppNames {
+            app: web,
+            hosts: Vec::new(),
+        },
+    );
+    assert_eq!(routed_to(&s, "web.test"), None);
+    assert!(s.snapshot().table.unavailable("web.test").is_none());
+    assert_eq!(resolves_to(&s, "web.test"), Vec::<IpAddr>::new());
+}

@@ -38,7 +38,7 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AppError {
 impl AppSupervisor {
     /// The apps with named volumes, and those volumes (name, target).
     fn with_volumes(&self) -> Vec<(AppSpec, Vec<(String, String)>)> {
-        self.plan
+        self.plan()
             .apps()
             .filter_map(|a| self.current(a.name.as_str()))
             .filter_map(|a| {
