@@ -1,6 +1,7 @@
 """Apps: state, stop, start and restart with waiting, logs."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,21 @@ def test_a_bad_timeout_is_refused_with_its_code(itproxy_env):
     with pytest.raises(itproxy.ApiError) as e:
         itproxy_env._control.call("POST", "/v1/apps/api/start", {"wait": True, "timeout": "soon"})
     assert e.value.code == "invalid_timeout"
+
+
+def test_reload_applies_the_edited_config_and_refuses_what_needs_a_new_daemon(itproxy_env, pytestconfig):
+    path = Path(pytestconfig.getoption("itproxy_config"))
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("[env]", '[routes]\nlegacy = "127.0.0.1:9"\n\n[env]', 1))
+        done = itproxy_env.reload()
+        assert done.routes_added == ("legacy.test",) and not done.errors, done
+        assert itproxy_env.get_route("legacy") is not None
+        path.write_text(original.replace('domains = ["test"]', 'domains = ["other.test"]'))
+        with pytest.raises(itproxy.ApiError) as refused:
+            itproxy_env.reload()
+        assert refused.value.code == "needs_restart" and "domains" in refused.value.message
+    finally:
+        path.write_text(original)
+        itproxy_env.reload()
+    assert itproxy_env.get_route("legacy") is None

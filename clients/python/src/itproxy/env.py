@@ -15,7 +15,7 @@ import httpx
 from . import _names
 from ._control import ControlClient
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError
-from .types import AppInfo, CaInfo, ErrorScan, LogLine, Route, Snapshot, Status
+from .types import AppInfo, CaInfo, ErrorScan, LogLine, Reloaded, Route, Snapshot, Status
 
 When = Union[None, float, int, _dt.datetime]
 """A point in time: Unix seconds, an aware or local datetime, or None for "from the start"."""
@@ -308,6 +308,12 @@ class Env:
         """Give each app of snapshot ``name`` fresh volumes holding what was saved, and wait
         until it is ready again: the fixture between tests."""
         return Snapshot.from_json(self._control.call("POST", f"/v1/snapshots/{name}/restore", timeout=3700))
+
+    def reload(self) -> Reloaded:
+        """Apply the edited config file (``itproxy reload``): declared routes, and apps added,
+        removed or changed; returns once started apps are ready (``errors`` names any that is
+        not). A file with a mistake, or a change that needs a new daemon, raises ApiError."""
+        return Reloaded.from_json(self._control.call("POST", "/v1/reload", timeout=3700))
 
     @property
     def snapshots(self) -> List[Snapshot]:

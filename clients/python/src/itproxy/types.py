@@ -238,3 +238,21 @@ class Snapshot:
             volumes=tuple(SnapshotVolume(**v) for v in d["volumes"]),
             took_ms=d.get("took_ms"),
         )
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """``POST /v1/reload``: what reading the config file again changed."""
+
+    routes_added: Tuple[str, ...] = ()
+    routes_changed: Tuple[str, ...] = ()
+    routes_removed: Tuple[str, ...] = ()
+    apps_added: Tuple[str, ...] = ()
+    apps_changed: Tuple[str, ...] = ()
+    apps_removed: Tuple[str, ...] = ()
+    errors: Tuple[str, ...] = ()
+    """Apps that did not become ready, with why (the rest took effect)."""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Reloaded":
+        return cls(**{k: tuple(d.get(k, ())) for k in cls.__dataclass_fields__})
