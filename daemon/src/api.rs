@@ -380,6 +380,9 @@ pub struct Reloaded {
     pub apps_changed: Vec<String>,
     /// Apps no longer in the file: stopped, their containers removed (their volumes kept).
     pub apps_removed: Vec<String>,
+    /// Unchanged apps that a failed `up` had left unstarted, started now.
+    #[serde(default)]
+    pub apps_started: Vec<String>,
     /// Apps that did not become ready, with why (the rest of the reload took effect).
     pub errors: Vec<String>,
 }

@@ -765,6 +765,9 @@ impl AppSupervisor {
                 self.set(&app.name, AppState::Pending, None, None);
             }
         }
+        // After a failed `up`, the apps its failure left unstarted start too: fixing the file
+        // and reloading finishes the environment.
+        let finishing = self.phase.lock().expect("phase lock").phase == EnvPhase::Failed;
         for app in plan.apps() {
             let result = if added.contains(&app.name) {
                 done.apps_added.push(app.name.to_string());
@@ -786,12 +789,24 @@ impl AppSupervisor {
                     // used at its next start.
                     AppState::Stopped | AppState::Pending | AppState::Starting => Ok(()),
                 }
+            } else if finishing && self.state(&app.name) == AppState::Pending {
+                done.apps_started.push(app.name.to_string());
+                self.start_app(app, None).await
             } else {
                 Ok(())
             };
             if let Err(e) = result {
                 done.errors.push(e.to_string());
             }
+        }
+        if finishing && done.errors.is_empty() {
+            let mut phase = self.phase.lock().expect("phase lock");
+            phase.phase = EnvPhase::Ready;
+            phase.error = None;
+            phase.ready_after = Some(self.started.elapsed());
+            drop(phase);
+            self.changed.send_modify(|n| *n += 1);
+            tracing::info!("environment ready after the reload");
         }
         Ok(())
     }

@@ -104,7 +104,8 @@ pub async fn wait_until_up(
                     }
                     EnvPhase::Failed => anyhow::bail!(
                         "the environment did not come up:\n{}\nthe daemon keeps running: \
-                         see `itproxy apps` and `itproxy logs APP`; `itproxy down` removes it all",
+                         see `itproxy apps` and `itproxy logs APP`; fix itproxy.toml and \
+                         `itproxy reload` to finish, or `itproxy down` to remove it all",
                         view.error.unwrap_or_default(),
                     ),
                     EnvPhase::Starting => {}
@@ -587,6 +588,7 @@ pub async fn reload(state_dir: &Path, json: bool) -> anyhow::Result<()> {
             ("apps added", &done.apps_added),
             ("apps changed", &done.apps_changed),
             ("apps removed", &done.apps_removed),
+            ("apps started", &done.apps_started),
         ];
         let mut any = false;
         for (what, names) in lines {

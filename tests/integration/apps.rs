@@ -573,6 +573,30 @@ command = "sleep 600"
         pid,
         "the running daemon is untouched"
     );
+
+    // Fixing the file and reloading finishes the environment: the failed apps start with
+    // their new declarations, the step their failure held back starts too.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let fixed = text
+        .replace(
+            "echo booting slowly; echo still booting; sleep 600",
+            "exec httpd -f -p 7000",
+        )
+        .replace(
+            "echo 'cannot open config' >&2; exit 3",
+            "mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 80 -h /w",
+        );
+    std::fs::write(&config, fixed).unwrap();
+    let reloaded = client(&["reload"]);
+    let said = output_text(&reloaded);
+    assert!(reloaded.status.success(), "{said}");
+    assert!(
+        said.contains("apps changed: slow, crash") && said.contains("apps started: later"),
+        "{said}"
+    );
+    let apps: Value = serde_json::from_slice(&client(&["apps", "--json"]).stdout).unwrap();
+    assert_eq!(apps["phase"], "ready", "{apps}");
+    assert_eq!(app(&apps, "later")["state"], "ready");
     let out = stop_daemon();
     assert!(
         out.status.success(),
@@ -1368,7 +1392,11 @@ async fn reload_applies_routes_and_apps_and_refuses_what_needs_a_new_daemon() {
     p.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(p.http, "hup.test", "/").await.status == 404 {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", p.log());
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            p.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     write_config(dir.path(), &second);

@@ -250,6 +250,8 @@ class Reloaded:
     apps_added: Tuple[str, ...] = ()
     apps_changed: Tuple[str, ...] = ()
     apps_removed: Tuple[str, ...] = ()
+    apps_started: Tuple[str, ...] = ()
+    """Unchanged apps a failed ``up`` had left unstarted."""
     errors: Tuple[str, ...] = ()
     """Apps that did not become ready, with why (the rest took effect)."""
 
