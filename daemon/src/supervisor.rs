@@ -785,6 +785,7 @@ impl AppSupervisor {
                         Err(e) => Err(e),
                     },
                     AppState::Failed => self.start_app(app, None).await,
+                    AppState::Pending if finishing => self.start_app(app, None).await,
                     // Stopped by hand, or waiting for its dependencies: the new declaration is
                     // used at its next start.
                     AppState::Stopped | AppState::Pending | AppState::Starting => Ok(()),

@@ -477,6 +477,12 @@ name = "later"
 image = "IMAGE"
 step = "two"
 command = "sleep 600"
+
+[[app]]
+name = "last"
+image = "IMAGE"
+step = "two"
+command = "sleep 600"
 "#
         .replace("ENV", &env)
         .replace("IMAGE", APPS_IMAGE),
@@ -585,18 +591,24 @@ command = "sleep 600"
         .replace(
             "echo 'cannot open config' >&2; exit 3",
             "mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 80 -h /w",
+        )
+        .replacen(
+            &format!("name = \"later\"\nimage = \"{APPS_IMAGE}\"\nstep = \"two\"\ncommand = \"sleep 600\""),
+            &format!("name = \"later\"\nimage = \"{APPS_IMAGE}\"\nstep = \"two\"\ncommand = \"exec sleep 601\""),
+            1,
         );
     std::fs::write(&config, fixed).unwrap();
     let reloaded = client(&["reload"]);
     let said = output_text(&reloaded);
     assert!(reloaded.status.success(), "{said}");
     assert!(
-        said.contains("apps changed: slow, crash") && said.contains("apps started: later"),
+        said.contains("apps changed: slow, crash, later") && said.contains("apps started: last"),
         "{said}"
     );
     let apps: Value = serde_json::from_slice(&client(&["apps", "--json"]).stdout).unwrap();
     assert_eq!(apps["phase"], "ready", "{apps}");
     assert_eq!(app(&apps, "later")["state"], "ready");
+    assert_eq!(app(&apps, "last")["state"], "ready");
     let out = stop_daemon();
     assert!(
         out.status.success(),
