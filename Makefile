@@ -30,6 +30,15 @@ PY_VENV := target/python-venv
 PY_RESULTS := target/python-tests.xml
 EXAMPLE_RESULTS := target/example-tests.xml
 
+# Fails unless the pytest run whose JUnit report is $(1) ran a test (all skipped counts as
+# none); $(2) names the suite.
+define tests_ran
+$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \
+  s = E.parse("$(1)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
+  ran = int(s.get("tests")) - int(s.get("skipped")); \
+  print(f"$(2): {ran} tests ran"); sys.exit(0 if ran > 0 else "$(2): no test ran")'
+endef
+
 .PHONY: all deps build up test lint unit bench clean fuzz fuzz-smoke fuzz-tools python-test python-test-venv example-test
 
 all: build
@@ -67,10 +76,7 @@ python-test: python-test-venv
 	$(PY_VENV)/bin/mypy --strict --cache-dir target/mypy-cache clients/python/src/itproxy
 	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(PY_RESULTS) tests
-	@$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \
-	  s = E.parse("$(PY_RESULTS)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
-	  ran = int(s.get("tests")) - int(s.get("skipped")); \
-	  print(f"python client: {ran} tests ran"); sys.exit(0 if ran > 0 else "python client: no test ran")'
+	@$(call tests_ran,$(PY_RESULTS),python client)
 
 ## The production-shaped example (examples/shop: PostgreSQL, Redis, Django api + worker, nginx
 ## front end, all built from a Debian base made by debootstrap) driven by its pytest suite:
@@ -79,10 +85,7 @@ python-test: python-test-venv
 example-test: python-test-venv
 	cd examples/shop && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(EXAMPLE_RESULTS) tests
-	@$(PY_VENV)/bin/python -c 'import sys, xml.etree.ElementTree as E; \
-	  s = E.parse("$(EXAMPLE_RESULTS)").getroot(); s = s if s.tag == "testsuite" else s[0]; \
-	  ran = int(s.get("tests")) - int(s.get("skipped")); \
-	  print(f"shop example: {ran} tests ran"); sys.exit(0 if ran > 0 else "shop example: no test ran")'
+	@$(call tests_ran,$(EXAMPLE_RESULTS),shop example)
 
 ## The debug build and a venv with the Python client and its test tools.
 python-test-venv: deps
