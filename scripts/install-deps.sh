@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
 # cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl, dig and busybox-static (tests), the
-# system CA bundle, and the rustfmt and clippy components. Safe to run repeatedly.
+# system CA bundle, libfaketime (mounted into apps that declare `faketime`), and the rustfmt and
+# clippy components. Safe to run repeatedly.
 # With --python-tests, also what the Python client's suite needs: venv, Chromium and its
 # driver (the browser tests), and certutil (the browser's NSS database).
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 [ -x /bin/busybox ] || need+=(busybox-static)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 

@@ -98,6 +98,9 @@ pub enum Command {
     /// each test without re-running seeds.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Show or move the clock of an app that declares `faketime`, while it runs.
+    #[command(subcommand)]
+    Time(TimeCommand),
     /// Print an app's logs, or with --errors scan every container of the environment and
     /// exit 1 if a line looks like an error.
     #[command(arg_required_else_help = true)]
@@ -158,6 +161,38 @@ pub enum AppCommand {
     /// Start the app afresh: its containers recreated from the image and its volumes emptied
     /// (their data is lost), as a fixture between tests.
     Reset(AppActionArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TimeCommand {
+    /// The time the app's processes read now, and its offset.
+    Show {
+        /// The app.
+        app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the app's clock: an offset from the real time (`+2d`, `-3h`) or a UTC time
+    /// (`"2027-01-01 10:00:00"`); its processes read it within a second, no restart.
+    Set {
+        /// The app.
+        app: String,
+        /// The offset or time.
+        #[arg(allow_hyphen_values = true)]
+        time: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the app's clock back as declared (its `faketime`, from now).
+    Reset {
+        /// The app.
+        app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -59,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apps { json } => runtime()?.block_on(commands::env::apps(&state_dir, json)),
         Command::App(cmd) => runtime()?.block_on(commands::env::app(&state_dir, cmd)),
         Command::Snapshot(cmd) => runtime()?.block_on(commands::env::snapshot(&state_dir, cmd)),
+        Command::Time(cmd) => runtime()?.block_on(commands::env::time(&state_dir, cmd)),
         Command::Logs(args) => runtime()?.block_on(commands::env::logs(config, &state_dir, args)),
         Command::Stop => commands::env::stop_command(&state_dir),
         Command::Reload { json } => runtime()?.block_on(commands::env::reload(&state_dir, json)),

@@ -386,3 +386,24 @@ pub struct Reloaded {
     /// Apps that did not become ready, with why (the rest of the reload took effect).
     pub errors: Vec<String>,
 }
+
+/// An app's clock (`GET`/`POST /v1/apps/{name}/time`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AppClock {
+    /// The app.
+    pub app: String,
+    /// Its declared `faketime`.
+    pub declared: String,
+    /// How far its clock is from the real one, in seconds (ahead if positive).
+    pub offset_seconds: i64,
+    /// The time its processes read now (RFC 3339, UTC).
+    pub now: String,
+}
+
+/// Body of `POST /v1/apps/{name}/time`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SetClock {
+    /// An offset (`+2d`, `-1h`), a UTC time (`2027-01-01 10:00:00`), or `declared`.
+    pub time: String,
+}

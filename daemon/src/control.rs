@@ -68,12 +68,15 @@ pub enum ErrorCode {
     SnapshotFailed,
     /// A reload of a config whose changes only a new daemon applies (409).
     NeedsRestart,
+    /// An app's clock cannot be read or moved: it declares no `faketime`, or the time is not
+    /// one (409).
+    NoClock,
 }
 
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 21] = [
+    const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -95,6 +98,7 @@ impl ErrorCode {
         ErrorCode::SnapshotFailed,
         ErrorCode::InvalidConfig,
         ErrorCode::NeedsRestart,
+        ErrorCode::NoClock,
     ];
 
     /// The code as the API writes it.
@@ -121,6 +125,7 @@ impl ErrorCode {
             ErrorCode::SnapshotFailed => "snapshot_failed",
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::NeedsRestart => "needs_restart",
+            ErrorCode::NoClock => "no_clock",
         }
     }
 
@@ -141,7 +146,8 @@ impl ErrorCode {
             ErrorCode::NothingToRestore
             | ErrorCode::DependencyNotReady
             | ErrorCode::SnapshotFailed
-            | ErrorCode::NeedsRestart => StatusCode::CONFLICT,
+            | ErrorCode::NeedsRestart
+            | ErrorCode::NoClock => StatusCode::CONFLICT,
             ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself | ErrorCode::InvalidConfig => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -202,6 +208,7 @@ impl From<AppError> for ApiError {
             AppError::NoSnapshot(_) => ErrorCode::NoSnapshot,
             AppError::Config(_) => ErrorCode::InvalidConfig,
             AppError::EnvironmentStarting => ErrorCode::NotReady,
+            AppError::Clock(_) => ErrorCode::NoClock,
         };
         ApiError::new(code, e.to_string())
     }
@@ -322,6 +329,7 @@ pub fn app(control: Arc<Control>) -> Router {
         .route("/v1/apps", get(apps))
         .route("/v1/apps/{name}", get(get_app))
         .route("/v1/apps/{name}/logs", get(app_logs))
+        .route("/v1/apps/{name}/time", get(app_clock).post(set_app_clock))
         .route("/v1/apps/{name}/{action}", post(app_action))
         .route("/v1/errors", get(errors))
         .route("/v1/snapshots", get(snapshots))
@@ -442,6 +450,28 @@ async fn app_action(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(done.view)))
+}
+
+async fn app_clock(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::AppClock>, ApiError> {
+    Ok(Json(c.apps()?.clock(&name)?))
+}
+
+async fn set_app_clock(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::AppClock>, ApiError> {
+    let body = read_body(body)?;
+    let set: api::SetClock = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadBody,
+            format!("the body must be JSON like {{\"time\": \"+2d\"}}: {e}"),
+        )
+    })?;
+    Ok(Json(c.apps()?.set_clock(&name, &set.time)?))
 }
 
 async fn app_logs(

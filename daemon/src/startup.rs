@@ -128,7 +128,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let (apps, discovery) = match env {
         Some(env) => (
             Some(Arc::new(
-                env.supervisor(&config, &tls, state.clone()).await?,
+                env.supervisor(&config, &tls, &dir, state.clone()).await?,
             )),
             Some(env.engine),
         ),
@@ -338,6 +338,7 @@ impl OpenEnvironment {
         &self,
         config: &Config,
         tls: &Tls,
+        state_dir: &StateDir,
         state: Arc<StateHandle>,
     ) -> Result<AppSupervisor, StartError> {
         let env = config
@@ -356,6 +357,10 @@ impl OpenEnvironment {
                     .gateway
                     .filter(|_| !config.listen.dns.is_empty()),
                 ca: Some((tls.files.bundle.clone(), tls.files.root.clone())),
+                clocks: Some(itproxy_orchestrator::Clocks {
+                    library: itproxy_orchestrator::Clocks::find_library(),
+                    dir: state_dir.clocks().join(env.name.to_string()),
+                }),
             },
             env.apps.clone(),
             Some(config.clone()),

@@ -58,6 +58,12 @@ impl StateDir {
         self.0.join("snapshots")
     }
 
+    /// The clocks of the apps that declare `faketime`: a directory per environment, then per
+    /// app, holding the offset libfaketime reads.
+    pub fn clocks(&self) -> PathBuf {
+        self.0.join("clocks")
+    }
+
     /// The local CA's directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("ca")

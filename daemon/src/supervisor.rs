@@ -15,6 +15,7 @@ use crate::api::{self, AppState, EnvPhase};
 use crate::config::Domains;
 use crate::state::{Change, Endpoint, StateHandle};
 
+mod clock;
 mod logs;
 mod snapshots;
 
@@ -56,6 +57,9 @@ pub enum AppError {
     /// No snapshot of that name.
     #[error("there is no snapshot {0:?}; `itproxy snapshot list` shows those there are")]
     NoSnapshot(String),
+    /// An app's clock cannot be read or moved (the message says why).
+    #[error("{0}")]
+    Clock(String),
     /// A reload while the environment's steps still run.
     #[error("the environment is still starting; reload once `itproxy up` has finished")]
     EnvironmentStarting,
@@ -349,6 +353,9 @@ impl AppSupervisor {
         if let Err(e) = self.engine.build_app_image(app).await {
             return Err(fail(e.to_string()));
         }
+        if let Err(e) = self.set_declared_clock(app) {
+            return Err(fail(e.to_string()));
+        }
         // The endpoints' containers start together.
         let started = futures_util::future::join_all(
             (0..app.endpoints.len())
@@ -379,6 +386,10 @@ impl AppSupervisor {
                 other => other.to_string(),
             };
             return Err(fail(message));
+        }
+        let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+        if let Err(m) = self.check_clock_loaded(app, &names).await {
+            return Err(fail(m));
         }
         let took = began.elapsed();
         self.publish_app(app, &containers).await;
@@ -499,6 +510,9 @@ impl AppSupervisor {
         if let Err(e) = self.engine.build_app_image(app).await {
             return Err(kept(e.to_string()));
         }
+        if let Err(e) = self.set_declared_clock(app) {
+            return Err(kept(e.to_string()));
+        }
         let started = futures_util::future::join_all(
             (0..app.endpoints.len())
                 .map(|i| self.engine.start_replacement(&self.environment, app, i)),
@@ -525,6 +539,11 @@ impl AppSupervisor {
         {
             discard().await;
             return Err(kept(e.to_string()));
+        }
+        let started: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+        if let Err(m) = self.check_clock_loaded(app, &started).await {
+            discard().await;
+            return Err(kept(m));
         }
         self.publish_app(app, &containers).await;
         tokio::time::sleep(DRAIN).await;

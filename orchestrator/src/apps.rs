@@ -282,6 +282,79 @@ pub struct AppSpec {
     pub volumes: Vec<Volume>,
     /// How `app restart` replaces its containers.
     pub restart: RestartOrder,
+    /// A clock of its own (libfaketime), if declared.
+    pub faketime: Option<FakeTime>,
+}
+
+/// An app's own clock, through libfaketime: its processes read the real time moved by an
+/// offset, which `itproxy time set` changes while they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeTime {
+    /// The clock reads this time (Unix seconds) when the app starts, and runs on from there.
+    At(i64),
+    /// The clock runs this many seconds ahead of the real one (behind if negative).
+    Offset(i64),
+}
+
+impl FakeTime {
+    /// `"+3d"`, `"-2h 30m"`, `"+0s"` (an offset), or `"2027-01-01 10:00:00"` /
+    /// `"2027-01-01T10:00:00Z"` / `"2027-01-01"` (a time, UTC).
+    pub fn parse(text: &str) -> Result<FakeTime, String> {
+        let t = text.trim();
+        let explain = |e: String| {
+            format!(
+                "{text:?}: {e}; use an offset like \"+3d\" or \"-2h\", or a UTC time like \
+                 \"2027-01-01 10:00:00\""
+            )
+        };
+        if let Some((sign, rest)) = t
+            .strip_prefix('+')
+            .map(|r| (1, r))
+            .or_else(|| t.strip_prefix('-').map(|r| (-1, r)))
+        {
+            let d = humantime::parse_duration(rest.trim()).map_err(|e| explain(e.to_string()))?;
+            let secs = i64::try_from(d.as_secs()).map_err(|_| explain("too far".into()))?;
+            return Ok(FakeTime::Offset(sign * secs));
+        }
+        let full = if t.len() == 10 {
+            format!("{t} 00:00:00")
+        } else {
+            t.to_string()
+        };
+        let at = humantime::parse_rfc3339_weak(&full).map_err(|e| explain(e.to_string()))?;
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| explain("before 1970".into()))?
+            .as_secs();
+        Ok(FakeTime::At(
+            i64::try_from(secs).map_err(|_| explain("too far".into()))?,
+        ))
+    }
+
+    /// The offset, in seconds, that makes the clock read as declared when the real time is
+    /// `now` (Unix seconds).
+    pub fn offset_at(&self, now: i64) -> i64 {
+        match *self {
+            FakeTime::At(t) => t - now,
+            FakeTime::Offset(o) => o,
+        }
+    }
+}
+
+impl fmt::Display for FakeTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FakeTime::At(t) => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+                write!(f, "{}", humantime::format_rfc3339_seconds(at))
+            }
+            FakeTime::Offset(o) => {
+                let d =
+                    humantime::format_duration(std::time::Duration::from_secs(o.unsigned_abs()));
+                write!(f, "{}{d}", if o < 0 { "-" } else { "+" })
+            }
+        }
+    }
 }
 
 /// How a restart replaces a running app's containers.
@@ -554,7 +627,39 @@ mod tests {
             errors: ErrorScan::default(),
             volumes: Vec::new(),
             restart: RestartOrder::StartFirst,
+            faketime: None,
         }
+    }
+
+    #[test]
+    fn fake_times_are_offsets_or_utc_times() {
+        assert_eq!(FakeTime::parse("+3d"), Ok(FakeTime::Offset(3 * 86400)));
+        assert_eq!(FakeTime::parse("-2h 30m"), Ok(FakeTime::Offset(-9000)));
+        assert_eq!(FakeTime::parse("+0s"), Ok(FakeTime::Offset(0)));
+        assert_eq!(
+            FakeTime::parse("2030-06-01 12:00:00"),
+            Ok(FakeTime::At(1_906_545_600))
+        );
+        assert_eq!(
+            FakeTime::parse("2030-06-01"),
+            Ok(FakeTime::At(1_906_502_400))
+        );
+        assert_eq!(
+            FakeTime::parse("2030-06-01T12:00:00Z"),
+            Ok(FakeTime::At(1_906_545_600))
+        );
+        for bad in ["next tuesday", "+", "+3 fortnights", "2030-13-01", ""] {
+            let e = FakeTime::parse(bad).unwrap_err();
+            assert!(e.contains("\"+3d\""), "{bad}: {e}");
+        }
+        // An absolute time is an offset from the moment the app starts.
+        assert_eq!(FakeTime::At(1000).offset_at(400), 600);
+        assert_eq!(FakeTime::Offset(-5).offset_at(400), -5);
+        assert_eq!(FakeTime::Offset(-9000).to_string(), "-2h 30m");
+        assert_eq!(
+            FakeTime::At(1_906_545_600).to_string(),
+            "2030-06-01T12:00:00Z"
+        );
     }
 
     #[test]

@@ -27,6 +27,40 @@ pub const SPEC_LABEL: &str = "itproxy.spec";
 pub const CA_BUNDLE_IN_CONTAINER: &str = "/etc/itproxy/ca-bundle.pem";
 /// The root alone, for runtimes that add it to their own roots (Node).
 pub const CA_ROOT_IN_CONTAINER: &str = "/etc/itproxy/ca.pem";
+/// Where an app with a clock of its own finds libfaketime.
+pub const FAKETIME_IN_CONTAINER: &str = "/usr/lib/itproxy/libfaketime.so.1";
+/// The directory holding the app's clock offset (read-only in the container).
+pub const CLOCK_IN_CONTAINER: &str = "/etc/itproxy/clock";
+/// The file in an app's clock directory holding its offset, as libfaketime reads it.
+pub const CLOCK_FILE: &str = "offset";
+
+/// Where the apps that declare `faketime` get their clocks from.
+#[derive(Debug, Clone)]
+pub struct Clocks {
+    /// libfaketime on the host (Debian's package `libfaketime`), if installed.
+    pub library: Option<PathBuf>,
+    /// A directory per app (named after it) holding [`CLOCK_FILE`].
+    pub dir: PathBuf,
+}
+
+impl Clocks {
+    /// The host directory mounted as the app's clock.
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.dir.join(app)
+    }
+
+    /// The first libfaketime found where Debian and Ubuntu install it.
+    pub fn find_library() -> Option<PathBuf> {
+        [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/faketime/libfaketime.so.1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    }
+}
 
 /// What every container of the environment gets from itproxy.
 #[derive(Debug, Clone)]
@@ -39,6 +73,8 @@ pub struct Environment {
     pub dns: Option<IpAddr>,
     /// The CA bundle (system roots + ours) and the root alone, to mount read-only.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// Clocks for the apps that declare `faketime`.
+    pub clocks: Option<Clocks>,
 }
 
 /// A container of the environment as the engine reports it.
@@ -198,6 +234,17 @@ impl Engine {
         app: &AppSpec,
         index: usize,
     ) -> Result<(ContainerCreateBody, String), Error> {
+        if app.faketime.is_some()
+            && environment
+                .clocks
+                .as_ref()
+                .and_then(|c| c.library.as_ref())
+                .is_none()
+        {
+            return Err(Error::NoFaketime {
+                app: app.name.to_string(),
+            });
+        }
         let image = self.docker.inspect_image(&app.image).await;
         let image_id = found(image, || format!("inspect the image {}", app.image))?
             .ok_or_else(|| Error::NoImage {
@@ -342,7 +389,34 @@ impl Engine {
                 env.push(format!("NODE_EXTRA_CA_CERTS={CA_ROOT_IN_CONTAINER}"));
             }
         }
-        env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let clock = app
+            .faketime
+            .and(environment.clocks.as_ref())
+            .and_then(|c| Some((c.library.as_ref()?, c.app_dir(app.name.as_str()))));
+        if let Some((library, dir)) = &clock {
+            binds.push(format!("{}:{FAKETIME_IN_CONTAINER}:ro", library.display()));
+            binds.push(format!("{}:{CLOCK_IN_CONTAINER}:ro", dir.display()));
+            // The offset is read again within a second of a change; timers and timeouts
+            // (the monotonic clock) keep real time.
+            env.push(format!(
+                "FAKETIME_TIMESTAMP_FILE={CLOCK_IN_CONTAINER}/{CLOCK_FILE}"
+            ));
+            env.push("FAKETIME_CACHE_DURATION=1".into());
+            env.push("FAKETIME_DONT_FAKE_MONOTONIC=1".into());
+        }
+        env.extend(
+            app.env
+                .iter()
+                .filter(|(k, _)| clock.is_none() || *k != "LD_PRELOAD")
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        if clock.is_some() {
+            let preload = match app.env.get("LD_PRELOAD") {
+                Some(theirs) => format!("{FAKETIME_IN_CONTAINER}:{theirs}"),
+                None => FAKETIME_IN_CONTAINER.to_string(),
+            };
+            env.push(format!("LD_PRELOAD={preload}"));
+        }
         for v in &app.volumes {
             let source = match &v.source {
                 VolumeSource::Named(name) => volume_name(&environment.env, name),
@@ -415,6 +489,40 @@ impl Engine {
             }) => Ok(()),
             Err(e) => Err(engine_err(format!("remove the container {name}"))(e)),
         }
+    }
+
+    /// Whether a process of the container (other than its init) has libfaketime loaded: a
+    /// static binary, or one built on another C library, ignores LD_PRELOAD. None when the
+    /// host's /proc cannot tell (itproxy without the right to read the maps).
+    pub async fn loads_faketime(&self, name: &str) -> Result<Option<bool>, Error> {
+        let options = bollard::query_parameters::TopOptionsBuilder::new()
+            .ps_args("-o pid,args")
+            .build();
+        let top = self
+            .docker
+            .top_processes(name, Some(options))
+            .await
+            .map_err(engine_err(format!("list the processes of {name}")))?;
+        let titles = top.titles.unwrap_or_default();
+        let Some(pid_column) = titles.iter().position(|t| t == "PID") else {
+            return Ok(None);
+        };
+        let mut readable = false;
+        for process in top.processes.unwrap_or_default() {
+            let Some(pid) = process.get(pid_column) else {
+                continue;
+            };
+            // The init itproxy gives every container is static, and does not count.
+            if process.iter().any(|c| c.contains("docker-init")) {
+                continue;
+            }
+            match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                Ok(maps) if maps.contains("libfaketime") => return Ok(Some(true)),
+                Ok(_) => readable = true,
+                Err(_) => {}
+            }
+        }
+        Ok(readable.then_some(false))
     }
 
     /// One container of an environment by name or id, if it exists.

@@ -31,13 +31,14 @@ mod discovery;
 mod ready;
 mod snapshot;
 pub use apps::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, Finding, Plan, PlanError,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, FakeTime, Finding, Plan, PlanError,
     Readiness, RestartOrder, Step, Volume, VolumeSource, DEFAULT_ERROR_PATTERNS,
     DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 pub use containers::{
-    container_name, replacement_name, volume_name, Container, Environment, Exited, APP_LABEL,
-    CA_BUNDLE_IN_CONTAINER, CA_ROOT_IN_CONTAINER, ENDPOINT_LABEL, SPEC_LABEL,
+    container_name, replacement_name, volume_name, Clocks, Container, Environment, Exited,
+    APP_LABEL, CA_BUNDLE_IN_CONTAINER, CA_ROOT_IN_CONTAINER, CLOCK_FILE, CLOCK_IN_CONTAINER,
+    ENDPOINT_LABEL, FAKETIME_IN_CONTAINER, SPEC_LABEL,
 };
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
 pub use ready::{unix_seconds, unix_time, LogLine, LOG_LINES_ON_FAILURE};
@@ -76,6 +77,15 @@ pub enum Error {
     ContainerNotOurs {
         /// The container's name.
         name: String,
+    },
+    /// An app declares `faketime` and libfaketime is not installed on the host.
+    #[error(
+        "app {app} declares faketime, but libfaketime is not installed on this machine; \
+         install it (`apt-get install libfaketime`) and start the app again"
+    )]
+    NoFaketime {
+        /// The app.
+        app: String,
     },
     /// The app's image is not on the engine.
     #[error("app {app}: the image {image} is not on this Docker engine; build or load it first (e.g. `docker build -t {image} .`; itproxy does not pull)")]

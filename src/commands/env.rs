@@ -572,6 +572,40 @@ pub async fn snapshot(state_dir: &Path, cmd: SnapshotCommand) -> anyhow::Result<
     Ok(())
 }
 
+/// `itproxy time show|set|reset APP`.
+pub async fn time(state_dir: &Path, cmd: crate::cli::TimeCommand) -> anyhow::Result<()> {
+    use crate::cli::TimeCommand;
+    let client = Client::new(state_dir);
+    let (app, set, json) = match cmd {
+        TimeCommand::Show { app, json } => (app, None, json),
+        TimeCommand::Set { app, time, json } => (app, Some(time), json),
+        TimeCommand::Reset { app, json } => (app, Some("declared".to_string()), json),
+    };
+    let path = format!("/v1/apps/{app}/time");
+    let clock: api::AppClock = match set {
+        None => client.call(Method::GET, &path, None).await?,
+        Some(time) => {
+            let body = serde_json::to_value(api::SetClock { time })?;
+            client.call(Method::POST, &path, Some(body)).await?
+        }
+    };
+    if json {
+        return super::print_json(&clock);
+    }
+    let offset = clock.offset_seconds;
+    let ahead = humantime::format_duration(Duration::from_secs(offset.unsigned_abs()));
+    let relation = match offset {
+        0 => "the real time".to_string(),
+        o if o > 0 => format!("{ahead} ahead"),
+        _ => format!("{ahead} behind"),
+    };
+    println!(
+        "{}: {} ({relation}; declared {})",
+        clock.app, clock.now, clock.declared
+    );
+    Ok(())
+}
+
 /// `itproxy reload`: what changed; exit 1 when an app did not become ready.
 pub async fn reload(state_dir: &Path, json: bool) -> anyhow::Result<()> {
     // Started and restarted apps are waited for: as long as their readiness timeouts.

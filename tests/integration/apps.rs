@@ -8,7 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::docker::{build_apps_image, build_health_image, docker_ready, APPS_IMAGE, HEALTH_IMAGE};
+use crate::docker::{
+    build_apps_image, build_clock_image, build_health_image, docker_ready, APPS_IMAGE, CLOCK_IMAGE,
+    HEALTH_IMAGE,
+};
 use crate::util::*;
 
 /// Removes everything labelled with the test's environment however the test ends, with the
@@ -1435,4 +1438,101 @@ async fn reload_applies_routes_and_apps_and_refuses_what_needs_a_new_daemon() {
     let refused = p.fails(&["reload"]);
     assert!(refused.contains("mistake"), "{refused}");
     assert_eq!(get(p.http, "new.test", "/").await.json()["backend"], "b");
+}
+
+/// An app with a clock of its own: its processes read the declared time, `itproxy time set`
+/// moves it while they run, and an app whose program is static is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_clock_is_its_own_and_moves_on_command() {
+    if !docker_ready() {
+        return;
+    }
+    if itproxy_orchestrator_faketime_missing() {
+        return;
+    }
+    build_clock_image();
+    let env = unique_env("ck");
+    let _guard = EnvGuard(env.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[env]\nname = \"{env}\"\nsteps = [\"one\", \"two\"]\n\
+             [[app]]\nname = \"clock\"\nimage = \"{CLOCK_IMAGE}\"\nstep = \"one\"\n\
+             faketime = \"2030-06-01 12:00:00\"\ncommand = \"exec /usr/bin/sleep 600\"\n\
+             [[app]]\nname = \"plain\"\nimage = \"{CLOCK_IMAGE}\"\nstep = \"one\"\n\
+             command = \"exec /usr/bin/sleep 600\"\n\
+             [[app]]\nname = \"frozen\"\nimage = \"{APPS_IMAGE}\"\nstep = \"two\"\n\
+             faketime = \"+1d\"\ncommand = \"exec sleep 600\"\n"
+        ),
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    let apps = wait_apps(&p).await;
+    let container = format!("itproxy-{env}-clock");
+    let date = |format: &str| docker(&["exec", &container, "/usr/bin/date", "-u", format]);
+    // The declared time, from the app's start.
+    assert_eq!(app(&apps, "clock")["state"], "ready", "{apps}");
+    assert_eq!(date("+%Y-%m-%d").trim(), "2030-06-01");
+    assert!(p.ok(&["time", "show", "clock"]).contains("2030-06-01T12:0"));
+
+    // Moved while it runs: seen within a second or so, no restart.
+    let until = |want: &dyn Fn(&str) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = date("+%Y-%m-%d %s");
+            if want(now.trim()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: the app reads {now}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]);
+    p.ok(&["time", "set", "clock", "2031-01-01 00:00:00"]);
+    until(&|d| d.starts_with("2031-01-01"), "set to a time");
+    let real = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    p.ok(&["time", "set", "clock", "+2d"]);
+    until(
+        &|d| {
+            let secs: i64 = d.split(' ').nth(1).unwrap().parse().unwrap();
+            (secs - real - 2 * 86400).abs() < 30
+        },
+        "two days ahead",
+    );
+    p.ok(&["time", "reset", "clock"]);
+    until(&|d| d.starts_with("2030-06-01"), "back as declared");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]),
+        started,
+        "not restarted"
+    );
+
+    // An app without a clock of its own, and a time that is not one: refused, saying why.
+    let refused = p.fails(&["time", "set", "plain", "+1d"]);
+    assert!(refused.contains("faketime"), "{refused}");
+    let refused = p.fails(&["time", "set", "clock", "next tuesday"]);
+    assert!(refused.contains("+3d"), "{refused}");
+    // A static program ignores libfaketime: the app fails with the reason.
+    assert_eq!(apps["phase"], "failed", "{apps}");
+    let error = app(&apps, "frozen")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("static binary"), "{error}");
+}
+
+/// Whether libfaketime is missing (make test installs it; CI must have it).
+fn itproxy_orchestrator_faketime_missing() -> bool {
+    let missing =
+        !std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists();
+    if missing && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI needs libfaketime (make test installs it: scripts/install-deps.sh)");
+    }
+    if missing {
+        eprintln!("skipped: libfaketime is not installed (apt-get install libfaketime)");
+    }
+    missing
 }

@@ -71,6 +71,42 @@ pub fn build_apps_image() {
     );
 }
 
+/// [`APPS_IMAGE`] plus the host's dynamically linked `date` and `sleep` (glibc), so that
+/// libfaketime can move their clock.
+pub const CLOCK_IMAGE: &str = "itproxy-test/apps-clock:latest";
+
+/// Builds [`CLOCK_IMAGE`] from the host's coreutils and C library.
+pub fn build_clock_image() {
+    build_apps_image();
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "/usr/bin/date",
+        "/usr/bin/sleep",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    ] {
+        let to = dir.path().join("root").join(&file[1..]);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(file, &to).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {APPS_IMAGE}\nCOPY root/ /\n"),
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", CLOCK_IMAGE])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build {CLOCK_IMAGE}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// [`APPS_IMAGE`] with a Docker HEALTHCHECK: healthy once `/ok` exists.
 pub const HEALTH_IMAGE: &str = "itproxy-test/apps-health:latest";
 

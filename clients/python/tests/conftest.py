@@ -15,6 +15,15 @@ from typing import Callable, Iterator, Tuple
 import pytest
 
 IMAGE = "itproxy-pytest/busybox:latest"
+CLOCK_IMAGE = "itproxy-pytest/clock:latest"
+# The host's dynamically linked date and sleep with the C library, so libfaketime applies.
+CLOCK_FILES = (
+    "/usr/bin/date",
+    "/usr/bin/sleep",
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/lib/x86_64-linux-gnu/libm.so.6",
+    "/lib64/ld-linux-x86-64.so.2",
+)
 HERE = Path(__file__).parent
 
 
@@ -35,6 +44,13 @@ def build_image() -> None:
             'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nCMD ["sh"]\n'
         )
         subprocess.run(["docker", "build", "-q", "-t", IMAGE, ctx], check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as ctx:
+        for f in CLOCK_FILES:
+            to = Path(ctx) / "root" / f.lstrip("/")
+            to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, to)
+        (Path(ctx) / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY root/ /\n")
+        subprocess.run(["docker", "build", "-q", "-t", CLOCK_IMAGE, ctx], check=True, capture_output=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

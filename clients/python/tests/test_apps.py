@@ -1,6 +1,7 @@
 """Apps: state, stop, start and restart with waiting, logs."""
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,8 @@ def test_logs_are_the_containers_lines(itproxy_env):
 
 
 def test_unknown_apps_are_named_with_the_ones_there_are(itproxy_env):
-    assert sorted(itproxy_env.apps) == ["api", "db"]
-    with pytest.raises(KeyError, match="apps: api, db"):
+    assert sorted(itproxy_env.apps) == ["api", "clock", "db"]
+    with pytest.raises(KeyError, match="apps: api, db, clock"):
         itproxy_env.apps["nope"]
     with pytest.raises(itproxy.ApiError) as e:
         itproxy.App(itproxy_env, "nope").start_and_wait()
@@ -105,3 +106,23 @@ def test_reload_applies_the_edited_config_and_refuses_what_needs_a_new_daemon(it
         path.write_text(original)
         itproxy_env.reload()
     assert itproxy_env.get_route("legacy") is None
+
+
+def test_an_apps_clock_moves_while_it_runs(itproxy_env):
+    clock = itproxy_env.apps["clock"]
+    container = clock.info.containers[0].name
+
+    def today() -> str:
+        return subprocess.run(["docker", "exec", container, "/usr/bin/date", "-u", "+%Y-%m-%d"],
+                              capture_output=True, text=True).stdout.strip()
+
+    assert clock.clock.now.startswith("2030-06-01") and today() == "2030-06-01"
+    assert clock.set_time("2031-01-01 00:00:00").now.startswith("2031-01-01")
+    deadline = time.monotonic() + 5
+    while today() != "2031-01-01":
+        assert time.monotonic() < deadline, today()
+        time.sleep(0.1)
+    clock.reset_time()
+    with pytest.raises(itproxy.ApiError) as refused:
+        itproxy_env.apps["api"].set_time("+1d")
+    assert refused.value.code == "no_clock"

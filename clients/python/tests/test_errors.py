@@ -18,5 +18,5 @@ def test_a_logged_error_is_found_with_its_container(itproxy_env):
     log_in_container(container, "ERROR payment declined")
     scan = itproxy_env.errors(since=start)
     assert [(f.app, f.container, f.line) for f in scan.findings] == [("api", container, "ERROR payment declined")]
-    assert scan.containers == 2
+    assert scan.containers == 3
     assert f"{container}: ERROR payment declined" in scan.report()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use itproxy_orchestrator::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, EnvName, ErrorScan, Plan, PlanError,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, EnvName, ErrorScan, FakeTime, Plan, PlanError,
     Readiness, RestartOrder, Volume, VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 
@@ -138,6 +138,12 @@ fn app_spec(
         Some(Restart::StopFirst) => RestartOrder::StopFirst,
         None => RestartOrder::default_for(&volumes),
     };
+    let faketime = a
+        .faketime
+        .as_deref()
+        .map(FakeTime::parse)
+        .transpose()
+        .map_err(|m| key_error(&name, "faketime", m))?;
     let step = a.step.unwrap_or_else(|| DEFAULT_STEP.into());
     if step.trim().is_empty() {
         return Err(key_error(&name, "step", "is empty"));
@@ -154,6 +160,7 @@ fn app_spec(
         errors,
         volumes,
         restart,
+        faketime,
     })
 }
 

@@ -221,6 +221,8 @@ pub(super) struct FileApp {
     /// How `app restart` replaces the containers (default: start-first unless a named volume
     /// is mounted writable).
     pub(super) restart: Option<Restart>,
+    /// A clock of its own: an offset ("+3d") or the time it starts at ("2027-01-01 10:00:00").
+    pub(super) faketime: Option<String>,
 }
 
 /// An app's `restart` order.

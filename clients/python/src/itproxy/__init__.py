@@ -14,6 +14,7 @@ The pytest plugin (``itproxy.pytest_plugin``) turns this into fixtures.
 from .env import App, Apps, Env, RouteChange, default_state_dir, find_binary
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError, NotReady
 from .types import (
+    AppClock,
     AppInfo,
     CaInfo,
     Container,
@@ -29,6 +30,7 @@ from .types import (
 )
 
 __all__ = [
+    "AppClock",
     "ApiError",
     "App",
     "AppInfo",

@@ -15,7 +15,7 @@ import httpx
 from . import _names
 from ._control import ControlClient
 from .errors import ApiError, CommandFailed, DaemonNotRunning, ItproxyError
-from .types import AppInfo, CaInfo, ErrorScan, LogLine, Reloaded, Route, Snapshot, Status
+from .types import AppClock, AppInfo, CaInfo, ErrorScan, LogLine, Reloaded, Route, Snapshot, Status
 
 When = Union[None, float, int, _dt.datetime]
 """A point in time: Unix seconds, an aware or local datetime, or None for "from the start"."""
@@ -100,13 +100,30 @@ class App:
         return self._action("stop", True, None)
 
     def restart_and_wait(self, timeout: Optional[float] = None) -> AppInfo:
-        """Stop, start, and return once the app is ready again (see :meth:`start_and_wait`)."""
+        """Restart and return once the app is ready again (see :meth:`start_and_wait`): blue/green
+        unless the app is ``restart = "stop-first"``, so it serves throughout."""
         return self._action("restart", True, timeout)
 
     def reset_and_wait(self, timeout: Optional[float] = None) -> AppInfo:
         """Start the app afresh and wait for it: its containers recreated from the image and
         its named volumes emptied (their data is lost), as a fixture between tests."""
         return self._action("reset", True, timeout)
+
+    @property
+    def clock(self) -> AppClock:
+        """The clock of an app that declares ``faketime``: what its processes read now."""
+        return AppClock.from_json(self._env._control.call("GET", f"/v1/apps/{self.name}/time"))
+
+    def set_time(self, time: str) -> AppClock:
+        """Move the app's clock while it runs: an offset (``"+2d"``, ``"-3h"``) or a UTC time
+        (``"2031-01-01 00:00:00"``); its processes read it within a second."""
+        return AppClock.from_json(
+            self._env._control.call("POST", f"/v1/apps/{self.name}/time", body={"time": time})
+        )
+
+    def reset_time(self) -> AppClock:
+        """Put the app's clock back as declared (its ``faketime``, from now)."""
+        return self.set_time("declared")
 
     def logs(self, tail: Optional[int] = None, since: When = None) -> List[LogLine]:
         """What the app's containers wrote (stdout and stderr), the last ``tail`` lines of each."""

@@ -258,3 +258,19 @@ class Reloaded:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Reloaded":
         return cls(**{k: tuple(d.get(k, ())) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class AppClock:
+    """``GET /v1/apps/{app}/time``: the clock of an app that declares ``faketime``."""
+
+    app: str
+    declared: str
+    offset_seconds: int
+    """Ahead of the real time if positive."""
+    now: str
+    """What the app's processes read now (RFC 3339, UTC)."""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "AppClock":
+        return cls(app=d["app"], declared=d["declared"], offset_seconds=int(d["offset_seconds"]), now=d["now"])
