@@ -424,10 +424,15 @@ fn parse_also(s: &str) -> Result<(String, SocketAddr), String> {
 #[derive(Args, Debug)]
 pub struct RouteArgs {
     /// App name (`api` means `api.<domain>`) or full host name.
-    pub name: String,
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub name: Option<String>,
     /// `host:port`, `http://host:port`, `https://host[:port]`, or a port on localhost.
-    #[arg(required_unless_present = "restore", conflicts_with = "restore")]
+    #[arg(required_unless_present_any = ["restore", "file"], conflicts_with = "restore")]
     pub target: Option<String>,
+    /// Set every route of a TOML file (`NAME = "TARGET"` or `NAME = { target = "...",
+    /// redirect_https = true, insecure_upstream = true }`) in one change: all or none.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["restore", "redirect_https", "insecure_upstream"])]
+    pub file: Option<std::path::PathBuf>,
     /// Drop the override: back to the target declared in the config file.
     #[arg(long)]
     pub restore: bool,

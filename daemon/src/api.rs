@@ -1,10 +1,14 @@
 //! The control API's wire types, shared by the daemon (server) and the CLI (client).
 //! `docs/api.yaml` documents the same shapes as OpenAPI 3.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY: usize = 64 * 1024;
+/// The largest body of `PUT /v1/routes` (about 100,000 routes).
+pub const MAX_ROUTES_BODY: usize = 16 * 1024 * 1024;
 
 /// Where a route's current target comes from.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,34 @@ pub struct PutRoute {
     /// Do not verify an `https://` target's certificate (self-signed dev backends).
     #[serde(default)]
     pub insecure_upstream: bool,
+}
+
+/// Body of `PUT /v1/routes`: many route changes, applied together or not at all.
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PutRoutes {
+    /// Routes to set (overrides), by name.
+    #[serde(default)]
+    pub set: BTreeMap<String, PutRoute>,
+    /// Names whose route to remove.
+    #[serde(default)]
+    pub unroute: Vec<String>,
+    /// Names whose override to drop.
+    #[serde(default)]
+    pub restore: Vec<String>,
+}
+
+/// Answer of `PUT /v1/routes`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RoutesChanged {
+    /// Routes set.
+    pub set: usize,
+    /// Routes removed.
+    pub unrouted: usize,
+    /// Overrides dropped.
+    pub restored: usize,
+    /// Routes in force now.
+    pub routes: usize,
 }
 
 impl PutRoute {

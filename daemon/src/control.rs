@@ -179,19 +179,23 @@ impl ApiError {
 
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
-        let code = match &e {
-            ChangeError::InvalidName { .. } => ErrorCode::InvalidName,
-            ChangeError::InvalidTarget(_) => ErrorCode::InvalidTarget,
-            ChangeError::Unresolvable(_) => ErrorCode::UnresolvableTarget,
-            ChangeError::RouteToItself { .. } => ErrorCode::RouteToItself,
-            ChangeError::NoRoute(_) => ErrorCode::NoRoute,
-            ChangeError::NothingToRestore(_) => ErrorCode::NothingToRestore,
-            ChangeError::Persist(_) => {
-                tracing::error!(error = %e, "could not persist a route change");
-                ErrorCode::PersistFailed
+        fn code(e: &ChangeError) -> ErrorCode {
+            match e {
+                ChangeError::InvalidName { .. } => ErrorCode::InvalidName,
+                ChangeError::InvalidTarget(_) => ErrorCode::InvalidTarget,
+                ChangeError::Unresolvable(_) => ErrorCode::UnresolvableTarget,
+                ChangeError::RouteToItself { .. } => ErrorCode::RouteToItself,
+                ChangeError::NoRoute(_) => ErrorCode::NoRoute,
+                ChangeError::NothingToRestore(_) => ErrorCode::NothingToRestore,
+                ChangeError::Persist(_) => {
+                    tracing::error!(error = %e, "could not persist a route change");
+                    ErrorCode::PersistFailed
+                }
+                // A batch is refused as its refused change would be.
+                ChangeError::InBatch { error, .. } => code(error),
             }
-        };
-        ApiError::new(code, e.to_string())
+        }
+        ApiError::new(code(&e), e.to_string())
     }
 }
 
@@ -320,7 +324,12 @@ type Shared = State<Arc<Control>>;
 pub fn app(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/routes", get(list))
+        .route(
+            "/v1/routes",
+            get(list)
+                .put(put_routes)
+                .layer(DefaultBodyLimit::max(api::MAX_ROUTES_BODY)),
+        )
         .route(
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
@@ -356,6 +365,23 @@ async fn get_route(
     Path(name): Path<String>,
 ) -> Result<Json<api::RouteView>, ApiError> {
     Ok(Json(c.state.route(&name).await?))
+}
+
+async fn put_routes(
+    State(c): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::RoutesChanged>, ApiError> {
+    let body = read_body(body)?;
+    let put: api::PutRoutes = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadBody,
+            format!(
+                "the body must be JSON like {{\"set\": {{\"api\": {{\"target\": \
+                 \"localhost:8000\"}}}}, \"unroute\": [\"old\"], \"restore\": [\"www\"]}}: {e}"
+            ),
+        )
+    })?;
+    Ok(Json(c.state.change_routes(put).await?))
 }
 
 async fn put_route(

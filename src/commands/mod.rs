@@ -115,9 +115,81 @@ pub fn route_path(name: &str) -> anyhow::Result<String> {
     Ok(p)
 }
 
+/// One route of `itproxy route --file`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum FileRoute {
+    Target(String),
+    Full(FullRoute),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullRoute {
+    target: String,
+    #[serde(default)]
+    redirect_https: bool,
+    #[serde(default)]
+    insecure_upstream: bool,
+}
+
+/// `itproxy route --file FILE`: every route of the file in one `PUT /v1/routes`.
+async fn route_file(client: &Client, file: &Path, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the routes file {}", file.display()))?;
+    let routes: std::collections::BTreeMap<String, FileRoute> = toml::from_str(&text)
+        .with_context(|| {
+            format!(
+                "{}: each line must be NAME = \"TARGET\" or NAME = {{ target = \"...\", \
+                 redirect_https = true, insecure_upstream = true }}",
+                file.display()
+            )
+        })?;
+    let set: serde_json::Map<String, serde_json::Value> = routes
+        .into_iter()
+        .map(|(name, r)| {
+            let (target, redirect_https, insecure_upstream) = match r {
+                FileRoute::Target(t) => (t, false, false),
+                FileRoute::Full(f) => (f.target, f.redirect_https, f.insecure_upstream),
+            };
+            let route = serde_json::json!({
+                "target": target,
+                "redirect_https": redirect_https,
+                "insecure_upstream": insecure_upstream,
+            });
+            (name, route)
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    let changed: api::RoutesChanged = client
+        .call(
+            Method::PUT,
+            "/v1/routes",
+            Some(serde_json::json!({ "set": set })),
+        )
+        .await?;
+    if json {
+        return print_json(&changed);
+    }
+    println!(
+        "set {} routes in {:.1} ms ({} routes in force)",
+        changed.set,
+        began.elapsed().as_secs_f64() * 1000.0,
+        changed.routes
+    );
+    Ok(())
+}
+
 pub async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
     let client = Client::new(state_dir);
-    let path = route_path(&args.name)?;
+    if let Some(file) = &args.file {
+        return route_file(&client, file, args.json).await;
+    }
+    let name = args
+        .name
+        .as_deref()
+        .expect("clap requires a name without --file");
+    let path = route_path(name)?;
     if args.restore {
         let r: api::Restored = client
             .call(Method::POST, &format!("{path}/restore"), None)

@@ -72,3 +72,53 @@ fn every_acknowledged_route_survives_kill_9() {
     }
     assert!(total > 3);
 }
+
+/// `itproxy route --file`: a thousand routes in one change, kept across a restart; a file with
+/// one bad route changes nothing and names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_routes_is_set_together_or_not_at_all() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let mut p = Itproxy::start();
+    let file = p.state_dir().join("routes.toml");
+    let many = |target: &str| {
+        (0..1000)
+            .map(|i| format!("r{i} = \"{target}\"\n"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "# a comment\n{}web = {{ target = \"{}\", redirect_https = true }}\n",
+            many(&a.target()),
+            b.target()
+        ),
+    )
+    .unwrap();
+    let said = p.ok(&["route", "--file", file.to_str().unwrap()]);
+    assert!(said.contains("set 1001 routes"), "{said}");
+    assert_eq!(get(p.http, "r999.test", "/").await.backend(), Some("a"));
+    assert_eq!(get(p.http, "web.test", "/").await.status, 308);
+
+    // One bad target among a thousand good ones: refused, named, and nothing changed.
+    std::fs::write(
+        &file,
+        format!("{}bad = \"no such host.invalid:80\"\n", many(&b.target())),
+    )
+    .unwrap();
+    let refused = p.fails(&["route", "--file", file.to_str().unwrap()]);
+    assert!(
+        refused.contains("bad:") && refused.contains("none of the changes was applied"),
+        "{refused}"
+    );
+    assert_eq!(get(p.http, "r1.test", "/").await.backend(), Some("a"));
+    // Not a routes file: refused, saying what one looks like.
+    std::fs::write(&file, "r1 = 5\n").unwrap();
+    let refused = p.fails(&["route", "--file", file.to_str().unwrap()]);
+    assert!(refused.contains("NAME = \"TARGET\""), "{refused}");
+
+    let before = p.routes();
+    p.restart();
+    assert_eq!(p.routes(), before);
+    assert_eq!(get(p.http, "r999.test", "/").await.backend(), Some("a"));
+}

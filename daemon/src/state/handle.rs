@@ -98,6 +98,82 @@ impl StateHandle {
         name: &str,
         put: api::PutRoute,
     ) -> Result<RouteView, ChangeError> {
+        let (host, spec, addrs) = self.prepare_route(name, &put).await?;
+        let mut state = self.state.lock().await;
+        self.apply_locked(
+            &mut state,
+            Change::SetRoute {
+                host: host.clone(),
+                spec,
+                addrs,
+            },
+        )?;
+        tracing::info!(%host, target = %put.target, "route set");
+        Ok(state.view(&host).expect("a route just set is in force"))
+    }
+
+    /// `PUT /v1/routes`: many route changes applied together (one write, one new table) or,
+    /// if one is refused, none; the refusal names its route.
+    pub async fn change_routes(
+        &self,
+        put: api::PutRoutes,
+    ) -> Result<api::RoutesChanged, ChangeError> {
+        let in_batch = |name: &str| {
+            let name = name.to_string();
+            move |error| ChangeError::InBatch {
+                name,
+                error: Box::new(error),
+            }
+        };
+        // Targets are resolved together, outside the lock.
+        let prepared = futures_util::future::join_all(
+            put.set
+                .iter()
+                .map(|(name, route)| async move { (name, self.prepare_route(name, route).await) }),
+        )
+        .await;
+        let mut changes = Vec::new();
+        for (name, p) in prepared {
+            let (host, spec, addrs) = p.map_err(in_batch(name))?;
+            changes.push((name.clone(), Change::SetRoute { host, spec, addrs }));
+        }
+        for name in &put.unroute {
+            let host = self.qualify(name).await.map_err(in_batch(name))?;
+            changes.push((name.clone(), Change::Unroute { host }));
+        }
+        for name in &put.restore {
+            let host = self.qualify(name).await.map_err(in_batch(name))?;
+            changes.push((name.clone(), Change::Restore { host }));
+        }
+        let mut state = self.state.lock().await;
+        let applied = state.apply_batch(changes, |o| crate::persist::save(&self.routes_file, o))?;
+        if applied == Applied::Changed {
+            let Snapshot { table, zone } = state.snapshot();
+            self.table.store(Arc::new(table));
+            self.zone.store(Arc::new(zone));
+        }
+        let changed = api::RoutesChanged {
+            set: put.set.len(),
+            unrouted: put.unroute.len(),
+            restored: put.restore.len(),
+            routes: state.route_count(),
+        };
+        tracing::info!(
+            set = changed.set,
+            unrouted = changed.unrouted,
+            restored = changed.restored,
+            "routes changed together"
+        );
+        Ok(changed)
+    }
+
+    /// `name` qualified, and `put`'s target parsed and resolved; refused if the target is one
+    /// of itproxy's own listeners.
+    async fn prepare_route(
+        &self,
+        name: &str,
+        put: &api::PutRoute,
+    ) -> Result<(HostName, RouteSpec, Vec<SocketAddr>), ChangeError> {
         let host = self.qualify(name).await?;
         let target = UpstreamSpec::parse(&put.target)
             .map_err(|e| ChangeError::InvalidTarget(e.to_string()))?;
@@ -123,17 +199,7 @@ impl StateHandle {
             connect_timeout: None,
             read_timeout: None,
         };
-        let mut state = self.state.lock().await;
-        self.apply_locked(
-            &mut state,
-            Change::SetRoute {
-                host: host.clone(),
-                spec,
-                addrs,
-            },
-        )?;
-        tracing::info!(%host, target = %put.target, "route set");
-        Ok(state.view(&host).expect("a route just set is in force"))
+        Ok((host, spec, addrs))
     }
 
     /// Removes `name`'s route, whatever routes it; returns the route it had.

@@ -79,6 +79,14 @@ pub enum ChangeError {
     /// The overrides could not be written; nothing changed.
     #[error("the change was not applied: {0}")]
     Persist(#[from] crate::persist::StateError),
+    /// One change of a batch was refused, so none was applied.
+    #[error("{name}: {error}; none of the changes was applied")]
+    InBatch {
+        /// The route name the refused change was for.
+        name: String,
+        /// Why it was refused.
+        error: Box<ChangeError>,
+    },
 }
 
 /// One change to the desired state. Targets come resolved: the model does no I/O.
@@ -288,6 +296,42 @@ impl DesiredState {
         let (before, generation) = (self.overrides.clone(), self.generation);
         let applied = self.apply_in_memory(change)?;
         if applied == Applied::Changed {
+            if let Err(e) = persist(&self.persisted()) {
+                self.overrides = before;
+                self.generation = generation;
+                return Err(ChangeError::Persist(e));
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies `changes` together: all of them, persisted once and published once, or (on the
+    /// first refusal, named by `names[i]`) none. What a bulk route change costs is then one
+    /// table and one write, whatever the number of changes.
+    pub fn apply_batch(
+        &mut self,
+        changes: Vec<(String, Change)>,
+        persist: impl FnOnce(&Overrides) -> Result<(), crate::persist::StateError>,
+    ) -> Result<Applied, ChangeError> {
+        let (before, generation) = (self.overrides.clone(), self.generation);
+        let mut applied = Applied::Unchanged;
+        let mut persisted = false;
+        for (name, change) in changes {
+            persisted |= Self::is_persisted(&change);
+            match self.apply_in_memory(change) {
+                Ok(Applied::Changed) => applied = Applied::Changed,
+                Ok(Applied::Unchanged) => {}
+                Err(error) => {
+                    self.overrides = before;
+                    self.generation = generation;
+                    return Err(ChangeError::InBatch {
+                        name,
+                        error: Box::new(error),
+                    });
+                }
+            }
+        }
+        if applied == Applied::Changed && persisted {
             if let Err(e) = persist(&self.persisted()) {
                 self.overrides = before;
                 self.generation = generation;

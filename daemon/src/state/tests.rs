@@ -625,3 +625,52 @@ fn an_app_no_longer_declared_loses_its_names_routes_and_state() {
     assert!(s.snapshot().table.unavailable("web.test").is_none());
     assert_eq!(resolves_to(&s, "web.test"), Vec::<IpAddr>::new());
 }
+
+#[test]
+fn a_batch_is_applied_and_persisted_once_or_not_at_all() {
+    let mut s = state();
+    let batch = |targets: &[(&str, &str)], restore: &str| {
+        let mut changes: Vec<(String, Change)> = targets
+            .iter()
+            .map(|(h, t)| (h.to_string(), set(h, t)))
+            .collect();
+        changes.push((
+            restore.to_string(),
+            Change::Restore {
+                host: host(restore),
+            },
+        ));
+        changes
+    };
+    let writes = RefCell::new(0);
+    let persist = |_: &Overrides| {
+        *writes.borrow_mut() += 1;
+        Ok(())
+    };
+    // Two routes and a restore of a declared host: one write.
+    let ok_batch = batch(
+        &[("a.test", "127.0.0.1:9001"), ("b.test", "127.0.0.1:9002")],
+        "api.test",
+    );
+    assert!(matches!(
+        s.apply_batch(ok_batch, persist),
+        Ok(Applied::Changed)
+    ));
+    assert_eq!(*writes.borrow(), 1);
+    assert_eq!(
+        routed_to(&s, "b.test").as_deref(),
+        Some("http://127.0.0.1:9002")
+    );
+
+    // The last change is refused: none applies, nothing is written, the refusal names it.
+    let generation = s.generation();
+    let refused = batch(&[("c.test", "127.0.0.1:9003")], "nowhere.test");
+    let e = s.apply_batch(refused, persist).unwrap_err();
+    assert!(
+        matches!(&e, ChangeError::InBatch { name, .. } if name == "nowhere.test"),
+        "{e}"
+    );
+    assert_eq!(routed_to(&s, "c.test"), None);
+    assert_eq!(s.generation(), generation);
+    assert_eq!(*writes.borrow(), 1);
+}
