@@ -103,6 +103,9 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let dir = StateDir::new(state_dir);
     claim_state_dir(&dir).await?;
     let overrides = persist::load(&dir.routes_file())?;
+    // A compaction cut short by a stop: finish it from what was just read.
+    persist::finish_interrupted_compaction(&dir.routes_file(), &overrides)?;
+    let journal = persist::Journal::open(&dir.routes_file())?;
     let tls = crate::tls::setup(&config, &dir)?;
     let env = open_environment(&config).await?;
     // Containers reach the proxy and the DNS on the environment network's gateway.
@@ -115,6 +118,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let state = Arc::new(StateHandle::new(
         initial_state(&config, overrides).await,
         dir.routes_file(),
+        journal,
     ));
     if config.tls.mint == MintPolicy::Routed {
         let table = state.table();

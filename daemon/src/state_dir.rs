@@ -4,7 +4,9 @@
 //! ```text
 //! <state-dir>/            mode 0700
 //!   control.sock          the control API (mode 0600)
-//!   routes.json           persisted route overrides (`persist`)
+//!   routes.json           persisted route overrides as of the last compaction (`persist`)
+//!   routes.log[.old]      the overrides changed since, one line each (`persist`)
+//!   clocks/<env>/<app>/   the offset of an app that declares `faketime`
 //!   itproxy.log           the log of a daemon started by `up --detach`
 //!   ca/root.pem, ca/bundle.pem, ca/...   the local CA (`itproxy_certs::Authority`)
 //!   certs/<root>/         minted leaves, per CA root

@@ -10,7 +10,7 @@ async fn bad_routes_are_refused_and_change_nothing() {
     let p = Itproxy::start();
     p.ok(&["route", "api", &api.target()]);
     let routes = p.routes();
-    let file = std::fs::read(p.state_dir().join("routes.json")).unwrap();
+    let file = std::fs::read(p.state_dir().join("routes.log")).unwrap();
 
     for (args, needle) in [
         (
@@ -63,7 +63,7 @@ async fn bad_routes_are_refused_and_change_nothing() {
 
     assert_eq!(p.routes(), routes, "a refused change altered the routes");
     assert_eq!(
-        std::fs::read(p.state_dir().join("routes.json")).unwrap(),
+        std::fs::read(p.state_dir().join("routes.log")).unwrap(),
         file
     );
     assert_eq!(get(p.http, "api.test", "/").await.backend(), Some("api"));

@@ -122,3 +122,42 @@ async fn a_file_of_routes_is_set_together_or_not_at_all() {
     assert_eq!(p.routes(), before);
     assert_eq!(get(p.http, "r999.test", "/").await.backend(), Some("a"));
 }
+
+/// Changes are appended to a log, which is compacted into routes.json once it outgrows the
+/// routes, in the background; a kill -9 right after (whatever the compaction's step) loses
+/// nothing, and the next start finishes a compaction it cut short.
+#[test]
+fn the_route_log_is_compacted_and_a_kill_during_it_loses_nothing() {
+    let mut p = Itproxy::start();
+    let file = p.state_dir().join("routes.toml");
+    for round in 0..4u16 {
+        let routes: String = (0..600)
+            .map(|i| format!("r{i} = \"127.0.0.1:{}\"\n", 1000 + round))
+            .collect();
+        std::fs::write(&file, routes).unwrap();
+        p.ok(&["route", "--file", file.to_str().unwrap()]);
+    }
+    // 2400 lines for 600 routes: compacted (the third file's lines went over twice the routes).
+    p.kill9();
+    p.relaunch();
+    let routes = p.routes();
+    assert_eq!(routes.len(), 600);
+    assert!(
+        routes.values().all(|t| t.ends_with(":1003")),
+        "every route at its last target"
+    );
+    let dir = p.state_dir();
+    assert!(
+        dir.join("routes.json").exists(),
+        "compacted into routes.json"
+    );
+    assert!(
+        !dir.join("routes.log.old").exists(),
+        "no compaction left half done"
+    );
+    let log_lines = std::fs::read_to_string(dir.join("routes.log"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(log_lines <= 1200, "the log was cut: {log_lines} lines");
+}

@@ -18,23 +18,61 @@ pub struct StateHandle {
     state: Mutex<DesiredState>,
     table: Arc<ArcSwap<RouteTable>>,
     zone: Arc<ArcSwap<itproxy_dns::Zone>>,
-    /// Where the overrides are persisted (`StateDir::routes_file`).
+    /// Where the overrides are persisted (`StateDir::routes_file`, and its log beside it).
     routes_file: PathBuf,
+    /// The log each change to the overrides is appended to (taken under the state's lock).
+    journal: std::sync::Mutex<crate::persist::Journal>,
     /// The proxy's own HTTP and HTTPS sockets, once bound: no route may point at them.
     own_listeners: OnceLock<Vec<SocketAddr>>,
 }
 
 impl StateHandle {
-    /// Publishes `state`'s first snapshot.
-    pub fn new(state: DesiredState, routes_file: PathBuf) -> Self {
+    /// Publishes `state`'s first snapshot; changes to the overrides go to `journal`, beside
+    /// `routes_file`.
+    pub fn new(
+        state: DesiredState,
+        routes_file: PathBuf,
+        journal: crate::persist::Journal,
+    ) -> Self {
         let Snapshot { table, zone } = state.snapshot();
         StateHandle {
             state: Mutex::new(state),
             table: Arc::new(ArcSwap::from_pointee(table)),
             zone: Arc::new(ArcSwap::from_pointee(zone)),
             routes_file,
+            journal: std::sync::Mutex::new(journal),
             own_listeners: OnceLock::new(),
         }
+    }
+
+    /// Appends changed overrides to the log (before the change counts).
+    fn persist(
+        &self,
+        changed: &[(HostName, Option<crate::persist::Override>)],
+    ) -> Result<(), crate::persist::StateError> {
+        self.journal.lock().expect("journal lock").append(changed)
+    }
+
+    /// Once the log has outgrown the overrides: a fresh log, and `routes.json` rewritten from
+    /// the state as of now in the background (the old log is removed after). A change never
+    /// waits for that; a failure is logged and the logs keep everything.
+    fn compact_if_due(&self, state: &DesiredState) {
+        let mut journal = self.journal.lock().expect("journal lock");
+        if !journal.wants_compaction(state.override_count()) {
+            return;
+        }
+        if let Err(e) = journal.rotate() {
+            tracing::warn!("cannot compact the route log: {e}");
+            return;
+        }
+        let overrides = state.persisted();
+        let base = self.routes_file.clone();
+        tokio::task::spawn_blocking(move || {
+            match crate::persist::finish_compaction(&base, &overrides) {
+                Ok(()) => tracing::debug!(overrides = overrides.len(), "route log compacted"),
+                Err(e) => tracing::warn!("cannot compact the route log: {e}"),
+            }
+        });
     }
 
     /// The route table the proxy reads.
@@ -64,8 +102,9 @@ impl StateHandle {
         state: &mut DesiredState,
         change: Change,
     ) -> Result<Applied, ChangeError> {
-        let applied = state.apply(change, |o| crate::persist::save(&self.routes_file, o))?;
+        let applied = state.apply(change, |o| self.persist(o))?;
         if applied == Applied::Changed {
+            self.compact_if_due(state);
             let Snapshot { table, zone } = state.snapshot();
             self.table.store(Arc::new(table));
             self.zone.store(Arc::new(zone));
@@ -146,8 +185,9 @@ impl StateHandle {
             changes.push((name.clone(), Change::Restore { host }));
         }
         let mut state = self.state.lock().await;
-        let applied = state.apply_batch(changes, |o| crate::persist::save(&self.routes_file, o))?;
+        let applied = state.apply_batch(changes, |o| self.persist(o))?;
         if applied == Applied::Changed {
+            self.compact_if_due(&state);
             let Snapshot { table, zone } = state.snapshot();
             self.table.store(Arc::new(table));
             self.zone.store(Arc::new(zone));

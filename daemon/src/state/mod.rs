@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   config file ─┐
-//!   routes.json ─┤                          ┌─> Snapshot.table ─> proxy  (ArcSwap, first)
+//!   routes.log ──┤                          ┌─> Snapshot.table ─> proxy  (ArcSwap, first)
 //!   API ─────────┼─> Change ─> DesiredState ┤
 //!   discovery ───┤      apply()             └─> Snapshot.zone  ─> DNS    (ArcSwap, second)
 //!   apps ────────┘
@@ -282,63 +282,104 @@ impl DesiredState {
             })
     }
 
-    /// Applies one change. A change to the overrides is handed to `persist` before it counts:
-    /// if that fails, the state is as it was and the error says so. On any error nothing
-    /// changed.
+    /// Applies one change. A change to the overrides is handed to `persist` (the host's
+    /// override as it became) before it counts: if that fails, the state is as it was and the
+    /// error says so. On any error nothing changed.
     pub fn apply(
         &mut self,
         change: Change,
-        persist: impl FnOnce(&Overrides) -> Result<(), crate::persist::StateError>,
+        persist: impl FnOnce(&[(HostName, Option<Override>)]) -> Result<(), crate::persist::StateError>,
     ) -> Result<Applied, ChangeError> {
-        if !Self::is_persisted(&change) {
-            return self.apply_in_memory(change);
+        match Self::persisted_host(&change) {
+            None => self.apply_in_memory(change),
+            // A change alone is refused as itself, not as a batch's.
+            Some(host) => self
+                .apply_batch(vec![(host.to_string(), change)], persist)
+                .map_err(|e| match e {
+                    ChangeError::InBatch { error, .. } => *error,
+                    e => e,
+                }),
         }
-        let (before, generation) = (self.overrides.clone(), self.generation);
-        let applied = self.apply_in_memory(change)?;
+    }
+
+    /// Applies `changes` to the overrides together: all of them, handed to `persist` in one
+    /// call (each touched host's override as it became) and published once, or, on the first
+    /// refusal (named by its name), none. A bulk route change then costs one write and one
+    /// table, whatever the number of changes; undoing touches only the hosts changed.
+    pub fn apply_batch(
+        &mut self,
+        changes: Vec<(String, Change)>,
+        persist: impl FnOnce(&[(HostName, Option<Override>)]) -> Result<(), crate::persist::StateError>,
+    ) -> Result<Applied, ChangeError> {
+        let generation = self.generation;
+        // Each touched host's override before the batch, to undo with.
+        let mut before: Vec<(HostName, Option<OverrideState>)> = Vec::new();
+        let mut touched: std::collections::BTreeSet<HostName> = std::collections::BTreeSet::new();
+        let mut applied = Applied::Unchanged;
+        let mut refused = None;
+        for (name, change) in changes {
+            let Some(host) = Self::persisted_host(&change).cloned() else {
+                debug_assert!(false, "a batch holds changes to the overrides only");
+                continue;
+            };
+            if touched.insert(host.clone()) {
+                let was = self.overrides.get(&host).cloned();
+                before.push((host, was));
+            }
+            match self.apply_in_memory(change) {
+                Ok(Applied::Changed) => applied = Applied::Changed,
+                Ok(Applied::Unchanged) => {}
+                Err(error) => {
+                    refused = Some(ChangeError::InBatch {
+                        name,
+                        error: Box::new(error),
+                    });
+                    break;
+                }
+            }
+        }
+        let undo = |state: &mut DesiredState, before: Vec<(HostName, Option<OverrideState>)>| {
+            for (host, was) in before {
+                match was {
+                    Some(o) => state.overrides.insert(host, o),
+                    None => state.overrides.remove(&host),
+                };
+            }
+            state.generation = generation;
+        };
+        if let Some(e) = refused {
+            undo(self, before);
+            return Err(e);
+        }
         if applied == Applied::Changed {
-            if let Err(e) = persist(&self.persisted()) {
-                self.overrides = before;
-                self.generation = generation;
+            let entries: Vec<(HostName, Option<Override>)> = before
+                .iter()
+                .map(|(h, _)| (h.clone(), self.persisted_one(h)))
+                .collect();
+            if let Err(e) = persist(&entries) {
+                undo(self, before);
                 return Err(ChangeError::Persist(e));
             }
         }
         Ok(applied)
     }
 
-    /// Applies `changes` together: all of them, persisted once and published once, or (on the
-    /// first refusal, named by `names[i]`) none. What a bulk route change costs is then one
-    /// table and one write, whatever the number of changes.
-    pub fn apply_batch(
-        &mut self,
-        changes: Vec<(String, Change)>,
-        persist: impl FnOnce(&Overrides) -> Result<(), crate::persist::StateError>,
-    ) -> Result<Applied, ChangeError> {
-        let (before, generation) = (self.overrides.clone(), self.generation);
-        let mut applied = Applied::Unchanged;
-        let mut persisted = false;
-        for (name, change) in changes {
-            persisted |= Self::is_persisted(&change);
-            match self.apply_in_memory(change) {
-                Ok(Applied::Changed) => applied = Applied::Changed,
-                Ok(Applied::Unchanged) => {}
-                Err(error) => {
-                    self.overrides = before;
-                    self.generation = generation;
-                    return Err(ChangeError::InBatch {
-                        name,
-                        error: Box::new(error),
-                    });
-                }
+    /// The host whose override `change` alters, for the changes that are persisted.
+    fn persisted_host(change: &Change) -> Option<&HostName> {
+        match change {
+            Change::SetRoute { host, .. } | Change::Unroute { host } | Change::Restore { host } => {
+                Some(host)
             }
+            _ => None,
         }
-        if applied == Applied::Changed && persisted {
-            if let Err(e) = persist(&self.persisted()) {
-                self.overrides = before;
-                self.generation = generation;
-                return Err(ChangeError::Persist(e));
-            }
-        }
-        Ok(applied)
+    }
+
+    /// `host`'s override as persisted (None: it has none).
+    fn persisted_one(&self, host: &HostName) -> Option<Override> {
+        self.overrides.get(host).map(|o| match o {
+            OverrideState::Target(r) => Override::Target(r.spec.clone()),
+            OverrideState::Removed => Override::Removed,
+        })
     }
 
     fn apply_in_memory(&mut self, change: Change) -> Result<Applied, ChangeError> {
@@ -445,14 +486,6 @@ impl DesiredState {
             }
         }
         Ok(Applied::Changed)
-    }
-
-    /// Whether `change` alters what is persisted (the overrides).
-    fn is_persisted(change: &Change) -> bool {
-        matches!(
-            change,
-            Change::SetRoute { .. } | Change::Unroute { .. } | Change::Restore { .. }
-        )
     }
 
     /// The table and the zone in force.

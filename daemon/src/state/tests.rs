@@ -35,17 +35,26 @@ fn state() -> DesiredState {
     s
 }
 
-/// Applies `change`, recording what would be persisted.
+/// Applies `change`, recording what would be persisted: when the change is handed to
+/// persistence, every override as the state then holds them (the log's lines replayed).
 fn apply(
     s: &mut DesiredState,
     change: Change,
 ) -> (Result<Applied, ChangeError>, Option<Overrides>) {
-    let saved = RefCell::new(None);
-    let r = s.apply(change, |o| {
-        *saved.borrow_mut() = Some(o.clone());
+    let handed = RefCell::new(None);
+    let r = s.apply(change, |changed| {
+        *handed.borrow_mut() = Some(changed.to_vec());
         Ok(())
     });
-    (r, saved.into_inner())
+    let saved = handed.into_inner().map(|changed| {
+        let all = s.persisted();
+        // What was handed over is each changed host as the state now holds it.
+        for (host, o) in &changed {
+            assert_eq!(all.get(host), o.as_ref(), "{host}");
+        }
+        all
+    });
+    (r, saved)
 }
 
 fn ok(s: &mut DesiredState, change: Change) -> Applied {
@@ -643,7 +652,7 @@ fn a_batch_is_applied_and_persisted_once_or_not_at_all() {
         changes
     };
     let writes = RefCell::new(0);
-    let persist = |_: &Overrides| {
+    let persist = |_: &[(HostName, Option<Override>)]| {
         *writes.borrow_mut() += 1;
         Ok(())
     };
