@@ -115,6 +115,7 @@ bench: deps
 	$(CARGO) build --release --locked
 	python3 scripts/bench.py
 	$(CARGO) bench --locked --bench route_table -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench --locked -p itproxy-daemon --bench publish -- --warm-up-time 1 --measurement-time 3
 
 clean:
 	$(CARGO) clean

@@ -30,4 +30,6 @@ pub mod tls;
 
 pub use persist::StateError;
 pub use startup::{run, StartError};
+#[doc(hidden)]
+pub use state::bench as bench_support;
 pub use state_dir::{root_id, StateDir};

@@ -703,3 +703,57 @@ fn target_of(addr: SocketAddr) -> itproxy_router::UpstreamSpec {
     itproxy_router::UpstreamSpec::parse(&addr.to_string())
         .expect("a socket address is a valid target")
 }
+
+/// For the criterion benchmarks only (`daemon/benches/publish.rs`): a desired state holding
+/// `n` routes, and what one more change costs to publish, whole and by part.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// A desired state with `n` routes set through the API (`r0.test`...).
+    pub struct Routes {
+        state: DesiredState,
+        n: usize,
+    }
+
+    fn set(state: &mut DesiredState, i: usize, port: u16) {
+        let target = itproxy_router::UpstreamSpec::parse(&format!("127.0.0.1:{port}"))
+            .expect("a valid target");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let change = Change::SetRoute {
+            host: HostName::parse(&format!("r{i}.test")).expect("a valid name"),
+            spec: RouteSpec::to(target),
+            addrs: vec![addr],
+        };
+        state.apply(change, |_| Ok(())).expect("the change applies");
+    }
+
+    impl Routes {
+        /// `n` routes under `test`.
+        pub fn new(n: usize) -> Routes {
+            let domains = Domains::new(vec![HostName::parse("test").expect("a valid name")])
+                .expect("one domain");
+            let mut state = DesiredState::new(domains, Timeouts::default(), 5);
+            for i in 0..n {
+                set(&mut state, i, 1000 + (i % 60_000) as u16);
+            }
+            Routes { state, n }
+        }
+
+        /// Changes route `i` and builds what would be published: the table and the zone.
+        pub fn change_and_snapshot(&mut self, i: usize) -> Snapshot {
+            set(&mut self.state, i % self.n.max(1), 9000);
+            self.state.snapshot()
+        }
+
+        /// Only the route table.
+        pub fn table(&self) -> RouteTable {
+            self.state.table()
+        }
+
+        /// Only the DNS zone.
+        pub fn zone(&self) -> itproxy_dns::Zone {
+            self.state.zone()
+        }
+    }
+}
