@@ -317,7 +317,18 @@ pub fn down_command(
             }
         }
         match env {
-            Some(env) => remove_env(&env, volumes).await,
+            Some(env) => {
+                remove_env(&env, volumes).await?;
+                // The clocks of its apps that declare `faketime` go with their containers.
+                let clocks = StateDir::new(state_dir).clocks().join(env.to_string());
+                match std::fs::remove_dir_all(&clocks) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        eprintln!("warning: cannot remove {}: {e}", clocks.display())
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     })

@@ -1522,6 +1522,12 @@ async fn an_apps_clock_is_its_own_and_moves_on_command() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("static binary"), "{error}");
+
+    // `down` takes the apps' clocks with their containers.
+    let clocks = p.state_dir().join("clocks").join(&env);
+    assert!(clocks.join("clock/offset").is_file());
+    p.ok(&["down"]);
+    assert!(!clocks.exists());
 }
 
 /// Whether libfaketime is missing (make test installs it; CI must have it).
