@@ -37,10 +37,15 @@ pub fn docker_ready() -> bool {
 fn docker_build(tag: &str, dockerfile: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    build_context(tag, dir.path(), dockerfile);
+}
+
+/// Builds `tag` from `dockerfile` with `context` as the build context.
+fn build_context(tag: &str, context: &std::path::Path, dockerfile: &str) {
+    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
     let out = Command::new("docker")
         .args(["build", "-q", "-t", tag])
-        .arg(dir.path())
+        .arg(context)
         .output()
         .unwrap();
     assert!(
@@ -90,20 +95,10 @@ pub fn build_clock_image() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(file, &to).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("FROM {APPS_IMAGE}\nCOPY root/ /\n"),
-    )
-    .unwrap();
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", CLOCK_IMAGE])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker build {CLOCK_IMAGE}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    build_context(
+        CLOCK_IMAGE,
+        dir.path(),
+        &format!("FROM {APPS_IMAGE}\nCOPY root/ /\n"),
     );
 }
 
