@@ -107,13 +107,21 @@ fuzz-smoke: deps fuzz-tools
 fuzz: deps fuzz-tools
 	$(call fuzz_all,$(FUZZ_FLAGS),$(FUZZ_SECONDS))
 
-## Side-by-side benchmark (direct vs itproxy vs nginx) plus the criterion micro-benchmarks.
+## Side-by-side benchmarks, each in one run: HTTP (direct vs itproxy vs nginx), DNS (itproxy vs
+## dnsmasq vs Knot), route changes at 1,000 and 10,000 routes; then the criterion
+## micro-benchmarks.
 bench: deps
 	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
 	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk || true
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream || true
+	@for t in dnsperf:dnsperf dnsmasq:dnsmasq-base knotd:knot dig:dnsutils; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || PKGS="$$PKGS $${t#*:}"; \
+	done; \
+	if [ -n "$$PKGS" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$PKGS; fi
 	$(CARGO) build --release --locked
 	python3 scripts/bench.py
+	python3 scripts/bench_dns.py
+	python3 scripts/bench_routes.py
 	$(CARGO) bench --locked --bench route_table -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench --locked -p itproxy-daemon --bench publish -- --warm-up-time 1 --measurement-time 3
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing itproxy needs on a fresh Debian machine, only when missing:
 # cmake (Pingora's zlib-ng build), a C compiler (ring, zlib-ng), curl, openssl, dig and busybox-static (tests), the
-# system CA bundle, libfaketime (mounted into apps that declare `faketime`), and the rustfmt and
-# clippy components. Safe to run repeatedly.
+# system CA bundle, libfaketime (mounted into apps that declare `faketime`), the Rust toolchain
+# rust-toolchain.toml pins, and the rustfmt and clippy components. Safe to run repeatedly.
 # With --python-tests, also what the Python client's suite needs: venv, Chromium and its
 # driver (the browser tests), and certutil (the browser's NSS database).
 set -euo pipefail
@@ -38,6 +38,19 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+# The toolchain rust-toolchain.toml pins. On a machine that cannot download toolchains but whose
+# stable is that very version, rustup gets it under the pinned name (a link, nothing fetched).
+pinned=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
+if command -v rustup >/dev/null 2>&1 && ! rustup toolchain list | grep -q "^$pinned"; then
+  stable=$(rustup run stable rustc --version 2>/dev/null | awk '{print $2}')
+  if [ "$stable" = "$pinned" ]; then
+    echo "linking the installed stable Rust ($stable) as the pinned toolchain $pinned"
+    rustup toolchain link "$pinned" "$(rustup run stable rustc --print sysroot)"
+  else
+    echo "rust-toolchain.toml pins Rust $pinned and rustup does not have it (stable is ${stable:-missing}): run \`rustup toolchain install $pinned --component rustfmt clippy\`" >&2
+    exit 1
+  fi
+fi
 for comp in rustfmt clippy; do
   if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$comp"

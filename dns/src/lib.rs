@@ -12,15 +12,33 @@
 //!                                                    └─ not ours: allowed asker? ─▶ forwarder
 //!                                                                          else ─▶ REFUSED
 //! ```
+//! Over UDP, the query nearly every client sends (A or AAAA for one of our names) is answered
+//! from the packet's bytes by one thread per core (`fast`, `udp`); everything else, and TCP,
+//! goes through hickory's server and the handler above.
+//!
 //! It reads no files of its own, except the system resolver configuration when no upstream is
 //! given.
 #![warn(missing_docs, clippy::print_stdout)]
 
+mod fast;
 mod server;
+mod udp;
 mod zone;
 
 pub use server::{start, DnsConfig, RunningDns};
 pub use zone::{Answer, ProxyAddrs, Zone};
+
+/// The UDP fast path's answer to `packet` (its length in `out`), or `None` when the full path
+/// answers it: for the fuzz targets only.
+#[doc(hidden)]
+pub fn fast_answer(
+    packet: &[u8],
+    zone: &Zone,
+    view: &ProxyAddrs,
+    out: &mut [u8; 512],
+) -> Option<usize> {
+    fast::answer(packet, zone, view, false, out)
+}
 
 /// Hickory's protocol types, for callers that build queries (e.g. `itproxy resolve`).
 pub use hickory_server::proto;

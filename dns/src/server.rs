@@ -1,5 +1,6 @@
-//! The DNS listeners: one hickory `Server` per address (UDP and TCP), each answering with the
-//! proxy address its askers can reach, and forwarding other names for local askers only.
+//! The DNS listeners: per address, UDP sockets read by worker threads ([`crate::udp`]) and a
+//! hickory `Server` for TCP, each answering with the proxy address its askers can reach, and
+//! forwarding other names for local askers only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, ZoneHandler}
 use hickory_server::Server;
 use ipnet::IpNet;
 
+use crate::udp::{self, UdpListener};
 use crate::{Answer, Error, ProxyAddrs, Zone};
 
 /// How the DNS server listens and forwards; built by the daemon from validated config.
@@ -38,6 +40,7 @@ pub struct DnsConfig {
 
 /// The DNS server, serving until [`RunningDns::stop`].
 pub struct RunningDns {
+    udp: Vec<UdpListener>,
     servers: Vec<Server<Handler>>,
     upstreams: Vec<SocketAddr>,
     addrs: Vec<SocketAddr>,
@@ -57,6 +60,9 @@ impl RunningDns {
 
     /// Stops every listener, letting queries in progress finish.
     pub async fn stop(mut self) {
+        for u in self.udp.drain(..) {
+            u.stop().await;
+        }
         for s in &mut self.servers {
             if let Err(e) = s.shutdown_gracefully().await {
                 tracing::debug!(error = %e, "DNS listener stopped with an error");
@@ -65,11 +71,41 @@ impl RunningDns {
     }
 }
 
-struct Handler {
+/// Answers one listener's queries: from the zone, or forwarded for allowed askers.
+#[derive(Clone)]
+pub(crate) struct Handler {
     zone: Arc<ArcSwap<Zone>>,
     view: ProxyAddrs,
     forward: Option<Arc<Catalog>>,
     recursion_from: Arc<Vec<IpNet>>,
+}
+
+impl Handler {
+    /// The zone in force.
+    pub(crate) fn zone(&self) -> arc_swap::Guard<Arc<Zone>> {
+        self.zone.load()
+    }
+
+    /// The proxy's addresses as this listener's askers reach it.
+    pub(crate) fn view(&self) -> &ProxyAddrs {
+        &self.view
+    }
+
+    /// A handler without forwarding, for tests of the query path.
+    #[cfg(test)]
+    pub(crate) fn without_forwarding(zone: Zone, view: ProxyAddrs) -> Handler {
+        Handler {
+            zone: Arc::new(ArcSwap::from_pointee(zone)),
+            view,
+            forward: None,
+            recursion_from: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Whether `asker` may use forwarding: the RA flag of its answers.
+    pub(crate) fn recursion_available(&self, asker: IpAddr) -> bool {
+        self.forward.is_some() && allowed(&self.recursion_from, asker)
+    }
 }
 
 fn system_upstreams(own: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -137,46 +173,60 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
         );
     }
     let recursion_from = Arc::new(config.recursion_from.clone());
-    let mut servers = Vec::new();
-    let mut addrs = Vec::new();
+    let runtime = tokio::runtime::Handle::current();
+    let mut running = RunningDns {
+        udp: Vec::new(),
+        servers: Vec::new(),
+        upstreams,
+        addrs: Vec::new(),
+    };
     for &(addr, view) in &config.listeners {
-        let (udp, tcp, addr) = bind_pair(addr).await?;
-        addrs.push(addr);
+        let (udp, tcp, addr) = match bind_pair(addr).await {
+            Ok(x) => x,
+            Err(e) => {
+                running.stop().await;
+                return Err(e);
+            }
+        };
+        running.addrs.push(addr);
         let handler = Handler {
             zone: zone.clone(),
             view,
             forward: forward.clone(),
             recursion_from: recursion_from.clone(),
         };
+        match UdpListener::start(udp, handler.clone(), runtime.clone()) {
+            Ok(u) => running.udp.push(u),
+            Err(e) => {
+                running.stop().await;
+                return Err(e);
+            }
+        }
         let mut server = Server::new(handler);
-        server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
-        servers.push(server);
+        running.servers.push(server);
     }
-    Ok(RunningDns {
-        servers,
-        upstreams,
-        addrs,
-    })
+    Ok(running)
 }
 
-/// A UDP socket and a TCP listener on the same address. With port 0, the UDP socket picks a
+/// The UDP sockets and a TCP listener on the same address. With port 0, the UDP sockets pick a
 /// free port and TCP takes the same one; if another program holds that port for TCP, another
 /// is tried (a few times).
 async fn bind_pair(
     addr: SocketAddr,
-) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), Error> {
+) -> Result<
+    (
+        Vec<std::net::UdpSocket>,
+        tokio::net::TcpListener,
+        SocketAddr,
+    ),
+    Error,
+> {
     let mut attempts = if addr.port() == 0 { 8 } else { 1 };
     loop {
         attempts -= 1;
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|error| Error::Bind {
-                addr,
-                proto: "UDP",
-                error,
-            })?;
-        let bound = udp.local_addr().map_err(|error| Error::Bind {
+        let udp = udp::bind_group(addr, udp::workers())?;
+        let bound = udp[0].local_addr().map_err(|error| Error::Bind {
             addr,
             proto: "UDP",
             error,

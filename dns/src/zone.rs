@@ -1,8 +1,9 @@
 //! The environment's names as DNS sees them, and the answers they get. Pure: no sockets here,
 //! so the whole query path can be tested (and fuzzed) without a server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
@@ -20,19 +21,23 @@ pub struct ProxyAddrs {
     pub v6: Option<Ipv6Addr>,
 }
 
-/// An immutable snapshot of the names itproxy is authoritative for.
+/// A snapshot of the names itproxy is authoritative for, immutable once published.
 ///
 /// * A name that is routed, or lies below a routed name, resolves to the proxy.
 /// * A TCP-only name resolves to its own addresses.
 /// * Each domain apex has an SOA and an NS record (`ns.<domain>`, which resolves to the proxy).
 /// * Anything else in the domains is NXDOMAIN; names outside them are not ours.
-#[derive(Debug, Clone)]
+///
+/// The name sets are persistent maps: a clone shares them, and [`Zone::set_routed`] /
+/// [`Zone::set_direct`] copy one path, so the daemon changes a copy of the published zone by
+/// the names a change touched instead of building a new one from every route.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Zone {
     domains: Vec<LowerName>,
     /// `ns.<domain>` for each domain: the name servers the apex NS records point at.
     ns_names: HashSet<LowerName>,
-    routed: HashSet<LowerName>,
-    direct: HashMap<LowerName, Vec<IpAddr>>,
+    routed: imbl::HashSet<LowerName>,
+    direct: imbl::HashMap<LowerName, Arc<[IpAddr]>>,
     serial: u32,
     ttl: u32,
 }
@@ -86,7 +91,7 @@ impl Zone {
             .collect::<Result<_, _>>()?;
         let direct = direct
             .into_iter()
-            .map(|(n, a)| parse_name(n).map(|n| (n, a)))
+            .map(|(n, a)| parse_name(n).map(|n| (n, Arc::from(a))))
             .collect::<Result<_, _>>()?;
         let ns_names = domains
             .iter()
@@ -111,6 +116,36 @@ impl Zone {
     /// Record TTL in seconds.
     pub fn ttl(&self) -> u32 {
         self.ttl
+    }
+
+    /// Makes `name` resolve to the proxy (`true`) or not (`false`).
+    pub fn set_routed(&mut self, name: &str, routed: bool) -> Result<(), Error> {
+        let name = parse_name(name)?;
+        if routed {
+            self.routed.insert(name);
+        } else {
+            self.routed.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// Makes `name` resolve to its own `addrs` (`None`: it has none of its own).
+    pub fn set_direct(&mut self, name: &str, addrs: Option<Vec<IpAddr>>) -> Result<(), Error> {
+        let name = parse_name(name)?;
+        match addrs {
+            Some(addrs) => {
+                self.direct.insert(name, Arc::from(addrs));
+            }
+            None => {
+                self.direct.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the SOA serial (it should grow with every change).
+    pub fn set_serial(&mut self, serial: u32) {
+        self.serial = serial;
     }
 
     /// The most specific of our domains that contains `name`.
@@ -178,13 +213,33 @@ impl Zone {
         out
     }
 
+    /// Where `name` stands in the zone: the one place that decides it, for [`Zone::answer`]
+    /// and for the UDP fast path.
+    pub(crate) fn find(&self, name: &LowerName) -> Found<'_> {
+        let Some(apex) = self.domain_of(name) else {
+            return Found::NotOurs;
+        };
+        if name == apex {
+            return Found::Apex(apex);
+        }
+        if let Some(addrs) = self.direct.get(name) {
+            return Found::Direct(apex, addrs);
+        }
+        if self.is_routed(name, apex) || self.ns_names.contains(name) {
+            return Found::Proxy(apex);
+        }
+        Found::Missing(apex)
+    }
+
+    /// The SOA serial.
+    pub(crate) fn serial(&self) -> u32 {
+        self.serial
+    }
+
     /// The answer to `qtype` for `name`, as seen through a listener whose proxy is `view`.
     pub fn answer(&self, name: &LowerName, qtype: RecordType, view: &ProxyAddrs) -> Answer {
-        let Some(apex) = self.domain_of(name) else {
-            return Answer::NotOurs;
-        };
         let owner = Name::from(name);
-        let positive = |answers: Vec<Record>| Answer::Authoritative {
+        let positive = |apex: &LowerName, answers: Vec<Record>| Answer::Authoritative {
             code: ResponseCode::NoError,
             authority: if answers.is_empty() {
                 vec![self.soa(apex)]
@@ -193,44 +248,61 @@ impl Zone {
             },
             answers,
         };
-        if name == apex {
-            let mut answers = Vec::new();
-            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
-                answers.push(self.soa(apex));
+        match self.find(name) {
+            Found::NotOurs => Answer::NotOurs,
+            Found::Apex(apex) => {
+                let mut answers = Vec::new();
+                if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                    answers.push(self.soa(apex));
+                }
+                if matches!(qtype, RecordType::NS | RecordType::ANY) {
+                    answers.push(self.ns(apex));
+                }
+                positive(apex, answers)
             }
-            if matches!(qtype, RecordType::NS | RecordType::ANY) {
-                answers.push(self.ns(apex));
+            Found::Direct(apex, addrs) => {
+                let v4: Vec<Ipv4Addr> = addrs
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V4(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                let v6: Vec<Ipv6Addr> = addrs
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V6(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                positive(apex, self.addresses(&owner, qtype, &v4, &v6))
             }
-            return positive(answers);
-        }
-        if let Some(addrs) = self.direct.get(name) {
-            let v4: Vec<Ipv4Addr> = addrs
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V4(v) => Some(*v),
-                    _ => None,
-                })
-                .collect();
-            let v6: Vec<Ipv6Addr> = addrs
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V6(v) => Some(*v),
-                    _ => None,
-                })
-                .collect();
-            return positive(self.addresses(&owner, qtype, &v4, &v6));
-        }
-        if self.is_routed(name, apex) || self.ns_names.contains(name) {
-            let v4: Vec<Ipv4Addr> = view.v4.into_iter().collect();
-            let v6: Vec<Ipv6Addr> = view.v6.into_iter().collect();
-            return positive(self.addresses(&owner, qtype, &v4, &v6));
-        }
-        Answer::Authoritative {
-            code: ResponseCode::NXDomain,
-            answers: vec![],
-            authority: vec![self.soa(apex)],
+            Found::Proxy(apex) => {
+                let v4: Vec<Ipv4Addr> = view.v4.into_iter().collect();
+                let v6: Vec<Ipv6Addr> = view.v6.into_iter().collect();
+                positive(apex, self.addresses(&owner, qtype, &v4, &v6))
+            }
+            Found::Missing(apex) => Answer::Authoritative {
+                code: ResponseCode::NXDomain,
+                answers: vec![],
+                authority: vec![self.soa(apex)],
+            },
         }
     }
+}
+
+/// Where a name stands in the zone, each with the apex of the domain it is in.
+pub(crate) enum Found<'z> {
+    /// Outside our domains.
+    NotOurs,
+    /// A domain's apex (SOA and NS).
+    Apex(&'z LowerName),
+    /// A TCP-only name: its own addresses.
+    Direct(&'z LowerName, &'z [IpAddr]),
+    /// A routed name (or one below it, or `ns.<domain>`): the proxy's address.
+    Proxy(&'z LowerName),
+    /// In our domains but unknown: NXDOMAIN.
+    Missing(&'z LowerName),
 }
 
 #[cfg(test)]
@@ -341,6 +413,27 @@ mod tests {
         for n in ["example.com", "latest", "test.com", "."] {
             assert_eq!(q(n, RecordType::A), Answer::NotOurs, "{n}");
         }
+    }
+
+    #[test]
+    fn a_changed_copy_leaves_the_published_zone_as_it_was() {
+        let published = zone();
+        let mut next = published.clone();
+        next.set_routed("new.test", true).unwrap();
+        next.set_routed("api.test", false).unwrap();
+        next.set_direct("db.test", None).unwrap();
+        next.set_direct("cache.test", Some(vec!["172.18.0.9".parse().unwrap()]))
+            .unwrap();
+        let a = |z: &Zone, n: &str| rdata(&z.answer(&parse_name(n).unwrap(), RecordType::A, &VIEW));
+        assert_eq!(a(&next, "new.test"), ["127.0.0.1"]);
+        assert!(a(&next, "api.test").is_empty());
+        assert!(a(&next, "db.test").is_empty());
+        assert_eq!(a(&next, "cache.test"), ["172.18.0.9"]);
+        assert_eq!(a(&published, "api.test"), ["127.0.0.1"]);
+        assert_eq!(a(&published, "db.test"), ["172.18.0.5"]);
+        assert!(a(&published, "new.test").is_empty());
+        assert_ne!(published, next);
+        assert!(next.set_routed("bad name..", true).is_err());
     }
 
     #[test]

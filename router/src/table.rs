@@ -1,6 +1,5 @@
-//! The route table: host name to upstream, immutable once built.
+//! The route table: host name to upstream, immutable once published.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::{HostName, Upstream};
@@ -68,42 +67,63 @@ impl Unavailable {
 
 /// An immutable set of routes, looked up by host name on every request.
 ///
-/// The daemon builds a new table for every change and publishes it with one
-/// `ArcSwap::store`; the proxy only ever `load()`s it, so lookups take no lock and a swap is
-/// visible to the next request.
-#[derive(Debug, Default)]
+/// The daemon publishes a new table for every change with one `ArcSwap::store`; the proxy only
+/// ever `load()`s it, so lookups take no lock and a swap is visible to the next request.
+/// The maps are persistent (hash array mapped tries): a clone shares everything with its
+/// original and [`RouteTable::insert`] copies only the path to one entry, so a change costs the
+/// same at 10 routes as at 100,000 instead of a rebuild of the whole table.
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    routes: HashMap<Box<str>, Arc<Route>>,
-    unavailable: HashMap<Box<str>, Arc<Unavailable>>,
+    routes: imbl::HashMap<Arc<str>, Arc<Route>>,
+    unavailable: imbl::HashMap<Arc<str>, Arc<Unavailable>>,
 }
 
 impl RouteTable {
     /// Builds a table; a later route for the same host replaces an earlier one.
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
-        let routes = routes
-            .into_iter()
-            .map(|r| (Box::from(r.host.as_str()), Arc::new(r)))
-            .collect();
-        RouteTable {
-            routes,
-            unavailable: HashMap::new(),
+        let mut table = RouteTable::default();
+        for r in routes {
+            table.insert(r);
         }
+        table
     }
 
     /// The same table with hosts that are known but not served now, each with why; a host
     /// that has a route is served, whatever this says of it.
     pub fn with_unavailable(mut self, hosts: impl IntoIterator<Item = (HostName, String)>) -> Self {
-        self.unavailable = hosts
-            .into_iter()
-            .filter(|(h, _)| !self.routes.contains_key(h.as_str()))
-            .map(|(host, reason)| {
-                (
-                    Box::from(host.as_str()),
-                    Arc::new(Unavailable { host, reason }),
-                )
-            })
-            .collect();
+        self.unavailable = imbl::HashMap::new();
+        for (host, reason) in hosts {
+            self.set_unavailable(host, Some(reason));
+        }
         self
+    }
+
+    /// Adds `route`, replacing the host's route if it had one (and any reason it was
+    /// unavailable).
+    pub fn insert(&mut self, route: Route) {
+        let key: Arc<str> = Arc::from(route.host.as_str());
+        self.unavailable.remove(&*key);
+        self.routes.insert(key, Arc::new(route));
+    }
+
+    /// Removes `host`'s route, if it has one.
+    pub fn remove(&mut self, host: &HostName) {
+        self.routes.remove(host.as_str());
+    }
+
+    /// Says why `host` is not served now (`None`: it is simply unknown). Ignored while the
+    /// host has a route.
+    pub fn set_unavailable(&mut self, host: HostName, reason: Option<String>) {
+        match reason {
+            Some(reason) if !self.routes.contains_key(host.as_str()) => {
+                let key = Arc::from(host.as_str());
+                self.unavailable
+                    .insert(key, Arc::new(Unavailable { host, reason }));
+            }
+            _ => {
+                self.unavailable.remove(host.as_str());
+            }
+        }
     }
 
     /// Why a request host without a route is not served now, if it is a known one.
@@ -142,6 +162,31 @@ impl RouteTable {
         let mut all: Vec<_> = self.routes.values().collect();
         all.sort_by(|a, b| a.host.cmp(&b.host));
         all
+    }
+}
+
+/// Two tables are the same when they send every host to the same upstream (the same
+/// [`Upstream`], not an equal one: its pooled connections are part of it) with the same
+/// redirect, and give the same reasons for the hosts they do not serve.
+impl PartialEq for RouteTable {
+    fn eq(&self, other: &Self) -> bool {
+        let same_route = |a: &Arc<Route>, b: &Arc<Route>| {
+            a.host == b.host
+                && Arc::ptr_eq(&a.upstream, &b.upstream)
+                && a.redirect_https == b.redirect_https
+        };
+        self.routes.len() == other.routes.len()
+            && self.unavailable.len() == other.unavailable.len()
+            && self
+                .routes
+                .iter()
+                .all(|(h, r)| other.routes.get(h).is_some_and(|o| same_route(r, o)))
+            && self.unavailable.iter().all(|(h, u)| {
+                other
+                    .unavailable
+                    .get(h)
+                    .is_some_and(|o| o.reason == u.reason)
+            })
     }
 }
 
@@ -206,6 +251,40 @@ mod tests {
         );
         assert!(t.unavailable("api.test").is_none(), "routed, so served");
         assert!(t.unavailable("other.test").is_none());
+    }
+
+    #[test]
+    fn a_changed_copy_leaves_the_published_table_as_it_was() {
+        let published = RouteTable::new([route("api.test", "localhost:1")]);
+        let mut next = published.clone();
+        next.insert(route("api.test", "localhost:2"));
+        next.insert(route("web.test", "localhost:3"));
+        next.set_unavailable(
+            HostName::parse("worker.test").unwrap(),
+            Some("app worker is starting".into()),
+        );
+        assert_eq!(published.len(), 1);
+        assert_eq!(
+            published
+                .lookup("api.test")
+                .unwrap()
+                .upstream()
+                .spec()
+                .port(),
+            1
+        );
+        assert!(published.unavailable("worker.test").is_none());
+        assert_eq!(next.lookup("api.test").unwrap().upstream().spec().port(), 2);
+        assert_eq!(next.len(), 2);
+        next.remove(&HostName::parse("api.test").unwrap());
+        assert!(next.lookup("api.test").is_none());
+        assert!(published.lookup("api.test").is_some());
+        assert_ne!(published, next);
+        // A route wins over a reason; a reason set on a routed host is ignored.
+        next.set_unavailable(HostName::parse("web.test").unwrap(), Some("x".into()));
+        assert!(next.unavailable("web.test").is_none());
+        next.insert(route("worker.test", "localhost:4"));
+        assert!(next.unavailable("worker.test").is_none());
     }
 
     #[test]

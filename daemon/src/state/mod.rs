@@ -225,11 +225,18 @@ pub struct DesiredState {
     /// Bumped for every upstream built, so pooled connections never cross routes' lives; also
     /// the zone's serial.
     generation: u64,
+    /// The routes in force, kept up to date host by host as changes touch them: a change
+    /// costs the hosts it touched, not the size of the table (persistent maps make the
+    /// published copy cheap).
+    table: RouteTable,
+    /// The names in force, kept the same way.
+    zone: itproxy_dns::Zone,
 }
 
 impl DesiredState {
     /// An empty state: routes come from [`DesiredState::declare`] and [`Change`]s.
     pub fn new(domains: Domains, defaults: Timeouts, dns_ttl: u32) -> Self {
+        let domains_of_new = domains.clone();
         DesiredState {
             domains,
             defaults,
@@ -242,20 +249,24 @@ impl DesiredState {
             app_status: BTreeMap::new(),
             overrides: BTreeMap::new(),
             generation: 0,
+            table: RouteTable::default(),
+            zone: empty_zone(&domains_of_new, dns_ttl),
         }
     }
 
     /// Names a declared app's HTTP endpoint (at start-up): it is the app's even while the app
     /// does not serve it.
     pub fn declare_app_host(&mut self, host: HostName, app: AppName) {
-        self.app_hosts.insert(host, app);
+        self.app_hosts.insert(host.clone(), app);
+        self.refresh(&host);
     }
 
     /// Adds a route from the config file (at start-up only: the config does not change while
     /// the daemon runs).
     pub fn declare(&mut self, host: HostName, spec: RouteSpec, addrs: Vec<SocketAddr>) {
         let built = self.build(spec, addrs);
-        self.declared.insert(host, built);
+        self.declared.insert(host.clone(), built);
+        self.refresh(&host);
     }
 
     /// Adds an override read back from the state directory (at start-up only).
@@ -264,7 +275,8 @@ impl DesiredState {
             Override::Target(spec) => OverrideState::Target(self.build(spec, addrs)),
             Override::Removed => OverrideState::Removed,
         };
-        self.overrides.insert(host, state);
+        self.overrides.insert(host.clone(), state);
+        self.refresh(&host);
     }
 
     /// The configured domains.
@@ -341,11 +353,14 @@ impl DesiredState {
         let undo = |state: &mut DesiredState, before: Vec<(HostName, Option<OverrideState>)>| {
             for (host, was) in before {
                 match was {
-                    Some(o) => state.overrides.insert(host, o),
+                    Some(o) => state.overrides.insert(host.clone(), o),
                     None => state.overrides.remove(&host),
                 };
+                state.refresh(&host);
             }
             state.generation = generation;
+            #[cfg(test)]
+            state.check_published();
         };
         if let Some(e) = refused {
             undo(self, before);
@@ -382,7 +397,135 @@ impl DesiredState {
         })
     }
 
+    /// Applies `change` to its source, then brings the table and the zone up to date for the
+    /// hosts it touched.
     fn apply_in_memory(&mut self, change: Change) -> Result<Applied, ChangeError> {
+        let touched = self.touched_by(&change);
+        let applied = self.change_source(change)?;
+        if applied == Applied::Changed {
+            match touched {
+                Some(hosts) => hosts.iter().for_each(|h| self.refresh(h)),
+                None => {
+                    self.table = self.rebuilt_table();
+                    self.zone = self.rebuilt_zone();
+                }
+            }
+        }
+        #[cfg(test)]
+        self.check_published();
+        Ok(applied)
+    }
+
+    /// The hosts whose route, reason or name `change` can alter (`None`: any of them).
+    fn touched_by(&self, change: &Change) -> Option<Vec<HostName>> {
+        Some(match change {
+            Change::SetRoute { host, .. }
+            | Change::Unroute { host }
+            | Change::Restore { host }
+            | Change::ContainerUp { host, .. } => vec![host.clone()],
+            Change::ContainerDown { id } => self.hosts_of_container(id),
+            Change::AppUp { app, endpoints } => {
+                let mut hosts = self.hosts_of_app(app);
+                hosts.extend(endpoints.iter().map(|(h, _)| h.clone()));
+                hosts
+            }
+            Change::AppNames { app, hosts: names } => {
+                let mut hosts = self.hosts_of_app(app);
+                hosts.extend(names.iter().cloned());
+                hosts
+            }
+            Change::AppDown { app } | Change::AppStatus { app, .. } => self.hosts_of_app(app),
+            Change::Declared { .. } => return None,
+        })
+    }
+
+    /// Every host `app` routes, resolves or names.
+    fn hosts_of_app(&self, app: &AppName) -> Vec<HostName> {
+        let mut hosts: Vec<HostName> = self
+            .apps
+            .iter()
+            .filter(|(_, (a, _))| a == app)
+            .map(|(h, _)| h.clone())
+            .chain(
+                self.direct
+                    .iter()
+                    .filter(|(_, (a, _))| a == app)
+                    .map(|(h, _)| h.clone()),
+            )
+            .chain(
+                self.app_hosts
+                    .iter()
+                    .filter(|(_, a)| *a == app)
+                    .map(|(h, _)| h.clone()),
+            )
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
+    }
+
+    /// Brings the table and the zone up to date for `host`, from every source.
+    fn refresh(&mut self, host: &HostName) {
+        let route = self.effective_one(host).map(|(r, _)| {
+            Route::new(host.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
+        });
+        let waiting = self.waiting_reason(host);
+        let direct = self
+            .direct
+            .get(host)
+            .filter(|_| !self.overrides.contains_key(host))
+            .map(|(_, ip)| vec![*ip]);
+        // An app's names resolve while it restarts too: a client sees 503, not NXDOMAIN.
+        let resolves = route.is_some() || waiting.is_some();
+        match route {
+            Some(route) => self.table.insert(route),
+            None => self.table.remove(host),
+        }
+        self.table.set_unavailable(host.clone(), waiting);
+        // HostName only holds names that are valid DNS names.
+        self.zone
+            .set_routed(host.as_str(), resolves)
+            .expect("a host name is a valid DNS name");
+        self.zone
+            .set_direct(host.as_str(), direct)
+            .expect("a host name is a valid DNS name");
+    }
+
+    /// Why `host` is answered 503: it is a declared app's name (not removed by hand) and the
+    /// app is not serving it.
+    fn waiting_reason(&self, host: &HostName) -> Option<String> {
+        if matches!(self.overrides.get(host), Some(OverrideState::Removed)) {
+            return None;
+        }
+        let app = self.app_hosts.get(host)?;
+        Some(self.reason_of(app))
+    }
+
+    fn reason_of(&self, app: &AppName) -> String {
+        let status = self
+            .app_status
+            .get(app)
+            .map_or("has not started yet", String::as_str);
+        format!("app {app} {status}")
+    }
+
+    /// In tests, after every change: the table and the zone kept host by host are the ones a
+    /// rebuild from every source gives.
+    #[cfg(test)]
+    fn check_published(&self) {
+        assert!(
+            self.table == self.rebuilt_table(),
+            "the route table kept by change differs from a rebuild"
+        );
+        let mut zone = self.zone.clone();
+        zone.set_serial(self.generation as u32);
+        assert!(
+            zone == self.rebuilt_zone(),
+            "the zone kept by change differs from a rebuild"
+        );
+    }
+
+    fn change_source(&mut self, change: Change) -> Result<Applied, ChangeError> {
         match change {
             Change::SetRoute { host, spec, addrs } => {
                 let built = self.build(spec, addrs);
@@ -488,11 +631,13 @@ impl DesiredState {
         Ok(Applied::Changed)
     }
 
-    /// The table and the zone in force.
+    /// The table and the zone in force (cheap: they share their maps with the state's).
     pub fn snapshot(&self) -> Snapshot {
+        let mut zone = self.zone.clone();
+        zone.set_serial(self.generation as u32);
         Snapshot {
-            table: self.table(),
-            zone: self.zone(),
+            table: self.table.clone(),
+            zone,
         }
     }
 
@@ -634,17 +779,16 @@ impl DesiredState {
             .or_else(|| self.declared.get(host))
     }
 
-    fn table(&self) -> RouteTable {
+    /// The route table built from every source (a change that can touch any host, e.g. the
+    /// config's routes read again, and the tests' check of the table kept by change).
+    fn rebuilt_table(&self) -> RouteTable {
         RouteTable::new(self.effective().map(|(h, r, _)| {
             Route::new(h.clone(), r.upstream.clone()).with_redirect_https(r.spec.redirect_https)
         }))
-        .with_unavailable(self.waiting().map(|(h, app)| {
-            let status = self
-                .app_status
-                .get(app)
-                .map_or("has not started yet", String::as_str);
-            (h.clone(), format!("app {app} {status}"))
-        }))
+        .with_unavailable(
+            self.waiting()
+                .map(|(h, app)| (h.clone(), self.reason_of(app))),
+        )
     }
 
     /// Declared apps' HTTP endpoint names, but those removed by hand (`unroute`): the table
@@ -655,9 +799,9 @@ impl DesiredState {
             .filter(|(h, _)| !matches!(self.overrides.get(*h), Some(OverrideState::Removed)))
     }
 
-    /// The DNS view of the same routes: every routed host resolves to the proxy, a TCP
-    /// endpoint's name to its container (unless an override routes it).
-    fn zone(&self) -> itproxy_dns::Zone {
+    /// The DNS view of the same routes, built from every source: every routed host resolves
+    /// to the proxy, a TCP endpoint's name to its container (unless an override routes it).
+    fn rebuilt_zone(&self) -> itproxy_dns::Zone {
         let domains: Vec<String> = self.domains.iter().map(|d| d.to_string()).collect();
         let mut hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
         // An app's names resolve while it restarts too: a client sees 503, not NXDOMAIN.
@@ -696,6 +840,14 @@ impl DesiredState {
         ));
         BuiltRoute { spec, upstream }
     }
+}
+
+/// A zone of `domains` without names yet.
+fn empty_zone(domains: &Domains, ttl: u32) -> itproxy_dns::Zone {
+    let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    itproxy_dns::Zone::new(domains.iter().map(String::as_str), [], [], 0, ttl)
+        // Domains holds at least one name, each a valid DNS name.
+        .expect("validated domains make a zone")
 }
 
 /// A container's or app's address as a route target.
@@ -740,20 +892,21 @@ pub mod bench {
             Routes { state, n }
         }
 
-        /// Changes route `i` and builds what would be published: the table and the zone.
+        /// Changes route `i` and takes what would be published: the table and the zone.
         pub fn change_and_snapshot(&mut self, i: usize) -> Snapshot {
-            set(&mut self.state, i % self.n.max(1), 9000);
+            set(&mut self.state, i % self.n.max(1), 9000 + (i % 2) as u16);
             self.state.snapshot()
         }
 
-        /// Only the route table.
-        pub fn table(&self) -> RouteTable {
-            self.state.table()
+        /// The route table built from every source, as every change did before it was kept
+        /// host by host (for comparison).
+        pub fn rebuilt_table(&self) -> RouteTable {
+            self.state.rebuilt_table()
         }
 
-        /// Only the DNS zone.
-        pub fn zone(&self) -> itproxy_dns::Zone {
-            self.state.zone()
+        /// The DNS zone built from every source (for comparison).
+        pub fn rebuilt_zone(&self) -> itproxy_dns::Zone {
+            self.state.rebuilt_zone()
         }
     }
 }
