@@ -59,13 +59,16 @@ lint: deps
 
 ## The whole suite: formatting, lints, unit and integration tests (real binary, loopback only),
 ## the Python client's tests, the shipped example config, then a few seconds of each fuzz target.
+## Everything is tested in the release profile, against the binary `make up` runs: the two
+## share one build (and Cargo.toml unifies the dependencies' features between them), so either
+## command after the other compiles nothing again.
 test: lint
 	@scripts/install-deps.sh --python-tests
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --release --workspace --locked
 	$(MAKE) python-test
 	$(MAKE) example-test
-	$(CARGO) run --locked --quiet -- check-config examples/itproxy.toml
-	$(CARGO) run --locked --quiet -- check-config examples/shop/itproxy.toml
+	$(CARGO) run --release --locked --quiet -- check-config examples/itproxy.toml
+	$(CARGO) run --release --locked --quiet -- check-config examples/shop/itproxy.toml
 	$(MAKE) fuzz-smoke
 
 ## The Python client (clients/python) and its pytest plugin: type-checked (mypy --strict), and
@@ -74,7 +77,7 @@ test: lint
 ## or when none ran (all skipped counts as none).
 python-test: python-test-venv
 	$(PY_VENV)/bin/mypy --strict --cache-dir target/mypy-cache clients/python/src/itproxy
-	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
+	cd clients/python && ITPROXY_BIN=$(CURDIR)/target/release/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(PY_RESULTS) tests
 	@$(call tests_ran,$(PY_RESULTS),python client)
 
@@ -83,14 +86,14 @@ python-test: python-test-venv
 ## prod URLs from the host, the containers and Chromium, data reset per test, a restart under
 ## load. Fails when a test fails or when none ran.
 example-test: python-test-venv
-	cd examples/shop && ITPROXY_BIN=$(CURDIR)/target/debug/itproxy \
+	cd examples/shop && ITPROXY_BIN=$(CURDIR)/target/release/itproxy \
 	  $(CURDIR)/$(PY_VENV)/bin/pytest -q -p no:cacheprovider -rs --junitxml=$(CURDIR)/$(EXAMPLE_RESULTS) tests
 	@$(call tests_ran,$(EXAMPLE_RESULTS),shop example)
 
-## The debug build and a venv with the Python client and its test tools.
+## The release build and a venv with the Python client and its test tools.
 python-test-venv: deps
 	@scripts/install-deps.sh --python-tests
-	$(CARGO) build --locked
+	$(CARGO) build --release --locked
 	test -x $(PY_VENV)/bin/pip || $(PYTHON) -m venv $(PY_VENV)
 	$(PY_VENV)/bin/pip install -q --disable-pip-version-check './clients/python[test]'
 

@@ -31,6 +31,8 @@ struct Question<'p> {
     wire: &'p [u8],
     name: LowerName,
     qtype: u16,
+    /// The asker's EDNS payload size, when it sent an OPT: the answer carries one too.
+    edns: Option<u16>,
 }
 
 fn u16_at(p: &[u8], at: usize) -> Option<u16> {
@@ -39,7 +41,7 @@ fn u16_at(p: &[u8], at: usize) -> Option<u16> {
 
 /// Reads `packet` if it is a query this path answers: a standard query (not truncated) with
 /// exactly one question of class IN for A or AAAA, no answer or authority records, and at most
-/// one additional record that is an EDNS OPT without options, ending the packet.
+/// one additional record that is an EDNS version 0 OPT without options, ending the packet.
 fn question(packet: &[u8]) -> Option<Question<'_>> {
     if packet.len() < 12 {
         return None;
@@ -85,16 +87,20 @@ fn question(packet: &[u8]) -> Option<Question<'_>> {
     if qclass != CLASS_IN || (qtype != TYPE_A && qtype != TYPE_AAAA) {
         return None;
     }
-    match counts[3] {
-        0 if end == packet.len() => {}
-        // The OPT: root owner, its type, payload size (2), extended rcode and flags (4), and
-        // no options.
+    let edns = match counts[3] {
+        0 if end == packet.len() => None,
+        // The OPT: root owner, its type, payload size (2), extended rcode, version, flags (2),
+        // and no options. A later version gets BADVERS on the full path.
         1 if packet.len() == end + 11
             && packet[end] == 0
             && u16_at(packet, end + 1)? == TYPE_OPT
-            && u16_at(packet, end + 9)? == 0 => {}
+            && packet[end + 6] == 0
+            && u16_at(packet, end + 9)? == 0 =>
+        {
+            Some(u16_at(packet, end + 3)?)
+        }
         _ => return None,
-    }
+    };
     let name = Name::from_labels(labels[..count].iter().copied()).ok()?;
     Some(Question {
         id: u16::from_be_bytes([packet[0], packet[1]]),
@@ -103,6 +109,7 @@ fn question(packet: &[u8]) -> Option<Question<'_>> {
         wire: &packet[12..end],
         name: LowerName::new(&name),
         qtype,
+        edns,
     })
 }
 
@@ -243,7 +250,8 @@ pub(crate) fn answer(
             | (u16::from(code) & 0x0f) as u8,
     ])?;
     let authority = u16::from(answers.is_empty());
-    for count in [1, answers.len() as u16, authority, 0] {
+    let additional = u16::from(q.edns.is_some());
+    for count in [1, answers.len() as u16, authority, additional] {
         w.u16(count)?;
     }
     w.put(q.wire)?;
@@ -252,6 +260,15 @@ pub(crate) fn answer(
     }
     if answers.is_empty() {
         w.soa(apex, zone)?;
+    }
+    if let Some(payload) = q.edns {
+        // As the full path answers (`server::answer_edns`): version 0, the asker's payload
+        // size (at least 512), no flags, no options.
+        w.put(&[0])?;
+        w.u16(TYPE_OPT)?;
+        w.u16(payload.max(512))?;
+        w.u32(0)?;
+        w.u16(0)?;
     }
     Some(w.len)
 }

@@ -10,9 +10,9 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
-    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{LowerName, Name};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name};
 use hickory_server::resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
@@ -78,7 +78,14 @@ pub(crate) struct Handler {
     view: ProxyAddrs,
     forward: Option<Arc<Catalog>>,
     recursion_from: Arc<Vec<IpNet>>,
+    /// Permits for queries being forwarded (all listeners, UDP and TCP): each waits for an
+    /// upstream, up to the forward timeout, with a socket of its own.
+    forwarding: Arc<tokio::sync::Semaphore>,
 }
+
+/// Queries forwarded at once; more are dropped (the asker retries), so a flood of foreign
+/// names cannot hold memory, sockets and the runtime (dnsmasq's `dns-forward-max` is 150).
+const MAX_FORWARDING: usize = 150;
 
 impl Handler {
     /// The zone in force.
@@ -99,6 +106,22 @@ impl Handler {
             view,
             forward: None,
             recursion_from: Arc::new(Vec::new()),
+            forwarding: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDING)),
+        }
+    }
+
+    /// A handler forwarding other names to `upstream` for loopback askers, for tests.
+    #[cfg(test)]
+    pub(crate) fn forwarding_to(
+        zone: Zone,
+        view: ProxyAddrs,
+        upstream: SocketAddr,
+        timeout: Duration,
+    ) -> Handler {
+        Handler {
+            forward: forwarder(&[upstream], timeout).unwrap(),
+            recursion_from: Arc::new(vec!["127.0.0.0/8".parse().unwrap()]),
+            ..Handler::without_forwarding(zone, view)
         }
     }
 
@@ -173,6 +196,7 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
         );
     }
     let recursion_from = Arc::new(config.recursion_from.clone());
+    let forwarding = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDING));
     let runtime = tokio::runtime::Handle::current();
     let mut running = RunningDns {
         udp: Vec::new(),
@@ -194,6 +218,7 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
             view,
             forward: forward.clone(),
             recursion_from: recursion_from.clone(),
+            forwarding: forwarding.clone(),
         };
         match UdpListener::start(udp, handler.clone(), runtime.clone()) {
             Ok(u) => running.udp.push(u),
@@ -245,6 +270,18 @@ async fn bind_pair(
     }
 }
 
+/// The OPT of an answer to `request`, as hickory's catalog gives it to forwarded ones: none
+/// without one in the query (RFC 6891 6.1.1), else version 0 and the asker's payload size (at
+/// least 512); a code above 15 (BADVERS) goes in its high bits.
+fn answer_edns(request: &Request, code: ResponseCode) -> Option<Edns> {
+    let asked = request.edns.as_ref()?;
+    let mut edns = Edns::new();
+    edns.set_max_payload(asked.max_payload().max(512));
+    edns.set_version(0);
+    edns.set_rcode_high(code.high());
+    Some(edns)
+}
+
 async fn reply_code<R: ResponseHandler>(
     request: &Request,
     mut rh: R,
@@ -254,7 +291,12 @@ async fn reply_code<R: ResponseHandler>(
     let mut md = Metadata::response_from_request(&request.metadata);
     md.response_code = code;
     md.recursion_available = ra;
-    let resp = MessageResponseBuilder::from_message_request(request).build_no_records(md);
+    let edns = answer_edns(request, code);
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(edns) = &edns {
+        builder.edns(edns);
+    }
+    let resp = builder.build_no_records(md);
     send(request, &mut rh, resp).await
 }
 
@@ -288,6 +330,20 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
+/// What the server records for a query it dropped without an answer.
+fn not_sent(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    metadata.response_code = ResponseCode::Refused;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
 fn allowed(nets: &[IpNet], ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -314,11 +370,19 @@ impl RequestHandler for Handler {
         let Ok(info) = request.request_info() else {
             return reply_code(request, rh, ResponseCode::FormErr, ra).await;
         };
+        // EDNS versions after 0 get BADVERS (forwarded queries too, as hickory's catalog does).
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return reply_code(request, rh, ResponseCode::BADVERS, ra).await;
+        }
         let answer =
             self.zone
                 .load()
                 .answer(info.query.name(), info.query.query_type(), &self.view);
         match answer {
+            // Our names exist in class IN only (as Knot and dnsmasq answer).
+            Answer::Authoritative { .. } if info.query.query_class() != DNSClass::IN => {
+                reply_code(request, rh, ResponseCode::Refused, ra).await
+            }
             Answer::Authoritative {
                 code,
                 answers,
@@ -328,20 +392,29 @@ impl RequestHandler for Handler {
                 md.authoritative = true;
                 md.response_code = code;
                 md.recursion_available = ra;
-                let resp = MessageResponseBuilder::from_message_request(request).build(
-                    md,
-                    answers.iter(),
-                    authority.iter(),
-                    [].iter(),
-                    [].iter(),
-                );
+                let edns = answer_edns(request, code);
+                let mut builder = MessageResponseBuilder::from_message_request(request);
+                if let Some(edns) = &edns {
+                    builder.edns(edns);
+                }
+                let resp =
+                    builder.build(md, answers.iter(), authority.iter(), [].iter(), [].iter());
                 send(request, &mut rh, resp).await
             }
             Answer::NotOurs if !recursion => {
                 reply_code(request, rh, ResponseCode::Refused, false).await
             }
             Answer::NotOurs => match &self.forward {
-                Some(catalog) => catalog.handle_request::<R, T>(request, rh).await,
+                Some(catalog) => {
+                    let Ok(_permit) = self.forwarding.try_acquire() else {
+                        tracing::debug!(
+                            src = %request.src(),
+                            "{MAX_FORWARDING} DNS queries are being forwarded: one more dropped"
+                        );
+                        return not_sent(request);
+                    };
+                    catalog.handle_request::<R, T>(request, rh).await
+                }
                 None => reply_code(request, rh, ResponseCode::ServFail, false).await,
             },
         }

@@ -32,6 +32,11 @@ use crate::Error;
 
 /// Queries larger than this are cut (they are not DNS queries anyone sends over UDP).
 const MAX_QUERY: usize = 4096;
+/// Queries of one listener on hickory's path at once: above this, more are dropped, as the
+/// network drops them, instead of queueing without bound in the daemon when the threads read
+/// faster than the runtime answers. (Forwarding has its own, smaller limit in the handler, so
+/// a flood of foreign names cannot take these from our own names.)
+const MAX_FULL_PATH: usize = 1024;
 /// How often an idle worker looks at the stop flag, should the wake-up at stop be missed.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -85,19 +90,21 @@ impl UdpListener {
     ) -> Result<UdpListener, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
+        let full_path = Arc::new(tokio::sync::Semaphore::new(MAX_FULL_PATH));
         let sockets: Vec<Arc<UdpSocket>> = sockets.into_iter().map(Arc::new).collect();
         let mut threads = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.iter().enumerate() {
-            let (socket, handler, runtime, stop) = (
-                socket.clone(),
-                handler.clone(),
-                runtime.clone(),
-                stop.clone(),
-            );
+            let worker = Worker {
+                socket: socket.clone(),
+                handler: handler.clone(),
+                runtime: runtime.clone(),
+                full_path: full_path.clone(),
+            };
+            let stop = stop.clone();
             let addr = socket.local_addr().ok();
             let thread = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || serve(&socket, &handler, &runtime, &stop))
+                .spawn(move || serve(&worker, &stop))
                 .map_err(|error| Error::Bind {
                     addr: addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                     proto: "UDP",
@@ -134,16 +141,43 @@ impl UdpListener {
 /// How many queries one `recvmmsg` takes at most (and one `sendmmsg` answers).
 const BATCH: usize = 32;
 
+/// What one worker thread reads and answers with.
+struct Worker {
+    socket: Arc<UdpSocket>,
+    handler: Arc<Handler>,
+    runtime: tokio::runtime::Handle,
+    /// Permits for the listener's queries on the full path.
+    full_path: Arc<tokio::sync::Semaphore>,
+}
+
+impl Worker {
+    /// Hands `packet` to hickory's path on the runtime, or drops it when the listener already
+    /// has as many there as it may.
+    fn to_full_path(&self, packet: &[u8], src: SocketAddr) {
+        let Ok(permit) = self.full_path.clone().try_acquire_owned() else {
+            tracing::debug!(%src, "too many DNS queries waiting on the full path: one dropped");
+            return;
+        };
+        let reply = UdpReply {
+            socket: self.socket.clone(),
+            dst: src,
+            question: Vec::new(),
+        };
+        let handler = self.handler.clone();
+        let packet = packet.to_vec();
+        self.runtime.spawn(async move {
+            full_path(handler, packet, reply).await;
+            drop(permit);
+        });
+    }
+}
+
 /// One worker: takes whatever queries are waiting (`recvmmsg`, blocking for the first),
 /// answers those the fast path can into its own buffers, sends all those answers with one
-/// `sendmmsg`, and hands the others to the full path on the runtime.
-fn serve(
-    socket: &Arc<UdpSocket>,
-    handler: &Arc<Handler>,
-    runtime: &tokio::runtime::Handle,
-    stop: &AtomicBool,
-) {
+/// `sendmmsg`, and hands the others to the full path.
+fn serve(worker: &Worker, stop: &AtomicBool) {
     use std::os::fd::AsRawFd;
+    let (socket, handler) = (&worker.socket, &worker.handler);
     let fd = socket.as_raw_fd();
     let mut queries = vec![[0u8; MAX_QUERY]; BATCH];
     let mut answers = vec![[0u8; MAX_ANSWER]; BATCH];
@@ -196,6 +230,10 @@ fn serve(
         }
         let mut ready = 0;
         for i in 0..got as usize {
+            // A datagram longer than the buffer is no query anyone sends: dropped, not cut.
+            if in_hdr[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
             let len = (in_hdr[i].msg_len as usize).min(MAX_QUERY);
             let src = socket_addr(&addrs[i]);
             let Some(src) = src.filter(|s| answerable(*s)) else {
@@ -217,13 +255,7 @@ fn serve(
                     h.msg_iovlen = 1;
                     ready += 1;
                 }
-                None => {
-                    let reply = UdpReply {
-                        socket: socket.clone(),
-                        dst: src,
-                    };
-                    runtime.spawn(full_path(handler.clone(), packet.to_vec(), reply));
-                }
+                None => worker.to_full_path(packet, src),
             }
         }
         let mut sent = 0;
@@ -293,15 +325,16 @@ fn answerable(src: SocketAddr) -> bool {
 }
 
 /// Hickory's path for one query, as its own UDP server runs it: a packet shorter than a header
-/// is dropped, one that does not decode gets FORMERR, a response is ignored.
-async fn full_path(handler: Arc<Handler>, packet: Vec<u8>, reply: UdpReply) {
-    if packet.len() < 12 {
+/// is dropped, one that does not decode gets FORMERR; a response (QR set) is ignored, decoded
+/// or not, so no answer ever goes to a packet that was itself an answer.
+async fn full_path(handler: Arc<Handler>, packet: Vec<u8>, mut reply: UdpReply) {
+    if packet.len() < 12 || packet[2] & 0x80 != 0 {
         return;
     }
     let header = [packet[0], packet[1], packet[2], packet[3]];
     match Request::from_bytes(packet, reply.dst, Protocol::Udp) {
-        Ok(request) if request.metadata.message_type == MessageType::Response => {}
         Ok(request) => {
+            reply.question = question_of(&request);
             handler
                 .handle_request::<_, TokioTime>(&request, reply)
                 .await;
@@ -323,11 +356,21 @@ fn form_error(header: [u8; 4]) -> [u8; 12] {
     out
 }
 
+/// The question section of `request` as it came (its count, then its bytes), for an answer cut
+/// down to it.
+pub(crate) fn question_of(request: &Request) -> Vec<u8> {
+    let mut q = (request.queries.len() as u16).to_be_bytes().to_vec();
+    q.extend_from_slice(request.queries.as_bytes());
+    q
+}
+
 /// Sends hickory's answers back from the socket the query came in on.
 #[derive(Clone)]
 struct UdpReply {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
+    /// The query's question section ([`question_of`]).
+    question: Vec<u8>,
 }
 
 impl UdpReply {
@@ -354,14 +397,16 @@ impl ResponseHandler for UdpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
+        let (info, bytes) = encode(response, &self.question)?;
         self.send(&bytes);
         Ok(info)
     }
 }
 
 /// Encodes an answer as hickory does for UDP: up to the asker's EDNS payload size, else 512
-/// bytes; one that does not fit becomes SERVFAIL.
+/// bytes; one that does not fit becomes SERVFAIL. `question` is the query's question section
+/// ([`question_of`]): an answer that does not fit is cut to its header (TC set), that question
+/// and its OPT, where hickory's encoder would leave a record cut in the middle.
 pub(crate) fn encode<'a>(
     response: MessageResponse<
         '_,
@@ -371,13 +416,34 @@ pub(crate) fn encode<'a>(
         impl Iterator<Item = &'a Record> + Send + 'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
     >,
+    question: &[u8],
 ) -> Result<(ResponseInfo, Vec<u8>), NetError> {
     let id = response.metadata().id;
     let max = response.edns().map_or(512, |e| e.max_payload());
+    let opt = response.edns().map(|e| {
+        let mut opt = vec![0, 0, 41];
+        opt.extend(e.max_payload().to_be_bytes());
+        opt.extend([e.rcode_high(), e.version()]);
+        opt.extend(if e.flags().dnssec_ok {
+            [0x80, 0]
+        } else {
+            [0, 0]
+        });
+        opt.extend([0, 0]);
+        opt
+    });
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max);
     match response.destructive_emit(&mut encoder) {
+        Ok(info) if bytes.len() >= 12 && bytes[2] & 0x02 != 0 && question.len() >= 2 => {
+            bytes.truncate(4);
+            bytes.extend_from_slice(&question[..2]);
+            bytes.extend([0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+            bytes.extend_from_slice(&question[2..]);
+            bytes.extend(opt.unwrap_or_default());
+            Ok((info, bytes))
+        }
         Ok(info) => Ok((info, bytes)),
         Err(e) => {
             tracing::debug!(error = %e, "cannot encode a DNS answer");
@@ -467,6 +533,10 @@ mod tests {
                 m.metadata.response_code,
                 hickory_server::proto::op::ResponseCode::FormErr
             );
+            // Longer than any query (5,000 bytes): dropped, not cut and answered.
+            let mut huge = api_query(0, &[]);
+            huge.resize(5000, 0);
+            client.send_to(&huge, server).unwrap();
             // Shorter than a header: no answer; the next query still gets one.
             client.send_to(&[1, 2, 3], server).unwrap();
             assert_eq!(ask(&client, server, &api_query(0, &[])).metadata.id, 0x0102);
@@ -479,6 +549,122 @@ mod tests {
             stopping.elapsed() < IDLE_CHECK,
             "the workers woke at stop instead of waiting for their timeout"
         );
+    }
+
+    /// `extra` appended to `api_query`'s question, with flags `flags` and ARCOUNT `ar`.
+    fn with(flags: [u8; 2], qclass: u8, ar: u8, extra: &[u8]) -> Vec<u8> {
+        let mut p = api_query(ar, extra);
+        p[2..4].copy_from_slice(&flags);
+        p[12 + 10 + 3] = qclass;
+        p
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn odd_queries_get_well_formed_answers_or_none() {
+        use hickory_server::proto::op::ResponseCode;
+        let (running, server, client) = listener();
+        tokio::task::spawn_blocking(move || {
+            let opt = |version: u8| [0, 0, 41, 4, 0xd0, 0, version, 0, 0, 0, 0];
+            // EDNS without options: the fast path, with an OPT in the answer.
+            let m = ask(&client, server, &api_query(1, &opt(0)));
+            assert_eq!(m.answers.len(), 1);
+            assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+            // EDNS version 1: BADVERS, with an OPT.
+            let m = ask(&client, server, &api_query(1, &opt(1)));
+            // 16, which hickory reads back as BADSIG (the same code, in TSIG).
+            assert_eq!(u16::from(m.metadata.response_code), 16);
+            assert!(m.edns.is_some() && m.answers.is_empty());
+            // Class CH: REFUSED.
+            let m = ask(&client, server, &with([1, 0], 3, 0, &[]));
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            // A name of 255 bytes below api.test, TC set in the query (the full path, no EDNS:
+            // 512 bytes): cut to a clean header and question, TC set.
+            let mut long = vec![1, 2, 3, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            for n in [63, 63, 63, 52] {
+                long.push(n);
+                long.extend(std::iter::repeat_n(b'a', n as usize));
+            }
+            long.extend(b"\x03api\x04test\x00\x00\x01\x00\x01");
+            let m = ask(&client, server, &long);
+            assert!(m.metadata.truncation);
+            assert_eq!((m.queries.len(), m.answers.len()), (1, 0));
+            // An answer (QR set) that does not decode: nothing comes back; the next query's
+            // answer is the next thing read.
+            client
+                .send_to(&[7, 7, 0x81, 0, 0, 1, 0, 0, 0, 0, 0, 0], server)
+                .unwrap();
+            assert_eq!(ask(&client, server, &api_query(0, &[])).metadata.id, 0x0102);
+        })
+        .await
+        .unwrap();
+        running.stop().await;
+    }
+
+    fn open_files() -> usize {
+        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_names_to_forward_is_bounded_and_our_names_still_answer() {
+        // An upstream that never answers: each forwarded query waits the whole timeout.
+        let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let zone = crate::Zone::new(["test"], ["api.test"], [], 1, 5).unwrap();
+        let view = crate::ProxyAddrs {
+            v4: Some("127.0.0.1".parse().unwrap()),
+            v6: None,
+        };
+        let handler = Handler::forwarding_to(
+            zone,
+            view,
+            blackhole.local_addr().unwrap(),
+            Duration::from_secs(3),
+        );
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let server = group[0].local_addr().unwrap();
+        let running =
+            UdpListener::start(group, handler, tokio::runtime::Handle::current()).unwrap();
+        let before = open_files();
+        let peak = tokio::task::spawn_blocking(move || {
+            let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut peak = 0;
+            for i in 0..3000u32 {
+                let mut q = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9];
+                q.extend(format!("x{i:08x}").bytes());
+                q.extend(b"\x07example\x03com\x00\x00\x01\x00\x01");
+                flood.send_to(&q, server).unwrap();
+                if i % 100 == 0 {
+                    peak = peak.max(open_files());
+                }
+            }
+            // While the forwarded ones wait on the upstream (3 s), count what they hold.
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(50));
+                peak = peak.max(open_files());
+            }
+            // Our names answer at once on both paths, flood or not.
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let cookie = [
+                0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 12, 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+            ];
+            assert_eq!(
+                ask(&client, server, &api_query(1, &cookie)).answers.len(),
+                1
+            );
+            assert_eq!(ask(&client, server, &api_query(0, &[])).answers.len(), 1);
+            peak.max(open_files())
+        })
+        .await
+        .unwrap();
+        assert!(
+            // Sockets for at most 150 queries forwarded (about three each, as hickory's
+            // forwarder opens them; 2,400 without the limit), and a few of the test's own.
+            peak < before + 700,
+            "{peak} files open during the flood, {before} before: forwarding is not bounded"
+        );
+        running.stop().await;
     }
 
     #[test]

@@ -44,7 +44,7 @@ const GATEWAY: ProxyAddrs = ProxyAddrs {
 };
 
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+struct Capture(Arc<Mutex<Vec<u8>>>, Vec<u8>);
 
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
@@ -59,7 +59,7 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = crate::udp::encode(response)?;
+        let (info, bytes) = crate::udp::encode(response, &self.1)?;
         *self.0.lock().unwrap() = bytes;
         Ok(info)
     }
@@ -71,7 +71,7 @@ fn full(packet: &[u8], view: ProxyAddrs) -> Vec<u8> {
     let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
     let request = Request::from_bytes(packet.to_vec(), src, Protocol::Udp)
         .expect("a query the fast path answered decodes");
-    let capture = Capture::default();
+    let capture = Capture(Arc::default(), crate::udp::question_of(&request));
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -99,7 +99,7 @@ fn seen(bytes: &[u8]) -> String {
         )
     };
     format!(
-        "{:?}\nq={:?}\nan={:?}\nns={:?}\nar={:?} edns={:?}",
+        "{:?}\nq={:?}\nan={:?}\nns={:?}\nar={:?}\nedns={:?}",
         m.metadata,
         m.queries
             .iter()
@@ -113,7 +113,12 @@ fn seen(bytes: &[u8]) -> String {
         m.answers.iter().map(rec).collect::<Vec<_>>(),
         m.authorities.iter().map(rec).collect::<Vec<_>>(),
         m.additionals.iter().map(rec).collect::<Vec<_>>(),
-        m.edns.is_some(),
+        m.edns.as_ref().map(|e| (
+            e.max_payload(),
+            e.version(),
+            e.rcode_high(),
+            e.flags().dnssec_ok
+        )),
     )
 }
 
