@@ -536,7 +536,19 @@ mod tests {
             // Longer than any query (5,000 bytes): dropped, not cut and answered.
             let mut huge = api_query(0, &[]);
             huge.resize(5000, 0);
+            huge[..2].copy_from_slice(&[9, 9]);
             client.send_to(&huge, server).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 1500];
+            assert!(
+                client.recv_from(&mut buf).is_err(),
+                "a cut datagram was answered"
+            );
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             // Shorter than a header: no answer; the next query still gets one.
             client.send_to(&[1, 2, 3], server).unwrap();
             assert_eq!(ask(&client, server, &api_query(0, &[])).metadata.id, 0x0102);
