@@ -92,7 +92,11 @@ impl UdpListener {
         let handler = Arc::new(handler);
         let full_path = Arc::new(tokio::sync::Semaphore::new(MAX_FULL_PATH));
         let sockets: Vec<Arc<UdpSocket>> = sockets.into_iter().map(Arc::new).collect();
-        let mut threads = Vec::with_capacity(sockets.len());
+        let mut listener = UdpListener {
+            stop,
+            sockets: sockets.clone(),
+            threads: Vec::with_capacity(sockets.len()),
+        };
         for (i, socket) in sockets.iter().enumerate() {
             let worker = Worker {
                 socket: socket.clone(),
@@ -100,34 +104,42 @@ impl UdpListener {
                 runtime: runtime.clone(),
                 full_path: full_path.clone(),
             };
-            let stop = stop.clone();
-            let addr = socket.local_addr().ok();
-            let thread = std::thread::Builder::new()
+            let stop = listener.stop.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || serve(&worker, &stop))
-                .map_err(|error| Error::Bind {
-                    addr: addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
-                    proto: "UDP",
-                    error,
-                })?;
-            threads.push(thread);
+                .spawn(move || serve(&worker, &stop));
+            match spawned {
+                Ok(thread) => listener.threads.push(thread),
+                Err(error) => {
+                    // The threads already started end on their own.
+                    listener.wake_to_stop();
+                    return Err(Error::Bind {
+                        addr: socket
+                            .local_addr()
+                            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+                        proto: "UDP",
+                        error,
+                    });
+                }
+            }
         }
-        Ok(UdpListener {
-            stop,
-            sockets,
-            threads,
-        })
+        Ok(listener)
+    }
+
+    /// Sets the stop flag and wakes every thread from its `recvmmsg`.
+    fn wake_to_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in &self.sockets {
+            // On an unconnected UDP socket Linux answers ENOTCONN but still wakes a reader
+            // blocked in recvmmsg, which then sees the stop flag.
+            let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Read);
+        }
     }
 
     /// Stops the threads: each is woken from its `recvfrom` and ends; queries handed to the
     /// full path finish on the runtime.
     pub(crate) async fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in &self.sockets {
-            // On an unbound-peer UDP socket Linux answers ENOTCONN but still wakes a reader
-            // blocked in recvfrom, which then sees the stop flag.
-            let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Read);
-        }
+        self.wake_to_stop();
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
