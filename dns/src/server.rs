@@ -316,28 +316,19 @@ async fn send<'a, R: ResponseHandler>(
         Ok(info) => info,
         Err(e) => {
             tracing::debug!(error = %e, "cannot send a DNS response");
-            let mut metadata = Metadata::new(
-                request.metadata.id,
-                MessageType::Response,
-                request.metadata.op_code,
-            );
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
+            not_sent(request, ResponseCode::ServFail)
         }
     }
 }
 
-/// What the server records for a query it dropped without an answer.
-fn not_sent(request: &Request) -> ResponseInfo {
+/// What the server records, as `code`, for a query it could not answer or dropped.
+fn not_sent(request: &Request, code: ResponseCode) -> ResponseInfo {
     let mut metadata = Metadata::new(
         request.metadata.id,
         MessageType::Response,
         request.metadata.op_code,
     );
-    metadata.response_code = ResponseCode::Refused;
+    metadata.response_code = code;
     ResponseInfo::from(Header {
         metadata,
         counts: HeaderCounts::default(),
@@ -411,7 +402,7 @@ impl RequestHandler for Handler {
                             src = %request.src(),
                             "{MAX_FORWARDING} DNS queries are being forwarded: one more dropped"
                         );
-                        return not_sent(request);
+                        return not_sent(request, ResponseCode::Refused);
                     };
                     catalog.handle_request::<R, T>(request, rh).await
                 }
