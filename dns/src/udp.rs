@@ -241,6 +241,8 @@ fn serve(worker: &Worker, stop: &AtomicBool) {
             }
         }
         let mut ready = 0;
+        // One load of the published zone for the whole batch.
+        let zone = handler.zone();
         for i in 0..got as usize {
             // A datagram longer than the buffer is no query anyone sends: dropped, not cut.
             if in_hdr[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -254,7 +256,7 @@ fn serve(worker: &Worker, stop: &AtomicBool) {
             let packet = &queries[i][..len];
             let ra = handler.recursion_available(src.ip());
             let answer = &mut answers[ready];
-            match fast::answer(packet, &handler.zone(), handler.view(), ra, answer) {
+            match fast::answer(packet, &zone, handler.view(), ra, answer) {
                 Some(n) => {
                     out_iov[ready] = libc::iovec {
                         iov_base: answer.as_mut_ptr().cast(),
