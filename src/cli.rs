@@ -105,6 +105,9 @@ pub enum Command {
     /// exit 1 if a line looks like an error.
     #[command(arg_required_else_help = true)]
     Logs(LogsArgs),
+    /// Show the requests the proxy answered lately (newest last): status, method, host,
+    /// target, time taken, size; --follow prints each new one as it ends.
+    Requests(RequestsArgs),
     /// Show what the daemon's DNS server answers for NAME.
     Resolve {
         /// The name, e.g. api.test.
@@ -226,6 +229,23 @@ pub struct AppActionArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<std::time::Duration>,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `itproxy requests`.
+#[derive(Args, Debug)]
+pub struct RequestsArgs {
+    /// Only this route's requests (an app name like `api`, or a host like `api.test`).
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Keep printing requests as they end, until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// How many of the latest requests to print first.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// One JSON object per request and line, with headers (as `GET /v1/requests` gives).
     #[arg(long)]
     pub json: bool,
 }

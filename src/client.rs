@@ -90,6 +90,71 @@ impl Client {
         }
     }
 
+    /// Sends a GET whose answer is JSON lines that keep coming (`?follow=true`) and hands
+    /// each line to `each` as it arrives (blank lines, the daemon's keep-alives, skipped),
+    /// until the daemon ends the answer or `each` returns false.
+    pub async fn follow_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| ClientError::NotRunning {
+                state_dir: self.state_dir.clone(),
+                socket: self.socket.clone(),
+                error,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "itproxy")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| self.protocol(e.to_string()))?;
+        let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+            .await
+            .map_err(|_| self.protocol(format!("no answer within {}s", TIMEOUT.as_secs())))?
+            .map_err(|e| self.protocol(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.protocol(e.to_string()))?
+                .to_bytes();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                },
+                Err(_) => self.protocol(format!("HTTP {status}")),
+            });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.protocol(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = line.trim_ascii();
+                if !line.is_empty() && !each(line) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn protocol(&self, message: impl Into<String>) -> ClientError {
         ClientError::Protocol {
             socket: self.socket.clone(),

@@ -53,6 +53,8 @@ pub struct CertResolver {
     warned: Mutex<HashMap<String, std::time::Instant>>,
     /// Leaves issued for unserved names in the current second: (second, count).
     unserved: Mutex<(u64, u32)>,
+    /// Leaves issued since the start (not those read back from disk), for the metrics.
+    issued: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for CertResolver {
@@ -89,6 +91,7 @@ impl CertResolver {
             served: std::sync::OnceLock::new(),
             warned: Mutex::new(HashMap::new()),
             unserved: Mutex::new((0, 0)),
+            issued: Default::default(),
         })
     }
 
@@ -121,6 +124,11 @@ impl CertResolver {
 
     fn cache_file(&self, name: &str) -> PathBuf {
         self.cache_dir.join(format!("{name}.pem"))
+    }
+
+    /// How many leaves this resolver issued (read back from disk or memory: not counted).
+    pub fn issued(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The leaf for `name`, from memory, disk, or freshly issued (and cached on disk).
@@ -166,6 +174,8 @@ impl CertResolver {
             None => {
                 let started = std::time::Instant::now();
                 let leaf = Arc::new(self.authority.issue(&name, now, self.validity)?);
+                self.issued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     name = %name,
                     took_us = started.elapsed().as_micros() as u64,

@@ -439,3 +439,70 @@ pub struct SetClock {
     /// An offset (`+2d`, `-1h`), a UTC time (`2027-01-01 10:00:00`), or `declared`.
     pub time: String,
 }
+
+/// One request the proxy answered, as `GET /v1/requests` and the access log show it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RequestView {
+    /// Increasing in the order requests ended.
+    pub id: u64,
+    /// When its head was complete, RFC 3339 in UTC with milliseconds.
+    pub time: String,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The route it took (its host name); none when no route took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// That route's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The method ("" for a head that could not be read).
+    pub method: String,
+    /// The request target as the client sent it.
+    pub target: String,
+    /// The status sent to the client; 0 when none was.
+    pub status: u16,
+    /// From the complete head to the end of the response, in milliseconds.
+    pub duration_ms: f64,
+    /// From asking the upstream to its response head, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
+    /// Bytes of the request, head and body.
+    pub request_bytes: u64,
+    /// Bytes of the response, head and body, as sent to the client.
+    pub response_bytes: u64,
+    /// The upstream failed (answered 502/504 by itproxy).
+    #[serde(default)]
+    pub upstream_failed: bool,
+    /// Why the request ended badly, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The request's headers as the client sent them, in order.
+    #[serde(default)]
+    pub request_headers: Vec<(String, String)>,
+    /// The response's headers as the client got them, in order.
+    #[serde(default)]
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// Query of `GET /v1/requests`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsQuery {
+    /// Only this route's requests (a name, qualified like a route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Only requests after this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// At most this many (the newest), before following.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Keep the answer open and send each new request as it ends (one JSON object per line).
+    #[serde(default)]
+    pub follow: bool,
+}

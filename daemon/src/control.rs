@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use http::StatusCode;
 
 use crate::api::{self, ErrorBody, ErrorDetail, PutRoute};
+use crate::inspect::{self, Selection};
 use crate::reload::ReloadError;
 use crate::state::{ChangeError, StateHandle};
 use crate::state_dir::StateDir;
@@ -273,6 +274,10 @@ pub struct Control {
     /// The config in force (none on built-in defaults); locked by a reload, so one runs at a
     /// time.
     pub config: tokio::sync::Mutex<Option<crate::config::Config>>,
+    /// Every request the proxy answers, recorded and counted.
+    pub inspector: Arc<itproxy_router::Inspector>,
+    /// What `/v1/metrics` reads.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Control {
@@ -341,6 +346,8 @@ pub fn app(control: Arc<Control>) -> Router {
         .route("/v1/apps/{name}/time", get(app_clock).post(set_app_clock))
         .route("/v1/apps/{name}/{action}", post(app_action))
         .route("/v1/errors", get(errors))
+        .route("/v1/requests", get(requests))
+        .route("/v1/metrics", get(metrics))
         .route("/v1/snapshots", get(snapshots))
         .route("/v1/snapshots/{name}", post(snapshot_save))
         .route("/v1/snapshots/{name}/restore", post(snapshot_restore))
@@ -525,6 +532,46 @@ async fn errors(
         ));
     }
     Ok(Json(c.apps()?.error_lines(q.since.unwrap_or(0.0)).await?))
+}
+
+async fn requests(
+    State(c): Shared,
+    query: Result<Query<api::RequestsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadQuery,
+            format!(
+                "{}; the query takes route (a name), since (a request id), limit (a count) \
+                 and follow (true or false), e.g. ?route=api&limit=20",
+                e.body_text()
+            ),
+        )
+    })?;
+    let route = match &q.route {
+        Some(name) => Some(c.state.qualify(name).await?),
+        None => None,
+    };
+    let selection = Selection {
+        route,
+        since: q.since.unwrap_or(0),
+        limit: q.limit.unwrap_or(inspect::DEFAULT_LIMIT),
+    };
+    if q.follow {
+        let lines = axum::body::Body::from_stream(selection.follow(c.inspector.clone()));
+        let json_lines = [(http::header::CONTENT_TYPE, "application/x-ndjson")];
+        return Ok((json_lines, lines).into_response());
+    }
+    Ok(Json(selection.list(&c.inspector)).into_response())
+}
+
+async fn metrics(State(c): Shared) -> Response {
+    let text = c.metrics.render().await;
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 async fn snapshots(State(c): Shared) -> Result<Json<Vec<api::SnapshotView>>, ApiError> {

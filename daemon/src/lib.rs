@@ -20,6 +20,8 @@
 pub mod api;
 pub mod config;
 mod control;
+mod inspect;
+mod metrics;
 mod persist;
 mod reload;
 mod startup;

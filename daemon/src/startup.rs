@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use itproxy_router::{RouteTable, RouterConfig};
+use itproxy_router::{Inspector, RouteTable, RouterConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Gateway, MintPolicy};
@@ -139,7 +139,8 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         None => (None, None),
     };
 
-    let router_config = config.proxy.router_config(
+    let inspector = Arc::new(Inspector::new(config.proxy.recent_requests));
+    let mut router_config = config.proxy.router_config(
         &config.listen,
         gateway.map(|ip| Gateway {
             ip,
@@ -149,6 +150,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         // `https://` upstreams are verified against the system roots plus ours.
         tls.files.bundle.clone(),
     );
+    router_config.inspector = inspector.clone();
     let router = start_proxy(router_config, state.table()).await?;
     let proxy_addrs: Vec<SocketAddr> = router
         .http_addrs()
@@ -192,6 +194,13 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         },
         stop: tokio::sync::Notify::new(),
         config: tokio::sync::Mutex::new(config.source.is_some().then(|| config.clone())),
+        inspector: inspector.clone(),
+        metrics: crate::metrics::Metrics {
+            inspector,
+            dns: dns.as_ref().map(|d| d.counts()),
+            certificates: tls.resolver.clone(),
+            state: state.clone(),
+        },
     });
     // SIGHUP reloads the config file, as it does nginx's.
     let hangups = tokio::spawn(crate::reload::on_hangup(control.clone()));

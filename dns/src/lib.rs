@@ -20,6 +20,7 @@
 //! given.
 #![warn(missing_docs, clippy::print_stdout)]
 
+pub mod counts;
 mod fast;
 mod server;
 mod udp;

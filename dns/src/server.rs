@@ -20,6 +20,7 @@ use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, ZoneHandler}
 use hickory_server::Server;
 use ipnet::IpNet;
 
+use crate::counts::{Outcome, QueryCounts};
 use crate::udp::{self, UdpListener};
 use crate::{Answer, Error, ProxyAddrs, Zone};
 
@@ -44,6 +45,7 @@ pub struct RunningDns {
     servers: Vec<Server<Handler>>,
     upstreams: Vec<SocketAddr>,
     addrs: Vec<SocketAddr>,
+    counts: Arc<QueryCounts>,
 }
 
 impl RunningDns {
@@ -56,6 +58,11 @@ impl RunningDns {
     /// The upstream resolvers in use.
     pub fn upstreams(&self) -> &[SocketAddr] {
         &self.upstreams
+    }
+
+    /// The queries answered so far, by type and outcome (every listener, UDP and TCP).
+    pub fn counts(&self) -> Arc<QueryCounts> {
+        self.counts.clone()
     }
 
     /// Stops every listener, letting queries in progress finish.
@@ -81,6 +88,18 @@ pub(crate) struct Handler {
     /// Permits for queries being forwarded (all listeners, UDP and TCP): each waits for an
     /// upstream, up to the forward timeout, with a socket of its own.
     forwarding: Arc<tokio::sync::Semaphore>,
+    /// Every listener's queries, counted.
+    pub(crate) counts: Arc<QueryCounts>,
+}
+
+/// How a query was dealt with, for its count.
+enum Way {
+    /// From the zone, or refused or failed here.
+    Here,
+    /// Sent to the upstream resolvers.
+    Forwarded,
+    /// Dropped: too many were being forwarded.
+    Dropped,
 }
 
 /// Queries forwarded at once; more are dropped (the asker retries), so a flood of foreign
@@ -107,6 +126,7 @@ impl Handler {
             forward: None,
             recursion_from: Arc::new(Vec::new()),
             forwarding: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDING)),
+            counts: Arc::default(),
         }
     }
 
@@ -203,6 +223,7 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
         servers: Vec::new(),
         upstreams,
         addrs: Vec::new(),
+        counts: Arc::default(),
     };
     for &(addr, view) in &config.listeners {
         let (udp, tcp, addr) = match bind_pair(addr).await {
@@ -219,6 +240,7 @@ pub async fn start(config: &DnsConfig, zone: Arc<ArcSwap<Zone>>) -> Result<Runni
             forward: forward.clone(),
             recursion_from: recursion_from.clone(),
             forwarding: forwarding.clone(),
+            counts: running.counts.clone(),
         };
         match UdpListener::start(udp, handler.clone(), runtime.clone()) {
             Ok(u) => running.udp.push(u),
@@ -348,22 +370,48 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut rh: R,
+        rh: R,
     ) -> ResponseInfo {
+        let (info, way) = self.respond::<R, T>(request, rh).await;
+        let type_code = request
+            .request_info()
+            .ok()
+            .map(|i| u16::from(i.query.query_type()));
+        let outcome = match way {
+            Way::Forwarded => Outcome::Forwarded,
+            Way::Dropped => Outcome::Dropped,
+            Way::Here => {
+                let rcode = u16::from(info.response_code);
+                Outcome::of_answer(rcode.min(255) as u8, info.counts().answers)
+            }
+        };
+        self.counts.add(type_code, outcome);
+        info
+    }
+}
+
+impl Handler {
+    /// Answers `request` (see the module's documentation) and says how.
+    async fn respond<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut rh: R,
+    ) -> (ResponseInfo, Way) {
+        let here = |info| (info, Way::Here);
         let recursion = allowed(&self.recursion_from, request.src().ip());
         let ra = recursion && self.forward.is_some();
         if request.metadata.message_type != MessageType::Query {
-            return reply_code(request, rh, ResponseCode::FormErr, ra).await;
+            return here(reply_code(request, rh, ResponseCode::FormErr, ra).await);
         }
         if request.metadata.op_code != OpCode::Query {
-            return reply_code(request, rh, ResponseCode::NotImp, ra).await;
+            return here(reply_code(request, rh, ResponseCode::NotImp, ra).await);
         }
         let Ok(info) = request.request_info() else {
-            return reply_code(request, rh, ResponseCode::FormErr, ra).await;
+            return here(reply_code(request, rh, ResponseCode::FormErr, ra).await);
         };
         // EDNS versions after 0 get BADVERS (forwarded queries too, as hickory's catalog does).
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return reply_code(request, rh, ResponseCode::BADVERS, ra).await;
+            return here(reply_code(request, rh, ResponseCode::BADVERS, ra).await);
         }
         let answer =
             self.zone
@@ -372,7 +420,7 @@ impl RequestHandler for Handler {
         match answer {
             // Our names exist in class IN only (as Knot and dnsmasq answer).
             Answer::Authoritative { .. } if info.query.query_class() != DNSClass::IN => {
-                reply_code(request, rh, ResponseCode::Refused, ra).await
+                here(reply_code(request, rh, ResponseCode::Refused, ra).await)
             }
             Answer::Authoritative {
                 code,
@@ -390,10 +438,10 @@ impl RequestHandler for Handler {
                 }
                 let resp =
                     builder.build(md, answers.iter(), authority.iter(), [].iter(), [].iter());
-                send(request, &mut rh, resp).await
+                here(send(request, &mut rh, resp).await)
             }
             Answer::NotOurs if !recursion => {
-                reply_code(request, rh, ResponseCode::Refused, false).await
+                here(reply_code(request, rh, ResponseCode::Refused, false).await)
             }
             Answer::NotOurs => match &self.forward {
                 Some(catalog) => {
@@ -402,11 +450,12 @@ impl RequestHandler for Handler {
                             src = %request.src(),
                             "{MAX_FORWARDING} DNS queries are being forwarded: one more dropped"
                         );
-                        return not_sent(request, ResponseCode::Refused);
+                        return (not_sent(request, ResponseCode::Refused), Way::Dropped);
                     };
-                    catalog.handle_request::<R, T>(request, rh).await
+                    let info = catalog.handle_request::<R, T>(request, rh).await;
+                    (info, Way::Forwarded)
                 }
-                None => reply_code(request, rh, ResponseCode::ServFail, false).await,
+                None => here(reply_code(request, rh, ResponseCode::ServFail, false).await),
             },
         }
     }

@@ -26,6 +26,7 @@ use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 
+use crate::counts::{question_type, Batch, Outcome};
 use crate::fast::{self, MAX_ANSWER};
 use crate::server::Handler;
 use crate::Error;
@@ -165,9 +166,10 @@ struct Worker {
 impl Worker {
     /// Hands `packet` to hickory's path on the runtime, or drops it when the listener already
     /// has as many there as it may.
-    fn to_full_path(&self, packet: &[u8], src: SocketAddr) {
+    fn to_full_path(&self, packet: &[u8], src: SocketAddr, batch: &mut Batch) {
         let Ok(permit) = self.full_path.clone().try_acquire_owned() else {
             tracing::debug!(%src, "too many DNS queries waiting on the full path: one dropped");
+            batch.add(question_type(packet), Outcome::Dropped);
             return;
         };
         let reply = UdpReply {
@@ -191,6 +193,7 @@ fn serve(worker: &Worker, stop: &AtomicBool) {
     use std::os::fd::AsRawFd;
     let (socket, handler) = (&worker.socket, &worker.handler);
     let fd = socket.as_raw_fd();
+    let mut batch = Batch::default();
     let mut queries = vec![[0u8; MAX_QUERY]; BATCH];
     let mut answers = vec![[0u8; MAX_ANSWER]; BATCH];
     // SAFETY (for the zeroed values): sockaddr_storage, iovec and mmsghdr are plain C structs
@@ -268,10 +271,12 @@ fn serve(worker: &Worker, stop: &AtomicBool) {
                     h.msg_iov = &mut out_iov[ready];
                     h.msg_iovlen = 1;
                     ready += 1;
+                    batch.add_answer(&answer[..n]);
                 }
-                None => worker.to_full_path(packet, src),
+                None => worker.to_full_path(packet, src, &mut batch),
             }
         }
+        batch.flush(&handler.counts);
         let mut sent = 0;
         while sent < ready {
             // SAFETY: headers [sent, ready) point at answers and addresses filled above.

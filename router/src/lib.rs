@@ -25,6 +25,7 @@
 pub mod codec;
 mod h1;
 mod host;
+pub mod inspect;
 mod lent;
 mod listener;
 mod message;
@@ -38,6 +39,7 @@ mod upstream;
 use std::net::SocketAddr;
 
 pub use host::HostName;
+pub use inspect::Inspector;
 pub use proxy::{HostRouter, RequestCtx};
 pub use server::{start, RouterConfig, RunningRouter};
 pub use table::{Route, RouteTable, Unavailable};

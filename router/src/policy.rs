@@ -21,6 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::inspect::Inspector;
 use crate::pages::{self, Page};
 use crate::{Route, RouteTable, Unavailable};
 
@@ -35,6 +36,8 @@ pub(crate) struct RoutingPolicy {
     /// This proxy's `Via` entry (`1.1 itproxy-<random>`): a request that carries it already
     /// has been here, so its route loops.
     via: Arc<str>,
+    /// Where every request either front answers is recorded.
+    inspector: Arc<Inspector>,
 }
 
 /// Where a request goes.
@@ -133,7 +136,19 @@ impl RoutingPolicy {
             trusted_proxies,
             https_port,
             via: format!("1.1 itproxy-{id:08x}").into(),
+            inspector: Arc::default(),
         }
+    }
+
+    /// The same policy, recording requests in `inspector`.
+    pub(crate) fn with_inspector(mut self, inspector: Arc<Inspector>) -> Self {
+        self.inspector = inspector;
+        self
+    }
+
+    /// Where requests are recorded.
+    pub(crate) fn inspector(&self) -> &Inspector {
+        &self.inspector
     }
 
     /// Where a request for `authority` (a Host header or a URI authority) goes, on a

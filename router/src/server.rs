@@ -60,6 +60,8 @@ pub struct RouterConfig {
     /// (`[proxy] h1_front`). Off, every request is still read and checked by the front, then
     /// served by the pipeline.
     pub h1_front: bool,
+    /// Where every request is recorded and counted (the inspector and the metrics).
+    pub inspector: Arc<crate::Inspector>,
 }
 
 impl Default for RouterConfig {
@@ -78,6 +80,7 @@ impl Default for RouterConfig {
             send_timeout: Duration::from_secs(60),
             max_connections_per_client: 1024,
             h1_front: true,
+            inspector: Arc::default(),
         }
     }
 }
@@ -171,7 +174,8 @@ pub fn start(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = https.first().map(|a| a.port());
-    let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port);
+    let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port)
+        .with_inspector(config.inspector.clone());
     let limits = ClientLimits {
         header_timeout: config.header_timeout,
         keepalive_timeout: config.keepalive_timeout,

@@ -18,6 +18,7 @@ pub mod ca;
 pub mod check_config;
 pub mod dns;
 pub mod env;
+pub mod requests;
 pub mod resolve;
 pub mod up;
 

@@ -9,6 +9,7 @@ mod docker;
 mod errors;
 mod fronts;
 mod hardening;
+mod inspector;
 mod persistence;
 mod routing;
 mod swap;

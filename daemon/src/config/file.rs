@@ -117,6 +117,7 @@ pub(super) struct ProxySection {
     /// `fast_path`, its earlier name, is still read.
     #[serde(alias = "fast_path")]
     pub(super) h1_front: Option<bool>,
+    pub(super) recent_requests: Option<usize>,
 }
 
 /// `[tls]`.

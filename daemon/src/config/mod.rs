@@ -47,6 +47,10 @@ pub const DEFAULT_DNS_TTL: u32 = 5;
 /// Open connections one client address may hold by default: a browser opens 6 per host, a
 /// load generator a few hundred.
 pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 1024;
+/// Requests the inspector keeps by default (`itproxy requests`, the dashboard).
+pub const DEFAULT_RECENT_REQUESTS: usize = 1000;
+/// The most `[proxy] recent_requests` may ask to keep (a kept request takes about a KiB).
+pub const MAX_RECENT_REQUESTS: usize = 100_000;
 /// Default validity of issued leaf certificates.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86400);
 
@@ -371,7 +375,18 @@ fn proxy(
         }
         Some(n) => n,
     };
+    let recent_requests = match file.recent_requests {
+        None => DEFAULT_RECENT_REQUESTS,
+        Some(n) if n > MAX_RECENT_REQUESTS => {
+            return Err(invalid(format!(
+                "proxy.recent_requests is {n}; at most {MAX_RECENT_REQUESTS} are kept \
+                 (0 keeps none)"
+            )))
+        }
+        Some(n) => n,
+    };
     Ok(ProxySettings {
+        recent_requests,
         trusted_proxies: file.trusted_proxies,
         timeouts,
         max_connections_per_client,
@@ -501,6 +516,7 @@ mod tests {
                 threads: None,
                 work_stealing: false,
                 h1_front: true,
+                recent_requests: DEFAULT_RECENT_REQUESTS,
             }
         );
         assert_eq!(
@@ -550,6 +566,7 @@ mod tests {
             keepalive_timeout = "75s"
             shutdown_grace = "30s"
             threads = 2
+            recent_requests = 250
             [routes]
             api = "localhost:8000"
             slow = { target = "localhost:8001", read_timeout = "10m", connect_timeout = "1s" }
@@ -584,6 +601,7 @@ mod tests {
                 threads: Some(2),
                 work_stealing: false,
                 h1_front: true,
+                recent_requests: 250,
             }
         );
         assert_eq!(

@@ -38,6 +38,8 @@ pub struct ProxySettings {
     /// Whether HTTP/1.1 connections are read by itproxy's own HTTP/1.1 front (which lends
     /// what it does not serve itself to Pingora), or all go through Pingora's pipeline.
     pub h1_front: bool,
+    /// How many recent requests the inspector keeps (0: none; they are still counted).
+    pub recent_requests: usize,
 }
 
 /// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and
@@ -190,6 +192,8 @@ impl ProxySettings {
             keepalive_timeout: self.timeouts.keepalive,
             send_timeout: self.timeouts.send,
             max_connections_per_client: self.max_connections_per_client,
+            // The daemon's own, set where it makes it (one for the proxy and the API).
+            inspector: Arc::default(),
         }
     }
 }

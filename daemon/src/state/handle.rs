@@ -24,6 +24,8 @@ pub struct StateHandle {
     journal: std::sync::Mutex<crate::persist::Journal>,
     /// The proxy's own HTTP and HTTPS sockets, once bound: no route may point at them.
     own_listeners: OnceLock<Vec<SocketAddr>>,
+    /// Snapshots published after the first.
+    swaps: std::sync::atomic::AtomicU64,
 }
 
 impl StateHandle {
@@ -42,6 +44,7 @@ impl StateHandle {
             routes_file,
             journal: std::sync::Mutex::new(journal),
             own_listeners: OnceLock::new(),
+            swaps: Default::default(),
         }
     }
 
@@ -105,11 +108,24 @@ impl StateHandle {
         let applied = state.apply(change, |o| self.persist(o))?;
         if applied == Applied::Changed {
             self.compact_if_due(state);
-            let Snapshot { table, zone } = state.snapshot();
-            self.table.store(Arc::new(table));
-            self.zone.store(Arc::new(zone));
+            self.publish(state);
         }
         Ok(applied)
+    }
+
+    /// Publishes `state`'s snapshot: the proxy's table first, then the zone (a name never
+    /// resolves before its route works).
+    fn publish(&self, state: &DesiredState) {
+        let Snapshot { table, zone } = state.snapshot();
+        self.table.store(Arc::new(table));
+        self.zone.store(Arc::new(zone));
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many new route tables were published since the start (route swaps).
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the state under its lock.
@@ -188,9 +204,7 @@ impl StateHandle {
         let applied = state.apply_batch(changes, |o| self.persist(o))?;
         if applied == Applied::Changed {
             self.compact_if_due(&state);
-            let Snapshot { table, zone } = state.snapshot();
-            self.table.store(Arc::new(table));
-            self.zone.store(Arc::new(zone));
+            self.publish(&state);
         }
         let changed = api::RoutesChanged {
             set: put.set.len(),

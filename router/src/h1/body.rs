@@ -26,6 +26,14 @@ pub(super) enum BodyEnd {
     Overrun,
 }
 
+/// A body relayed to its end.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Relayed {
+    pub(super) end: BodyEnd,
+    /// Body bytes sent to the client.
+    pub(super) body_bytes: u64,
+}
+
 /// How long a relayed body may stall on either side.
 #[derive(Clone, Copy)]
 pub(super) struct Timeouts {
@@ -42,7 +50,7 @@ pub(super) async fn relay_body<C>(
     body: &[u8],
     framing: Framing,
     timeouts: Timeouts,
-) -> std::io::Result<BodyEnd>
+) -> std::io::Result<Relayed>
 where
     C: AsyncWrite + Unpin,
 {
@@ -63,6 +71,7 @@ where
         Framing::UntilClose => (body.len(), false),
     };
     let mut clean = first == body.len();
+    let mut body_bytes = first as u64;
     out.extend_from_slice(&body[..first]);
     send(client, out, timeouts.client).await?;
     let mut left = match framing {
@@ -107,14 +116,16 @@ where
         };
         clean &= take == n;
         send(client, &buf[..take], timeouts.client).await?;
+        body_bytes += take as u64;
     }
     // Buffered streams (TLS, a connection the pipeline served before) send on flush.
     within(timeouts.client, client.flush()).await?;
-    Ok(if clean {
+    let end = if clean {
         BodyEnd::Exact
     } else {
         BodyEnd::Overrun
-    })
+    };
+    Ok(Relayed { end, body_bytes })
 }
 
 /// Writes to the client, giving up on one that stopped reading.

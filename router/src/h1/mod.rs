@@ -57,6 +57,7 @@ mod upstream_conn;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -78,6 +79,7 @@ use self::client::{Conn, Read, Wait};
 use self::request::{Parsed, Prepared, RequestRules};
 use self::response::{put_connection, Framing};
 use self::upstream_conn::{exchange, Exchanged, Failure};
+use crate::inspect::Exchange;
 use crate::lent::LentStream;
 use crate::message::HeadScan;
 use crate::pages::{self, Page};
@@ -261,9 +263,12 @@ impl H1Front {
                     return Outcome::Done;
                 }
             };
-            conn.buf.advance(prepared.len);
             idle = self.limits.keepalive_timeout;
-            match self.forward(conn, &prepared).await {
+            // The request stays at the buffer's start while it is served (for its record);
+            // what the client sent after it is only appended meanwhile.
+            let next = self.forward(conn, &prepared).await;
+            conn.buf.advance(prepared.len);
+            match next {
                 Next::KeepAlive => {}
                 Next::Close => {
                     let _ = conn.client.shutdown().await;
@@ -285,11 +290,20 @@ impl H1Front {
             .await;
         match p {
             Some(p) => access_log(p, page.status()),
-            None => tracing::debug!(
-                status = page.status(),
-                "request refused: {}",
-                page.summary()
-            ),
+            None => {
+                let summary = page.summary();
+                tracing::debug!(status = page.status(), "request refused: {summary}");
+                let inspector = self.requests.policy.inspector();
+                inspector.record(|e| {
+                    e.status = page.status();
+                    if inspector.keeps_requests() {
+                        e.time = SystemTime::now();
+                        e.tls = conn.tls;
+                        e.client = conn.peer;
+                        e.error = Some(summary);
+                    }
+                });
+            }
         }
     }
 
@@ -299,16 +313,30 @@ impl H1Front {
         C: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let upstream = p.route.upstream();
-        let Exchanged { mut up, response } = match exchange(upstream, conn, p).await {
+        let started = Instant::now();
+        let exchanged = exchange(upstream, conn, p).await;
+        let upstream_time = started.elapsed();
+        let Exchanged { mut up, response } = match exchanged {
             Ok(answer) => answer,
             Err(Failure::Upstream(e)) => {
-                self.upstream_failed(conn, p, &e).await;
+                let status = self.upstream_failed(conn, p, &e).await;
+                self.record(conn, p, started, |r| {
+                    r.status = status;
+                    r.upstream_failed = true;
+                    r.error = Some(e.to_string());
+                });
                 return Next::Close;
             }
-            Err(Failure::Client) => return Next::Close,
+            Err(Failure::Client) => {
+                self.record(conn, p, started, |r| {
+                    r.error = Some("the client went away before the response".into());
+                });
+                return Next::Close;
+            }
         };
         let client_keep = !p.client_close && response.framing != Framing::UntilClose;
         put_connection(&mut conn.out, client_keep);
+        let head_bytes = conn.out.len() as u64;
         let body = &conn.upbuf[response.head_len..];
         let relayed = relay_body(
             &mut conn.client,
@@ -322,9 +350,20 @@ impl H1Front {
             },
         )
         .await;
+        self.record(conn, p, started, |r| {
+            r.status = response.status;
+            r.upstream_duration = Some(upstream_time);
+            r.response_bytes = head_bytes + relayed.as_ref().map_or(0, |b| b.body_bytes);
+            if let Err(e) = &relayed {
+                r.error = Some(format!("response cut short: {e}"));
+            }
+            if self.requests.policy.inspector().keeps_requests() {
+                r.set_response_head(&conn.out[..head_bytes as usize]);
+            }
+        });
         conn.upbuf.clear();
         access_log(p, response.status);
-        match relayed {
+        match relayed.map(|r| r.end) {
             Ok(end) => {
                 if end == BodyEnd::Exact && response.reusable {
                     pool::put(upstream, up);
@@ -342,8 +381,9 @@ impl H1Front {
         }
     }
 
-    /// Answers with the 502/504 page naming the route and target, as the pipeline does.
-    async fn upstream_failed<C>(&self, conn: &mut Conn<C>, p: &Prepared, e: &PError)
+    /// Answers with the 502/504 page naming the route and target, as the pipeline does;
+    /// returns the status.
+    async fn upstream_failed<C>(&self, conn: &mut Conn<C>, p: &Prepared, e: &PError) -> u16
     where
         C: AsyncWrite + Unpin,
     {
@@ -351,6 +391,33 @@ impl H1Front {
         RoutingPolicy::log_upstream_failure(Some(&p.route), status, e);
         self.refuse(conn, &Page::upstream_failed(status, &p.route, e), Some(p))
             .await;
+        status
+    }
+
+    /// Records the forwarded request `p` (its head still at the start of `conn.buf`), served
+    /// since `started`; `fill` adds how it ended.
+    fn record<C>(
+        &self,
+        conn: &Conn<C>,
+        p: &Prepared,
+        started: Instant,
+        fill: impl FnOnce(&mut Exchange),
+    ) {
+        let inspector = self.requests.policy.inspector();
+        inspector.record(|e| {
+            e.route = Some(p.route.clone());
+            e.duration = started.elapsed();
+            e.request_bytes = p.len as u64;
+            if inspector.keeps_requests() {
+                e.time = SystemTime::now()
+                    .checked_sub(e.duration)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                e.tls = conn.tls;
+                e.client = conn.peer;
+                e.set_request_head(&conn.buf[..p.head_len]);
+            }
+            fill(e);
+        });
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct RequestRules {
 pub(crate) struct Prepared {
     /// Bytes of the client's buffer it takes (head and body).
     pub(crate) len: usize,
+    /// Bytes of its head.
+    pub(crate) head_len: usize,
     /// It may be sent again if a pooled connection turns out closed (RFC 9110 9.2.2).
     pub(crate) idempotent: bool,
     pub(crate) route: Arc<Route>,
@@ -229,6 +231,7 @@ impl RequestRules {
         out.extend_from_slice(&buf[head_len..head_len + body_len]);
         Parsed::Forward(Prepared {
             len: head_len + body_len,
+            head_len,
             idempotent: matches!(
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"

@@ -20,6 +20,7 @@ mod answer;
 mod upstream_request;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -31,19 +32,38 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
 
 use self::answer::{redirect_https, send_page};
+use crate::inspect::{Inspector, Protocol};
 use crate::message;
 use crate::pages::{self, Page};
 use crate::policy::{Decision, RoutingPolicy};
 use crate::{Route, RouteTable};
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// Connect attempts that failed so far.
     attempt: usize,
     /// Index of the address being tried.
     peer_index: usize,
+    /// When the request's head was read (the context is made then).
+    started: Instant,
+    /// When the first upstream connection was asked for.
+    upstream_started: Option<Instant>,
+    /// From then to the upstream's response head.
+    upstream_duration: Option<Duration>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            route: None,
+            attempt: 0,
+            peer_index: 0,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_duration: None,
+        }
+    }
 }
 
 /// Host-based reverse proxy over a shared, atomically swapped [`RouteTable`]. Its routing
@@ -67,9 +87,57 @@ impl HostRouter {
         }
     }
 
+    /// The same proxy, recording every request it (or the HTTP/1.1 front sharing its policy)
+    /// answers in `inspector`.
+    pub fn with_inspector(mut self, inspector: Arc<Inspector>) -> Self {
+        self.policy = self.policy.with_inspector(inspector);
+        self
+    }
+
     /// The routing policy this proxy applies, for the HTTP/1.1 front to apply the same.
     pub(crate) fn policy(&self) -> &RoutingPolicy {
         &self.policy
+    }
+}
+
+impl HostRouter {
+    /// Records a request the pipeline answered with `status` (0: none), failed with `e`.
+    fn record(&self, session: &Session, e: Option<&PError>, ctx: &RequestCtx, status: u16) {
+        let inspector = self.policy.inspector();
+        inspector.record(|r| {
+            r.route = ctx.route.clone();
+            r.status = status;
+            r.duration = ctx.started.elapsed();
+            r.upstream_duration = ctx.upstream_duration;
+            r.upstream_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
+            r.error = e.map(|e| e.to_string());
+            if !inspector.keeps_requests() {
+                return;
+            }
+            r.time = SystemTime::now()
+                .checked_sub(r.duration)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let req = session.req_header();
+            r.protocol = match req.version {
+                http::Version::HTTP_2 => Protocol::Http2,
+                http::Version::HTTP_10 | http::Version::HTTP_09 => Protocol::Http10,
+                _ => Protocol::Http11,
+            };
+            r.tls = is_tls(session);
+            r.client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let target = req.uri.to_string();
+            let headers = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+            r.write_request_head(req.method.as_str(), &target, headers);
+            r.request_bytes = (r.request_head_len() + session.body_bytes_read()) as u64;
+            if let Some(resp) = session.response_written() {
+                let headers = resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+                r.write_response_head(resp.status.as_u16(), headers);
+                r.response_bytes = (r.response_head_len() + session.body_bytes_sent()) as u64;
+            }
+        });
     }
 }
 
@@ -150,6 +218,7 @@ impl ProxyHttp for HostRouter {
             .route
             .as_ref()
             .ok_or_else(|| PError::explain(ErrorType::InternalError, "no route selected"))?;
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         match route.upstream().peer(ctx.attempt) {
             Some((index, peer)) => {
                 ctx.peer_index = index;
@@ -234,8 +303,11 @@ impl ProxyHttp for HostRouter {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> PResult<()> {
+        if let Some(sent) = ctx.upstream_started {
+            ctx.upstream_duration.get_or_insert_with(|| sent.elapsed());
+        }
         // A switch nobody asked for would turn the connection into a raw tunnel to whatever
         // the upstream sends next; the HTTP/1.1 front refuses it too.
         if upstream_response.status.as_u16() == 101 && !session.is_upgrade_req() {
@@ -363,5 +435,6 @@ impl ProxyHttp for HostRouter {
             let req = session.req_header();
             RoutingPolicy::log_access(&req.method, &req.uri, host, status);
         }
+        self.record(session, e, ctx, status);
     }
 }

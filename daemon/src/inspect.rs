@@ -1,0 +1,116 @@
+//! The request inspector's readers: `GET /v1/requests` (a list, or a stream of JSON lines
+//! that follows new requests) over the router's [`Inspector`], and the conversion of its
+//! records into the API's [`RequestView`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use itproxy_router::inspect::Exchange;
+use itproxy_router::{HostName, Inspector};
+
+use crate::api::RequestView;
+
+/// Requests a list answers with when the query names no limit.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// How long a follower waits for a new request before it checks the client is still there.
+const FOLLOW_TICK: Duration = Duration::from_secs(15);
+
+/// A kept request as the API shows it.
+pub fn view(e: &Exchange) -> RequestView {
+    let request = e.request().unwrap_or_default();
+    let response = e.response().unwrap_or_default();
+    RequestView {
+        id: e.id,
+        time: humantime::format_rfc3339_millis(e.time).to_string(),
+        protocol: e.protocol.as_str().to_string(),
+        tls: e.tls,
+        client: e.client.map(|ip| ip.to_string()),
+        route: e.route.as_ref().map(|r| r.host().to_string()),
+        upstream: e.route.as_ref().map(|r| r.upstream().spec().to_string()),
+        method: request.start.0,
+        target: request.start.1,
+        status: e.status,
+        duration_ms: e.duration.as_secs_f64() * 1000.0,
+        upstream_ms: e.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+        request_bytes: e.request_bytes,
+        response_bytes: e.response_bytes,
+        upstream_failed: e.upstream_failed,
+        error: e.error.clone(),
+        request_headers: request.headers,
+        response_headers: response.headers,
+    }
+}
+
+/// Which requests a reader asked for.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// Only this route's.
+    pub route: Option<HostName>,
+    /// Only after this id.
+    pub since: u64,
+    /// At most this many at first (the newest).
+    pub limit: usize,
+}
+
+impl Selection {
+    fn keeps(&self, e: &Exchange) -> bool {
+        match &self.route {
+            Some(host) => e.route.as_ref().is_some_and(|r| r.host() == host),
+            None => true,
+        }
+    }
+
+    /// The kept requests selected, oldest first.
+    pub fn list(&self, inspector: &Inspector) -> Vec<RequestView> {
+        inspector
+            .requests(self.since, self.limit, |e| self.keeps(e))
+            .iter()
+            .map(view)
+            .collect()
+    }
+
+    /// The selected requests as JSON lines: those kept now, then each new one as it ends,
+    /// until the reader goes away. A reader slower than the proxy misses the requests that
+    /// left the ring before it read them (their ids are skipped).
+    pub fn follow(
+        self,
+        inspector: Arc<Inspector>,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> {
+        let first = self.list(&inspector);
+        let since = first
+            .last()
+            .map_or(inspector.last_id().max(self.since), |v| v.id);
+        let first = lines(&first);
+        let state = (self, inspector, since, Some(first));
+        futures_util::stream::unfold(state, |(sel, inspector, since, first)| async move {
+            if let Some(first) = first.filter(|f| !f.is_empty()) {
+                return Some((Ok(first), (sel, inspector, since, None)));
+            }
+            inspector.wait_past(since, FOLLOW_TICK).await;
+            let next = inspector.last_id();
+            // Up to `next` only: a request recorded meanwhile comes in the next round.
+            let found: Vec<RequestView> = inspector
+                .requests(since, usize::MAX, |e| e.id <= next && sel.keeps(e))
+                .iter()
+                .map(view)
+                .collect();
+            let mut chunk = lines(&found);
+            if chunk.is_empty() {
+                // A blank line when nothing came (readers skip it): a reader that left is
+                // found by the write, and the connection does not look dead to proxies.
+                chunk.push(b'\n');
+            }
+            Some((Ok(chunk), (sel, inspector, next.max(since), None)))
+        })
+    }
+}
+
+fn lines(views: &[RequestView]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in views {
+        serde_json::to_writer(&mut out, v).expect("a view serializes");
+        out.push(b'\n');
+    }
+    out
+}

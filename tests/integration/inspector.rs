@@ -1,0 +1,251 @@
+//! A developer looks at what went through the proxy: `itproxy requests` and `GET /v1/requests`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::*;
+
+/// `itproxy requests --json`, one object per request, oldest first.
+fn requests(p: &Itproxy, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["requests", "--json"];
+    args.extend_from_slice(extra);
+    p.ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
+    headers
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str())
+}
+
+/// Sends raw bytes and reads until the proxy closes the connection.
+async fn raw(proxy: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn every_request_shows_up_with_its_route_status_headers_and_timing() {
+    let api = Backend::start("api").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    let dead = format!("127.0.0.1:{}", free_port());
+    p.ok(&["route", "gone", &dead]);
+
+    // Served by the HTTP/1.1 front.
+    let mut conn = Client::connect(p.http).await;
+    let r = conn
+        .send("api.test", "/v1/users?page=2", &[("x-trace", "t-1")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Lent to Pingora's pipeline (a chunked body), then HTTP/2 over TLS.
+    let (status, _) = curl(
+        p.http,
+        "api.test",
+        "/upload",
+        &["-H", "transfer-encoding: chunked", "--data-binary", "hello"],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let resolve = format!("api.test:{}:127.0.0.1", p.https.port());
+    let url = format!("https://api.test:{}/over-h2", p.https.port());
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    // An unknown host, a route whose target is down, and a head that cannot be read.
+    assert_eq!(get(p.http, "nobody.test", "/").await.status, 404);
+    assert_eq!(get(p.http, "gone.test", "/x").await.status, 502);
+    let refused = raw(
+        p.http,
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+
+    let seen = requests(&p, &[]);
+    assert_eq!(seen.len(), 6, "{seen:#?}");
+    let ids: Vec<u64> = seen.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+
+    let first = &seen[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["target"], "/v1/users?page=2");
+    assert_eq!(first["route"], "api.test");
+    assert_eq!(first["upstream"], format!("http://{}", api.target()));
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(header(&first["request_headers"], "x-trace"), Some("t-1"));
+    assert_eq!(
+        header(&first["response_headers"], "content-type"),
+        Some("application/json")
+    );
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0, "{first}");
+    assert!(first["upstream_ms"].as_f64().unwrap() > 0.0, "{first}");
+    assert!(first["response_bytes"].as_u64().unwrap() > 50, "{first}");
+
+    let upload = &seen[1];
+    assert_eq!(
+        (upload["method"].as_str(), upload["target"].as_str()),
+        (Some("POST"), Some("/upload"))
+    );
+    assert_eq!(upload["status"], 200);
+    assert!(upload["request_bytes"].as_u64().unwrap() >= 5, "{upload}");
+
+    let h2 = &seen[2];
+    assert_eq!(
+        (h2["protocol"].as_str(), h2["tls"].as_bool()),
+        (Some("HTTP/2"), Some(true))
+    );
+    assert!(h2["target"].as_str().unwrap().ends_with("/over-h2"), "{h2}");
+    assert_eq!(h2["status"], 200);
+
+    let unknown = &seen[3];
+    assert_eq!(
+        (unknown["status"].as_u64(), unknown.get("route")),
+        (Some(404), None)
+    );
+
+    let failed = &seen[4];
+    assert_eq!(failed["route"], "gone.test");
+    assert_eq!(failed["status"], 502);
+    assert_eq!(failed["upstream_failed"], true);
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+
+    let bad = &seen[5];
+    assert_eq!(bad["status"], 400);
+    assert!(
+        bad["error"].as_str().unwrap().contains("Content-Length"),
+        "{bad}"
+    );
+
+    // The table a user reads, and one route's requests only.
+    let table = p.ok(&["requests"]);
+    assert!(
+        table.lines().any(|l| l.contains(" 200 ")
+            && l.contains("api.test")
+            && l.ends_with("/v1/users?page=2")),
+        "{table}"
+    );
+    let only_gone = requests(&p, &["--route", "gone"]);
+    assert_eq!(only_gone.len(), 1, "{only_gone:#?}");
+    assert_eq!(requests(&p, &["-n", "2"]).len(), 2);
+}
+
+#[tokio::test]
+async fn follow_prints_each_new_request_as_it_ends() {
+    let api = Backend::start("api").await;
+    let web = Backend::start("web").await;
+    let p = Itproxy::start();
+    p.ok(&["route", "api", &api.target()]);
+    p.ok(&["route", "web", &web.target()]);
+    get(p.http, "api.test", "/before").await;
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_itproxy"))
+        .arg("--state-dir")
+        .arg(p.state_dir())
+        .args([
+            "requests", "--follow", "--json", "--route", "api", "-n", "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next = |what: &str| -> Value {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no line for {what} within 10 s"));
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next("the latest request")["target"], "/before");
+
+    // Another route's request is not printed; this route's next one is, within moments.
+    get(p.http, "web.test", "/elsewhere").await;
+    let sent = Instant::now();
+    get(p.http, "api.test", "/after").await;
+    assert_eq!(next("the new request")["target"], "/after");
+    eprintln!(
+        "a request reached the follower {:?} after it was sent",
+        sent.elapsed()
+    );
+
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+#[tokio::test]
+async fn the_inspector_keeps_the_newest_requests_it_is_configured_for() {
+    let api = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[proxy]\nrecent_requests = 3\n");
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    p.ok(&["route", "api", &api.target()]);
+    for i in 0..5 {
+        get(p.http, "api.test", &format!("/{i}")).await;
+    }
+    let seen: Vec<String> = requests(&p, &[])
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ["/2", "/3", "/4"]);
+
+    // The API names what it takes when a query is wrong.
+    let (status, body) = p.api("GET", "/v1/requests?limit=many", None);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_query");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+    let (status, body) = p.api("GET", "/v1/requests?route=not%20a%20name", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{body}"
+    );
+
+    // A config asking for more than the inspector keeps is refused at start, saying so.
+    let bad = write_config(dir.path(), "[proxy]\nrecent_requests = 1000000\n");
+    let out = run_in(dir.path(), &["check-config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("recent_requests"),
+        "{}",
+        output_text(&out)
+    );
+}
