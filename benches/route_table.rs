@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the request-path route lookup, of publishing a new route table, and of
-//! rewriting request and response heads on the HTTP/1.1 front (`itproxy_router::codec`).
+//! Micro-benchmarks of the request-path route lookup, of publishing a new route table, of
+//! rewriting request and response heads on the HTTP/1.1 front (`itproxy_router::codec`), and of
+//! recording a request in the inspector.
 //! Run with `make bench` (or `cargo bench --bench route_table`).
 
 use std::hint::black_box;
@@ -97,5 +98,41 @@ Cache-Control: no-cache\r\nETag: \"abc123\"\r\n\r\n";
     g.finish();
 }
 
-criterion_group!(benches, lookup, publish, rewrite);
+/// One request recorded as the HTTP/1.1 front records it (route, timings, both heads copied),
+/// into a full ring (the steady state: the oldest record reused) and with no ring (counts only,
+/// `recent_requests = 0`): the inspector's cost per request.
+fn record(c: &mut Criterion) {
+    use itproxy_router::Inspector;
+    use std::time::{Duration, SystemTime};
+    let mut g = c.benchmark_group("inspector_record");
+    let route = Arc::new(routes(1).remove(0));
+    let request = b"GET /v1/users?page=2 HTTP/1.1\r\nHost: app0.test\r\nUser-Agent: wrk\r\n\
+                    Accept: application/json\r\nX-Request-Id: 0123456789abcdef\r\n\r\n";
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: 512\r\nDate: Mon, 07 Dec 2026 04:00:00 GMT\r\n\
+                     Connection: keep-alive\r\n\r\n";
+    for (name, capacity) in [("ring_1000_full", 1000usize), ("counts_only", 0)] {
+        let inspector = Inspector::new(capacity);
+        let fill = |e: &mut itproxy_router::inspect::Exchange| {
+            e.route = Some(route.clone());
+            e.status = 200;
+            e.duration = Duration::from_micros(180);
+            e.upstream_duration = Some(Duration::from_micros(150));
+            e.request_bytes = request.len() as u64;
+            e.response_bytes = 700;
+            if inspector.keeps_requests() {
+                e.time = SystemTime::now();
+                e.set_request_head(request);
+                e.set_response_head(response);
+            }
+        };
+        for _ in 0..capacity {
+            inspector.record(fill);
+        }
+        g.bench_function(name, |b| b.iter(|| inspector.record(fill)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, publish, rewrite, record);
 criterion_main!(benches);

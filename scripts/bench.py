@@ -27,7 +27,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "itproxy")
 IP = "127.0.0.17"
-PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081, "itproxy-pipeline": 18082}
+PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081, "itproxy-pipeline": 18082,
+         "itproxy-unrecorded": 18083}
 # A bare TCP relay (nginx's stream module: no HTTP at all) in front of the backend: what one
 # more loopback hop costs on this machine, the floor for any proxy's added latency.
 RELAY_PORT = 18083
@@ -38,6 +39,8 @@ STATE = os.path.join(WORK, "state")
 # A second itproxy with the HTTP/1.1 front off: every request through Pingora's full proxy
 # pipeline, to show what the front changes in the same run.
 PIPELINE_STATE = os.path.join(WORK, "state-pipeline")
+# The same proxy keeping no request in the inspector's ring (counts only): the cost of recording.
+UNRECORDED_STATE = os.path.join(WORK, "state-unrecorded")
 procs = []
 
 
@@ -191,6 +194,12 @@ def main():
         f.write("[proxy]\nh1_front = false\n")
     itp_pipeline = start([BIN, "--state-dir", PIPELINE_STATE, "--config", pipeline_conf, "up", "--http",
                           f"{IP}:{PORTS['itproxy-pipeline']}", "--no-https", "--no-dns"], f"{WORK}/itproxy-pipeline.log")
+    unrecorded_conf = os.path.join(WORK, "unrecorded.toml")
+    with open(unrecorded_conf, "w") as f:
+        f.write("[proxy]\nrecent_requests = 0\n")
+    itp_unrecorded = start([BIN, "--state-dir", UNRECORDED_STATE, "--config", unrecorded_conf, "up", "--http",
+                            f"{IP}:{PORTS['itproxy-unrecorded']}", "--no-https", "--no-dns"],
+                           f"{WORK}/itproxy-unrecorded.log")
     relay = os.path.exists(STREAM_MODULE)
     if relay:
         start(["nginx", "-c", relay_conf()], f"{WORK}/relay.log")
@@ -201,12 +210,14 @@ def main():
         if os.path.exists(os.path.join(STATE, "control.sock")):
             break
         time.sleep(0.05)
-    for _ in range(100):
-        if os.path.exists(os.path.join(PIPELINE_STATE, "control.sock")):
-            break
-        time.sleep(0.05)
+    for state in (PIPELINE_STATE, UNRECORDED_STATE):
+        for _ in range(100):
+            if os.path.exists(os.path.join(state, "control.sock")):
+                break
+            time.sleep(0.05)
     itproxy("route", "api", f"{IP}:{PORTS['a']}")
     sh(BIN, "--state-dir", PIPELINE_STATE, "route", "api", f"{IP}:{PORTS['a']}")
+    sh(BIN, "--state-dir", UNRECORDED_STATE, "route", "api", f"{IP}:{PORTS['a']}")
     assert get(PORTS["itproxy"]) == "a" and get(PORTS["nginx"]) == "a" and get(PORTS["itproxy-pipeline"]) == "a"
     versions = {"itproxy": sh(BIN, "--version").strip(),
                 "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()}
@@ -222,9 +233,10 @@ def main():
     wrk_rps, wrk_cpu = {}, {}
     if shutil.which("wrk"):
         nginx_pids = [nginx.pid] + [int(p) for p in sh("pgrep", "-P", str(nginx.pid)).split()]
-        pids = {"direct": [], "itproxy": [itp.pid], "itproxy-pipeline": [itp_pipeline.pid], "nginx": nginx_pids}
+        pids = {"direct": [], "itproxy": [itp.pid], "itproxy-pipeline": [itp_pipeline.pid], "nginx": nginx_pids,
+                "itproxy-unrecorded": [itp_unrecorded.pid]}
         for rnd in range(3):
-            for name in ("direct", "itproxy", "itproxy-pipeline", "nginx"):
+            for name in ("direct", "itproxy", "itproxy-unrecorded", "itproxy-pipeline", "nginx"):
                 port = PORTS["a"] if name == "direct" else PORTS[name]
                 rps, cpu = wrk(port, pids[name])
                 wrk_rps.setdefault(name, []).append(rps)
@@ -352,6 +364,12 @@ def main():
                       f"CPU per request {ratio(wrk_cpu['itproxy'], wrk_cpu['nginx']):.2f}; "
                       f"itproxy-pipeline / nginx: {ratio(wrk_rps['itproxy-pipeline'], wrk_rps['nginx']):.2f}, "
                       f"{ratio(wrk_cpu['itproxy-pipeline'], wrk_cpu['nginx']):.2f}.")
+        if wrk_rps.get("itproxy-unrecorded"):
+            md.append("")
+            md.append(f"Cost of recording every request in the inspector (itproxy, default ring of 1000, vs "
+                      f"itproxy-unrecorded, `recent_requests = 0`, counts only): throughput "
+                      f"{ratio(wrk_rps['itproxy'], wrk_rps['itproxy-unrecorded']):.3f}, CPU per request "
+                      f"{ratio(wrk_cpu['itproxy'], wrk_cpu['itproxy-unrecorded']):.3f}.")
     c = result["route_change_visible_ms"]
     f = result["failures_during_changes"]
     md += ["", f"Route change visible: itproxy {c['itproxy_median']:.2f} ms (API call incl. fsync) vs nginx reload {c['nginx_reload_median']:.2f} ms (medians of 20).",

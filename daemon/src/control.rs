@@ -72,12 +72,14 @@ pub enum ErrorCode {
     /// An app's clock cannot be read or moved: it declares no `faketime`, or the time is not
     /// one (409).
     NoClock,
+    /// The dashboard asked from another machine or a container (403).
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 22] = [
+    const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -100,6 +102,7 @@ impl ErrorCode {
         ErrorCode::InvalidConfig,
         ErrorCode::NeedsRestart,
         ErrorCode::NoClock,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as the API writes it.
@@ -127,6 +130,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::NeedsRestart => "needs_restart",
             ErrorCode::NoClock => "no_clock",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -144,6 +148,7 @@ impl ErrorCode {
             | ErrorCode::NotFound
             | ErrorCode::NoSnapshot => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NothingToRestore
             | ErrorCode::DependencyNotReady
             | ErrorCode::SnapshotFailed
@@ -324,6 +329,65 @@ impl Control {
 }
 
 type Shared = State<Arc<Control>>;
+
+/// The read-only part of the API, as the dashboard serves it at its own name (the same paths
+/// and answers; nothing that changes anything), with the page and `/metrics`.
+pub fn dashboard_app(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard.js", get(crate::dashboard::script))
+        .route("/dashboard.css", get(crate::dashboard::style))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/routes", get(list))
+        .route("/v1/apps", get(apps))
+        .route("/v1/requests", get(requests))
+        .route("/v1/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(this_machine_only))
+        .with_state(control)
+}
+
+/// The dashboard shows every request's headers (cookies, authorization): it answers clients
+/// on this machine only, not containers or other hosts that reach the proxy. The proxy sets
+/// `X-Forwarded-For` (its last entry is always the address it was reached from); a request
+/// without one came to the loopback listener directly, from this machine.
+async fn this_machine_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match asked_from(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(from) => ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the dashboard answers clients on the machine itproxy runs on only (it shows \
+                 every request's headers); this request came from {from}"
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Whether a request to the dashboard came from this machine (see `this_machine_only`); if
+/// not, where it came from.
+fn asked_from(headers: &http::HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get_all("x-forwarded-for").iter().next_back() else {
+        return Ok(());
+    };
+    let last = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok());
+    match last {
+        Some(std::net::IpAddr::V4(v4)) if v4.is_loopback() => Ok(()),
+        Some(std::net::IpAddr::V6(v6))
+            if v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()) =>
+        {
+            Ok(())
+        }
+        Some(ip) => Err(ip.to_string()),
+        None => Err("an address that cannot be read".to_string()),
+    }
+}
 
 /// The API's routes.
 pub fn app(control: Arc<Control>) -> Router {
@@ -639,6 +703,34 @@ async fn method_not_allowed() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::ErrorCode;
+
+    #[test]
+    fn the_dashboard_answers_this_machine_only() {
+        let asked = |xff: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            super::asked_from(&h)
+        };
+        assert_eq!(asked(&[]), Ok(()), "straight to the loopback listener");
+        assert_eq!(asked(&["127.0.0.1"]), Ok(()));
+        assert_eq!(asked(&["::1"]), Ok(()));
+        assert_eq!(
+            asked(&["10.0.0.9, 127.0.0.1"]),
+            Ok(()),
+            "the proxy's entry is the last"
+        );
+        assert_eq!(
+            asked(&["127.0.0.1", "172.18.0.3"]),
+            Err("172.18.0.3".into())
+        );
+        assert_eq!(
+            asked(&["127.0.0.1, 192.168.1.20"]),
+            Err("192.168.1.20".into())
+        );
+        assert!(asked(&["garbage"]).is_err());
+    }
 
     /// The code list in docs/api.yaml is this enum, no more and no less.
     #[test]

@@ -16,6 +16,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// How long a follower waits for a new request before it checks the client is still there.
 const FOLLOW_TICK: Duration = Duration::from_secs(15);
 
+/// How long a follower lets new requests gather before it reads them.
+const FOLLOW_BATCH: Duration = Duration::from_millis(50);
+
 /// A kept request as the API shows it.
 pub fn view(e: &Exchange) -> RequestView {
     let request = e.request().unwrap_or_default();
@@ -88,6 +91,9 @@ impl Selection {
                 return Some((Ok(first), (sel, inspector, since, None)));
             }
             inspector.wait_past(since, FOLLOW_TICK).await;
+            // Requests that end close together go in one chunk: a follower wakes at most
+            // this often, however busy the proxy.
+            tokio::time::sleep(FOLLOW_BATCH).await;
             let next = inspector.last_id();
             // Up to `next` only: a request recorded meanwhile comes in the next round.
             let found: Vec<RequestView> = inspector

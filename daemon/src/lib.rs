@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 mod control;
+mod dashboard;
 mod inspect;
 mod metrics;
 mod persist;

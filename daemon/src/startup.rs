@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use itproxy_router::{Inspector, RouteTable, RouterConfig};
+use itproxy_router::{HostName, Inspector, RouteTable, RouterConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Gateway, MintPolicy};
@@ -94,6 +94,9 @@ pub enum StartError {
     /// The DNS server.
     #[error(transparent)]
     Dns(#[from] itproxy_dns::Error),
+    /// The dashboard's loopback listener.
+    #[error("cannot listen on loopback for the dashboard: {0}; set [proxy] dashboard = \"\" to go without")]
+    Dashboard(std::io::Error),
 }
 
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `POST /v1/shutdown`; with an
@@ -115,18 +118,22 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         .and_then(|e| e.network.subnet.as_deref())
         .and_then(|s| s.parse().ok());
 
-    let state = Arc::new(StateHandle::new(
-        initial_state(&config, overrides).await,
-        dir.routes_file(),
-        journal,
-    ));
+    let dashboard = dashboard(&config)?;
+    let mut initial = initial_state(&config, overrides).await;
+    if let Some(d) = &dashboard {
+        initial.serve_own_name(d.host.clone());
+    }
+    let state = Arc::new(StateHandle::new(initial, dir.routes_file(), journal));
     if config.tls.mint == MintPolicy::Routed {
         let table = state.table();
+        let own = dashboard.as_ref().map(|d| d.host.clone());
         // A declared app's name gets its certificate while the app restarts too, so the
         // 503 saying so arrives over TLS the browser trusts.
         tls.resolver.serve_only(Arc::new(move |name: &str| {
             let table = table.load();
-            table.lookup(name).is_some() || table.unavailable(name).is_some()
+            table.lookup(name).is_some()
+                || table.unavailable(name).is_some()
+                || own.as_ref().is_some_and(|o| o.as_str() == name)
         }));
     }
     let (apps, discovery) = match env {
@@ -151,6 +158,9 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         tls.files.bundle.clone(),
     );
     router_config.inspector = inspector.clone();
+    if let Some(d) = &dashboard {
+        router_config.own_routes = d.routes.clone();
+    }
     let router = start_proxy(router_config, state.table()).await?;
     let proxy_addrs: Vec<SocketAddr> = router
         .http_addrs()
@@ -214,7 +224,11 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
             );
             // The control API answers while containers are found and apps come up.
             let background = CancellationToken::new();
-            let tasks = spawn_background(&background, state.clone(), discovery, apps, steps);
+            let mut tasks = spawn_background(&background, state.clone(), discovery, apps, steps);
+            if let Some(d) = dashboard {
+                let stop = background.clone();
+                tasks.push(crate::dashboard::serve(d.listener, control.clone(), stop));
+            }
             let served = serve_control(listener, control).await;
             background.cancel();
             for t in tasks {
@@ -379,6 +393,40 @@ impl OpenEnvironment {
             Some(config.clone()),
         ))
     }
+}
+
+/// The dashboard: its name, its loopback listener and the route to it (the proxy's own).
+struct Dashboard {
+    host: HostName,
+    listener: std::net::TcpListener,
+    routes: RouteTable,
+}
+
+/// The dashboard, unless it is off or the config routes its name itself.
+fn dashboard(config: &Config) -> Result<Option<Dashboard>, StartError> {
+    let Some(name) = &config.proxy.dashboard else {
+        return Ok(None);
+    };
+    let Ok(host) = config.domains.qualify(name.as_str()) else {
+        return Ok(None);
+    };
+    if config.routes.contains_key(&host) {
+        tracing::info!(%host, "the config routes the dashboard's name itself: no dashboard");
+        return Ok(None);
+    }
+    let (listener, addr) = crate::dashboard::bind().map_err(StartError::Dashboard)?;
+    let spec = itproxy_router::UpstreamSpec::parse(&addr.to_string())
+        .expect("a socket address is a target");
+    // A generation no route of the state's takes (they count up from 1): its pooled
+    // connections are its own.
+    let upstream = itproxy_router::Upstream::new(spec, vec![addr], u64::MAX, &Default::default());
+    let route = itproxy_router::Route::new(host.clone(), Arc::new(upstream));
+    tracing::info!(url = %format!("https://{host}/"), "the dashboard is served");
+    Ok(Some(Dashboard {
+        host,
+        listener,
+        routes: RouteTable::new([route]),
+    }))
 }
 
 /// The desired state at start: declared routes and persisted overrides, each target resolved.

@@ -27,6 +27,11 @@ use crate::Route;
 /// under the empty route, so a stream of short-lived routes cannot grow the map for ever.
 const MAX_COUNTED_ROUTES: usize = 10_000;
 
+/// The most bytes of a request or response head a record keeps; longer ones are kept up to
+/// their last whole line within it (default `large_client_header_buffers` of nginx is 8 KiB a
+/// line; a request's whole head may be 64 KiB here).
+pub const MAX_KEPT_HEAD: usize = 8 * 1024;
+
 /// Upper bounds (seconds) of the latency histograms' buckets, Prometheus' defaults extended
 /// down to half a millisecond (a local proxy's requests mostly take less than one).
 pub const LATENCY_BUCKETS: [f64; 15] = [
@@ -129,6 +134,9 @@ impl Exchange {
         );
         request_head.clear();
         response_head.clear();
+        // A slot keeps at most what one kept head may take.
+        request_head.shrink_to(MAX_KEPT_HEAD);
+        response_head.shrink_to(MAX_KEPT_HEAD);
         *self = Exchange {
             request_head,
             response_head,
@@ -137,15 +145,13 @@ impl Exchange {
     }
 
     /// Keeps `head` (HTTP/1 request head bytes, as the client sent them) as the request's.
-    pub(crate) fn set_request_head(&mut self, head: &[u8]) {
-        self.request_head.clear();
-        self.request_head.extend_from_slice(head);
+    pub fn set_request_head(&mut self, head: &[u8]) {
+        keep_head(&mut self.request_head, head);
     }
 
     /// Keeps `head` (HTTP/1 response head bytes) as the response's.
-    pub(crate) fn set_response_head(&mut self, head: &[u8]) {
-        self.response_head.clear();
-        self.response_head.extend_from_slice(head);
+    pub fn set_response_head(&mut self, head: &[u8]) {
+        keep_head(&mut self.response_head, head);
     }
 
     /// Writes a request head in HTTP/1 form from its parts (Pingora's and HTTP/2 requests).
@@ -155,13 +161,14 @@ impl Exchange {
         target: &str,
         headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     ) {
-        let out = &mut self.request_head;
+        let mut out = std::mem::take(&mut self.request_head);
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        put_headers(out, headers);
+        put_headers(&mut out, headers);
+        keep_head(&mut self.request_head, &out);
     }
 
     /// Writes a response head in HTTP/1 form from its parts.
@@ -170,14 +177,15 @@ impl Exchange {
         status: u16,
         headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     ) {
-        let out = &mut self.response_head;
+        let mut out = std::mem::take(&mut self.response_head);
         out.clear();
         let reason = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
         out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-        put_headers(out, headers);
+        put_headers(&mut out, headers);
+        keep_head(&mut self.response_head, &out);
     }
 
     /// Bytes of the request head kept.
@@ -193,7 +201,7 @@ impl Exchange {
     /// The request's method, target and headers; none when the head was not kept (a request
     /// refused before it could be read).
     pub fn request(&self) -> Option<Head> {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut headers = vec![httparse::EMPTY_HEADER; lines(&self.request_head)];
         let mut req = httparse::Request::new(&mut headers);
         if !req.parse(&self.request_head).ok()?.is_complete() {
             return None;
@@ -210,7 +218,7 @@ impl Exchange {
     /// The response's status line and headers as the upstream sent them (or as itproxy
     /// answered); none when no response head was kept.
     pub fn response(&self) -> Option<Head> {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut headers = vec![httparse::EMPTY_HEADER; lines(&self.response_head)];
         let mut resp = httparse::Response::new(&mut headers);
         if !resp.parse(&self.response_head).ok()?.is_complete() {
             return None;
@@ -233,6 +241,45 @@ impl Exchange {
     pub fn route_host(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.host().as_str())
     }
+}
+
+/// Copies `head` into `kept`, cut after the last whole line within [`MAX_KEPT_HEAD`] (then
+/// ended as a head again), so a client sending the largest heads cannot make the ring hold
+/// more than that per request.
+fn keep_head(kept: &mut Vec<u8>, head: &[u8]) {
+    kept.clear();
+    if head.len() <= MAX_KEPT_HEAD {
+        kept.extend_from_slice(head);
+        return;
+    }
+    let within = &head[..MAX_KEPT_HEAD - 2];
+    let cut = within
+        .windows(2)
+        .rposition(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    kept.extend_from_slice(&head[..cut]);
+    kept.extend_from_slice(b"\r\n");
+}
+
+/// How many lines a kept head has: enough header slots to parse it, however many it holds.
+fn lines(head: &[u8]) -> usize {
+    head.iter().filter(|b| **b == b'\n').count()
+}
+
+/// The most bytes of an error a record keeps (an upstream's error may quote what it sent).
+pub const MAX_KEPT_ERROR: usize = 1024;
+
+/// `error`, cut to at most [`MAX_KEPT_ERROR`] bytes (on a character boundary) and trimmed.
+pub fn short_error(error: &str) -> String {
+    let error = error.trim();
+    if error.len() <= MAX_KEPT_ERROR {
+        return error.to_string();
+    }
+    let mut end = MAX_KEPT_ERROR - 3;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &error[..end])
 }
 
 fn put_headers<'a>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'a str, &'a [u8])>) {
@@ -353,7 +400,7 @@ impl Inspector {
     }
 
     /// Whether requests are kept (heads copied): fronts skip gathering them otherwise.
-    pub(crate) fn keeps_requests(&self) -> bool {
+    pub fn keeps_requests(&self) -> bool {
         self.capacity > 0
     }
 
@@ -367,9 +414,16 @@ impl Inspector {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records one request: `fill` writes it into a record (a reused one: every field it
-    /// does not set is empty).
-    pub(crate) fn record(&self, fill: impl FnOnce(&mut Exchange)) {
+    /// Records a request made whole beforehand (the pipeline's, whose heads take longer to
+    /// write out than the lock should be held).
+    pub fn record_made(&self, made: Exchange) {
+        self.record(move |e| *e = made);
+    }
+
+    /// Records one request (both fronts call this as each request ends): `fill` writes it
+    /// into a record (a reused one: every field it does not set is empty). `fill` runs under
+    /// the lock every request takes: it should only copy.
+    pub fn record(&self, fill: impl FnOnce(&mut Exchange)) {
         {
             let mut r = self.lock();
             let mut e = if self.capacity > 0 && r.ring.len() >= self.capacity {
@@ -380,6 +434,10 @@ impl Inspector {
                 Exchange::default()
             };
             fill(&mut e);
+            debug_assert!(e
+                .error
+                .as_ref()
+                .is_none_or(|x| x.len() <= MAX_KEPT_ERROR + 3));
             e.id = r.next_id;
             r.next_id += 1;
             let r = &mut *r;
@@ -418,16 +476,30 @@ impl Inspector {
         limit: usize,
         keep: impl Fn(&Exchange) -> bool,
     ) -> Vec<Exchange> {
-        let r = self.lock();
-        let start = r.ring.partition_point(|e| e.id <= since);
-        let mut found: Vec<Exchange> = r
-            .ring
-            .range(start..)
-            .rev()
-            .filter(|e| keep(e))
-            .take(limit)
-            .cloned()
-            .collect();
+        // Copied a few at a time, newest first, so a large read never holds the lock that
+        // every request takes for long.
+        const CHUNK: usize = 64;
+        let mut found: Vec<Exchange> = Vec::new();
+        let mut before = u64::MAX;
+        while found.len() < limit {
+            let r = self.lock();
+            let end = r.ring.partition_point(|e| e.id < before);
+            let start = r.ring.partition_point(|e| e.id <= since).min(end);
+            let from = end.saturating_sub(CHUNK).max(start);
+            if from == end {
+                break;
+            }
+            let room = limit - found.len();
+            found.extend(
+                r.ring
+                    .range(from..end)
+                    .rev()
+                    .filter(|e| keep(e))
+                    .take(room)
+                    .cloned(),
+            );
+            before = r.ring[from].id;
+        }
         found.reverse();
         found
     }
@@ -535,6 +607,62 @@ mod tests {
             (true, true, false)
         );
         assert!(e.request().is_none(), "{:?}", e.request());
+    }
+
+    #[test]
+    fn a_large_head_is_kept_up_to_its_last_whole_line_within_the_limit() {
+        let inspector = Inspector::new(2);
+        let mut head = b"GET /big HTTP/1.1\r\nHost: api.test\r\n".to_vec();
+        for i in 0..2000 {
+            head.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(20)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert!(head.len() > 4 * MAX_KEPT_HEAD);
+        inspector.record(|e| e.set_request_head(&head));
+        let e = &inspector.requests(0, 1, |_| true)[0];
+        assert!(e.request_head_len() <= MAX_KEPT_HEAD);
+        let req = e.request().expect("still a head");
+        assert_eq!(req.start.1, "/big");
+        assert_eq!(req.headers[0], ("Host".to_string(), "api.test".to_string()));
+        let last = &req.headers.last().unwrap().0;
+        assert!(last.starts_with("X-Filler-"), "whole lines only: {last}");
+    }
+
+    #[test]
+    fn reads_larger_than_a_chunk_keep_order_filter_and_limit() {
+        let inspector = Inspector::new(500);
+        let api = route("api.test");
+        for i in 1..=300 {
+            if i % 3 == 0 {
+                request(&inspector, &api, &format!("/{i}"), 200);
+            } else {
+                inspector.record(|e| e.status = 404);
+            }
+        }
+        let api_only = |e: &Exchange| e.route.is_some();
+        let all = inspector.requests(0, usize::MAX, api_only);
+        assert_eq!(all.len(), 100);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        let newest = inspector.requests(0, 70, api_only);
+        assert_eq!((newest.len(), newest[0].id, newest[69].id), (70, 93, 300));
+        let after = inspector.requests(250, usize::MAX, api_only);
+        assert_eq!(after.first().map(|e| e.id), Some(252));
+        assert_eq!(inspector.requests(300, 10, |_| true).len(), 0);
+    }
+
+    #[test]
+    fn a_head_with_hundreds_of_headers_is_still_read() {
+        let inspector = Inspector::new(1);
+        let mut head = b"GET /many HTTP/1.1\r\n".to_vec();
+        for i in 0..300 {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        inspector.record(|e| e.set_request_head(&head));
+        let req = inspector.requests(0, 1, |_| true)[0].request().unwrap();
+        assert_eq!((req.start.1.as_str(), req.headers.len()), ("/many", 300));
+        assert!(short_error(&"x".repeat(5000)).len() <= MAX_KEPT_ERROR);
+        assert_eq!(short_error(" spaced "), "spaced");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub(crate) struct RoutingPolicy {
     via: Arc<str>,
     /// Where every request either front answers is recorded.
     inspector: Arc<Inspector>,
+    /// Names the daemon serves itself (the dashboard), taken when the table has no route for
+    /// them: they are no route of the user's (not listed, not persisted, not reloaded).
+    own: Arc<RouteTable>,
 }
 
 /// Where a request goes.
@@ -137,7 +140,15 @@ impl RoutingPolicy {
             https_port,
             via: format!("1.1 itproxy-{id:08x}").into(),
             inspector: Arc::default(),
+            own: Arc::default(),
         }
+    }
+
+    /// The same policy, serving `own` routes (the daemon's own names) where the table has
+    /// none.
+    pub(crate) fn with_own_routes(mut self, own: Arc<RouteTable>) -> Self {
+        self.own = own;
+        self
     }
 
     /// The same policy, recording requests in `inspector`.
@@ -158,9 +169,10 @@ impl RoutingPolicy {
         let route = match table.lookup(authority) {
             Some(route) => route.clone(),
             None => {
-                return match table.unavailable(authority) {
-                    Some(u) => Decision::Unavailable(u.clone()),
-                    None => Decision::NoRoute,
+                return match (table.unavailable(authority), self.own.lookup(authority)) {
+                    (Some(u), _) => Decision::Unavailable(u.clone()),
+                    (None, Some(own)) => Decision::Forward(own.clone()),
+                    (None, None) => Decision::NoRoute,
                 }
             }
         };

@@ -62,6 +62,8 @@ pub struct RouterConfig {
     pub h1_front: bool,
     /// Where every request is recorded and counted (the inspector and the metrics).
     pub inspector: Arc<crate::Inspector>,
+    /// Names the daemon serves itself (the dashboard's), taken where `routes` has none.
+    pub own_routes: RouteTable,
 }
 
 impl Default for RouterConfig {
@@ -81,6 +83,7 @@ impl Default for RouterConfig {
             max_connections_per_client: 1024,
             h1_front: true,
             inspector: Arc::default(),
+            own_routes: RouteTable::default(),
         }
     }
 }
@@ -175,7 +178,8 @@ pub fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let https_port = https.first().map(|a| a.port());
     let router = HostRouter::new(routes.clone(), config.trusted_proxies.clone(), https_port)
-        .with_inspector(config.inspector.clone());
+        .with_inspector(config.inspector.clone())
+        .with_own_routes(config.own_routes.clone());
     let limits = ClientLimits {
         header_timeout: config.header_timeout,
         keepalive_timeout: config.keepalive_timeout,

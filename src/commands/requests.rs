@@ -85,8 +85,8 @@ fn header() -> String {
 
 fn print_one(out: &mut impl Write, v: &RequestView, json: bool) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, v)?;
-        writeln!(out)?;
+        let line = serde_json::to_string(v)?;
+        writeln!(out, "{}", json_for_terminal(&line))?;
     } else {
         writeln!(out, "{}", line(v))?;
     }
@@ -106,14 +106,52 @@ fn line(v: &RequestView) -> String {
     let method = if v.method.is_empty() { "-" } else { &v.method };
     let mut row = format!(
         "{time:<12}  {status:>3}  {method:<7}  {host:<24}  {:>9.2}  {:>8}  {}",
-        v.duration_ms, v.response_bytes, v.target
+        v.duration_ms,
+        v.response_bytes,
+        printable(&v.target)
     );
     if let Some(error) = &v.error {
         row.push_str("  (");
-        row.push_str(error);
+        row.push_str(&printable(error));
         row.push(')');
     }
     row
+}
+
+/// Characters a terminal acts on rather than shows: controls (C0 and C1: escape sequences
+/// that could rewrite the screen, line breaks that could fake a row) and the bidirectional
+/// overrides that make text read other than it is.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text a client chose, safe for a terminal: what [`acts_on_terminal`] shown escaped.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if acts_on_terminal(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A JSON line safe for a terminal: serde_json leaves C1 controls and bidirectional overrides
+/// as they are; written as `\uXXXX` escapes they mean the same to a JSON reader. (They can
+/// only occur inside strings: everything else serde_json writes is ASCII.)
+fn json_for_terminal(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if acts_on_terminal(c) && !c.is_ascii() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -153,5 +191,16 @@ mod tests {
             "{row}"
         );
         assert_eq!(encode("api test/ä"), "api%20test%2F%C3%A4");
+        assert_eq!(printable("/x\u{1b}[2J\nfake"), "/x\\u{1b}[2J\\nfake");
+        assert_eq!(
+            printable("/c1\u{9b}31m\u{202e}evil"),
+            "/c1\\u{9b}31m\\u{202e}evil"
+        );
+        let line =
+            serde_json::to_string(&serde_json::json!({"t": "/a\u{9b}b\u{202e}c é"})).unwrap();
+        let safe = json_for_terminal(&line);
+        assert_eq!(safe, "{\"t\":\"/a\\u009bb\\u202ec é\"}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["t"], "/a\u{9b}b\u{202e}c é");
     }
 }

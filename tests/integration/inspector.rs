@@ -249,3 +249,136 @@ async fn the_inspector_keeps_the_newest_requests_it_is_configured_for() {
         output_text(&out)
     );
 }
+
+/// `curl -k https://NAME:PORT/PATH --resolve` through the proxy's HTTPS listener.
+async fn https_get(p: &Itproxy, host: &str, path: &str) -> (u16, String) {
+    let resolve = format!("{host}:{}:127.0.0.1", p.https.port());
+    let url = format!("https://{host}:{}{path}", p.https.port());
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+#[tokio::test]
+async fn the_dashboard_and_metrics_are_served_at_the_proxys_own_name() {
+    let api = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[routes]\n");
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    p.ok(&["route", "api", &api.target()]);
+    assert_eq!(get(p.http, "api.test", "/one").await.status, 200);
+    assert_eq!(get(p.http, "nobody.test", "/").await.status, 404);
+
+    let (status, page) = https_get(&p, "itproxy.test", "/").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<title>itproxy</title>"), "{page}");
+    let (status, metrics) = https_get(&p, "itproxy.test", "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("itproxy_requests_total{route=\"api.test\",class=\"2xx\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("itproxy_requests_total{route=\"-\",class=\"4xx\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "itproxy_request_duration_seconds_bucket{route=\"api.test\",le=\"+Inf\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE itproxy_dns_queries_total counter"),
+        "{metrics}"
+    );
+    // The same text from the control API.
+    let sock = p.dir.path().join("control.sock");
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://itproxy/v1/metrics")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("itproxy_route_swaps_total "));
+
+    // The dashboard's part of the API reads; it changes nothing.
+    let (status, _) = https_get(&p, "itproxy.test", "/v1/requests?route=api").await;
+    assert_eq!(status, 200);
+    let resolve = format!("itproxy.test:{}:127.0.0.1", p.https.port());
+    let url = format!("https://itproxy.test:{}/v1/routes/api", p.https.port());
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    assert!(
+        p.routes().contains_key("api.test"),
+        "the route is still there"
+    );
+
+    // The dashboard is no route of the user's: not listed, and a reload keeps it. Its name
+    // resolves like a route's.
+    std::fs::write(&config, "[routes]\nweb = \"127.0.0.1:9\"\n").unwrap();
+    p.ok(&["reload"]);
+    let routes = p.routes();
+    assert!(
+        !routes.contains_key("itproxy.test") && routes.contains_key("web.test"),
+        "{routes:?}"
+    );
+    assert_eq!(https_get(&p, "itproxy.test", "/").await.0, 200);
+    let out = Command::new("dig")
+        .args([
+            "+short",
+            &format!("@{}", p.dns.ip()),
+            "-p",
+            &p.dns.port().to_string(),
+            "itproxy.test",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.1");
+    // A route the user sets for the name wins; the dashboard comes back when it goes.
+    p.ok(&["route", "itproxy", &api.target()]);
+    assert_eq!(
+        get(p.http, "itproxy.test", "/").await.backend(),
+        Some("api")
+    );
+    p.ok(&["unroute", "itproxy"]);
+    assert_eq!(https_get(&p, "itproxy.test", "/").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_dashboard_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[proxy]\ndashboard = \"\"\n");
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    assert!(!p.routes().contains_key("itproxy.test"));
+    assert_eq!(get(p.http, "itproxy.test", "/").await.status, 404);
+}

@@ -118,6 +118,7 @@ pub(super) struct ProxySection {
     #[serde(alias = "fast_path")]
     pub(super) h1_front: Option<bool>,
     pub(super) recent_requests: Option<usize>,
+    pub(super) dashboard: Option<String>,
 }
 
 /// `[tls]`.

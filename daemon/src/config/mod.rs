@@ -47,6 +47,8 @@ pub const DEFAULT_DNS_TTL: u32 = 5;
 /// Open connections one client address may hold by default: a browser opens 6 per host, a
 /// load generator a few hundred.
 pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 1024;
+/// The dashboard's name by default (`itproxy.<first domain>`).
+pub const DEFAULT_DASHBOARD: &str = "itproxy";
 /// Requests the inspector keeps by default (`itproxy requests`, the dashboard).
 pub const DEFAULT_RECENT_REQUESTS: usize = 1000;
 /// The most `[proxy] recent_requests` may ask to keep (a kept request takes about a KiB).
@@ -197,7 +199,7 @@ impl Config {
         let listen = listen(file.listen, cli, &invalid)?;
         let dns = dns(file.dns, cli);
         let tls = tls(file.tls, &invalid)?;
-        let proxy = proxy(file.proxy, &invalid)?;
+        let proxy = proxy(file.proxy, &domains, &invalid)?;
         let routes = routes(file.routes, &domains, &invalid)?;
         // Paths in the file (env_file, volumes) are relative to the file.
         let base = source
@@ -344,6 +346,7 @@ fn tls(
 /// client.
 fn proxy(
     file: file::ProxySection,
+    domains: &Domains,
     invalid: &impl Fn(String) -> ConfigError,
 ) -> Result<ProxySettings, ConfigError> {
     let d = Timeouts::default();
@@ -385,7 +388,19 @@ fn proxy(
         }
         Some(n) => n,
     };
+    // The dashboard's name, qualified like a route's; "" turns it off.
+    let dashboard = match file.dashboard.as_deref().unwrap_or(DEFAULT_DASHBOARD) {
+        "" => None,
+        name => {
+            // Kept as given, qualified where it is used: the same section whatever the domains.
+            domains
+                .qualify(name)
+                .map_err(|e| invalid(format!("proxy.dashboard: {e}")))?;
+            Some(HostName::parse(name).map_err(|e| invalid(format!("proxy.dashboard: {e}")))?)
+        }
+    };
     Ok(ProxySettings {
+        dashboard,
         recent_requests,
         trusted_proxies: file.trusted_proxies,
         timeouts,
@@ -517,6 +532,7 @@ mod tests {
                 work_stealing: false,
                 h1_front: true,
                 recent_requests: DEFAULT_RECENT_REQUESTS,
+                dashboard: Some(HostName::parse("itproxy").unwrap()),
             }
         );
         assert_eq!(
@@ -567,6 +583,7 @@ mod tests {
             shutdown_grace = "30s"
             threads = 2
             recent_requests = 250
+            dashboard = ""
             [routes]
             api = "localhost:8000"
             slow = { target = "localhost:8001", read_timeout = "10m", connect_timeout = "1s" }
@@ -602,6 +619,7 @@ mod tests {
                 work_stealing: false,
                 h1_front: true,
                 recent_requests: 250,
+                dashboard: None,
             }
         );
         assert_eq!(

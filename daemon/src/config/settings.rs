@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use itproxy_dns::{DnsConfig, ProxyAddrs};
-use itproxy_router::{RouterConfig, UpstreamSpec};
+use itproxy_router::{HostName, RouterConfig, UpstreamSpec};
 use serde::Deserialize;
 
 /// Where itproxy listens (`[listen]`, `--http`, `--https`, `--dns`).
@@ -40,6 +40,9 @@ pub struct ProxySettings {
     pub h1_front: bool,
     /// How many recent requests the inspector keeps (0: none; they are still counted).
     pub recent_requests: usize,
+    /// The name the dashboard is served at, as given (`itproxy`: `https://itproxy.test/`,
+    /// qualified by the domains); none: no dashboard.
+    pub dashboard: Option<HostName>,
 }
 
 /// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and
@@ -192,8 +195,9 @@ impl ProxySettings {
             keepalive_timeout: self.timeouts.keepalive,
             send_timeout: self.timeouts.send,
             max_connections_per_client: self.max_connections_per_client,
-            // The daemon's own, set where it makes it (one for the proxy and the API).
+            // The daemon's own, set where it makes them.
             inspector: Arc::default(),
+            own_routes: Default::default(),
         }
     }
 }

@@ -231,6 +231,9 @@ pub struct DesiredState {
     table: RouteTable,
     /// The names in force, kept the same way.
     zone: itproxy_dns::Zone,
+    /// Names the daemon serves itself (the dashboard's): they resolve to the proxy whatever
+    /// the routes say (the proxy takes them where no route does).
+    own_names: std::collections::BTreeSet<HostName>,
 }
 
 impl DesiredState {
@@ -251,7 +254,15 @@ impl DesiredState {
             generation: 0,
             table: RouteTable::default(),
             zone: empty_zone(&domains_of_new, dns_ttl),
+            own_names: Default::default(),
         }
+    }
+
+    /// Resolves `host` to the proxy from now on, whatever the routes say: a name the daemon
+    /// serves itself (the dashboard's), which the proxy takes where no route does.
+    pub fn serve_own_name(&mut self, host: HostName) {
+        self.own_names.insert(host.clone());
+        self.refresh(&host);
     }
 
     /// Names a declared app's HTTP endpoint (at start-up): it is the app's even while the app
@@ -476,7 +487,7 @@ impl DesiredState {
             .filter(|_| !self.overrides.contains_key(host))
             .map(|(_, ip)| vec![*ip]);
         // An app's names resolve while it restarts too: a client sees 503, not NXDOMAIN.
-        let resolves = route.is_some() || waiting.is_some();
+        let resolves = route.is_some() || waiting.is_some() || self.own_names.contains(host);
         match route {
             Some(route) => self.table.insert(route),
             None => self.table.remove(host),
@@ -806,6 +817,7 @@ impl DesiredState {
         let mut hosts: Vec<&str> = self.effective().map(|(h, _, _)| h.as_str()).collect();
         // An app's names resolve while it restarts too: a client sees 503, not NXDOMAIN.
         hosts.extend(self.waiting().map(|(h, _)| h.as_str()));
+        hosts.extend(self.own_names.iter().map(HostName::as_str));
         hosts.sort_unstable();
         hosts.dedup();
         let direct = self

@@ -79,7 +79,7 @@ use self::client::{Conn, Read, Wait};
 use self::request::{Parsed, Prepared, RequestRules};
 use self::response::{put_connection, Framing};
 use self::upstream_conn::{exchange, Exchanged, Failure};
-use crate::inspect::Exchange;
+use crate::inspect::{short_error, Exchange};
 use crate::lent::LentStream;
 use crate::message::HeadScan;
 use crate::pages::{self, Page};
@@ -291,7 +291,7 @@ impl H1Front {
         match p {
             Some(p) => access_log(p, page.status()),
             None => {
-                let summary = page.summary();
+                let summary = short_error(&page.summary());
                 tracing::debug!(status = page.status(), "request refused: {summary}");
                 let inspector = self.requests.policy.inspector();
                 inspector.record(|e| {
@@ -320,10 +320,19 @@ impl H1Front {
             Ok(answer) => answer,
             Err(Failure::Upstream(e)) => {
                 let status = self.upstream_failed(conn, p, &e).await;
+                let error = short_error(&e.to_string());
+                // The page answered is in `conn.out`.
+                let head = conn
+                    .out
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(0, |i| i + 4);
                 self.record(conn, p, started, |r| {
                     r.status = status;
                     r.upstream_failed = true;
-                    r.error = Some(e.to_string());
+                    r.error = Some(error);
+                    r.response_bytes = conn.out.len() as u64;
+                    r.set_response_head(&conn.out[..head]);
                 });
                 return Next::Close;
             }
@@ -350,13 +359,15 @@ impl H1Front {
             },
         )
         .await;
+        let cut_short = relayed
+            .as_ref()
+            .err()
+            .map(|e| short_error(&format!("response cut short: {e}")));
         self.record(conn, p, started, |r| {
             r.status = response.status;
             r.upstream_duration = Some(upstream_time);
             r.response_bytes = head_bytes + relayed.as_ref().map_or(0, |b| b.body_bytes);
-            if let Err(e) = &relayed {
-                r.error = Some(format!("response cut short: {e}"));
-            }
+            r.error = cut_short;
             if self.requests.policy.inspector().keeps_requests() {
                 r.set_response_head(&conn.out[..head_bytes as usize]);
             }

@@ -32,7 +32,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error as PError, ErrorSource, ErrorType, Result as PResult};
 
 use self::answer::{redirect_https, send_page};
-use crate::inspect::{Inspector, Protocol};
+use crate::inspect::{short_error, Exchange, Inspector, Protocol};
 use crate::message;
 use crate::pages::{self, Page};
 use crate::policy::{Decision, RoutingPolicy};
@@ -94,6 +94,13 @@ impl HostRouter {
         self
     }
 
+    /// The same proxy, serving `own` routes (names the daemon serves itself, such as the
+    /// dashboard's) where the route table has none.
+    pub fn with_own_routes(mut self, own: RouteTable) -> Self {
+        self.policy = self.policy.with_own_routes(Arc::new(own));
+        self
+    }
+
     /// The routing policy this proxy applies, for the HTTP/1.1 front to apply the same.
     pub(crate) fn policy(&self) -> &RoutingPolicy {
         &self.policy
@@ -104,16 +111,15 @@ impl HostRouter {
     /// Records a request the pipeline answered with `status` (0: none), failed with `e`.
     fn record(&self, session: &Session, e: Option<&PError>, ctx: &RequestCtx, status: u16) {
         let inspector = self.policy.inspector();
-        inspector.record(|r| {
-            r.route = ctx.route.clone();
-            r.status = status;
-            r.duration = ctx.started.elapsed();
-            r.upstream_duration = ctx.upstream_duration;
-            r.upstream_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
-            r.error = e.map(|e| e.to_string());
-            if !inspector.keeps_requests() {
-                return;
-            }
+        // Made whole before the lock every request takes.
+        let mut r = Exchange::default();
+        r.route = ctx.route.clone();
+        r.status = status;
+        r.duration = ctx.started.elapsed();
+        r.upstream_duration = ctx.upstream_duration;
+        r.upstream_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
+        r.error = e.map(|e| short_error(&e.to_string()));
+        if inspector.keeps_requests() {
             r.time = SystemTime::now()
                 .checked_sub(r.duration)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -137,7 +143,8 @@ impl HostRouter {
                 r.write_response_head(resp.status.as_u16(), headers);
                 r.response_bytes = (r.response_head_len() + session.body_bytes_sent()) as u64;
             }
-        });
+        }
+        inspector.record_made(r);
     }
 }
 

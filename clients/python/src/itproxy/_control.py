@@ -26,6 +26,16 @@ class ControlClient:
     def close(self) -> None:
         self._http.close()
 
+    def text(self, path: str) -> str:
+        """The text answer to ``GET path`` (``/v1/metrics``)."""
+        try:
+            resp = self._http.get(path)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise DaemonNotRunning(f"no itproxy daemon answers on {self.socket} ({e})") from e
+        if resp.status_code >= 400:
+            raise ItproxyError(f"GET {path}: the daemon answered {resp.status_code}: {resp.text[:200]!r}")
+        return resp.text
+
     def call(
         self,
         method: str,

@@ -342,6 +342,20 @@ class Env:
         (``itproxy logs --errors`` as data); falsy when there is none."""
         return ErrorScan.from_json(self._control.call("GET", "/v1/errors", params={"since": _unix_seconds(since)}))
 
+    def requests(self, route: Optional[str] = None, *, since: Optional[int] = None,
+                 limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The requests the proxy answered lately, oldest first (``itproxy requests --json``):
+        each a dict with ``id``, ``method``, ``target``, ``route``, ``status``, ``duration_ms``,
+        ``request_headers``, ``response_headers`` ... (docs/api.yaml, ``Request``). Only
+        ``route``'s with ``route``; only those after the id ``since``; the newest ``limit``."""
+        params = {"route": route, "since": since, "limit": limit}
+        found: List[Dict[str, Any]] = self._control.call("GET", "/v1/requests", params=params)
+        return found
+
+    def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (``GET /v1/metrics``)."""
+        return self._control.text("/v1/metrics")
+
     # -- routes -------------------------------------------------------------------------------
 
     @property
