@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "itproxy")
 IP = "127.0.0.17"
 PORTS = {"a": 18001, "b": 18002, "itproxy": 18080, "nginx": 18081, "itproxy-pipeline": 18082,
-         "itproxy-unrecorded": 18083}
+         "itproxy-unrecorded": 18084}
 # A bare TCP relay (nginx's stream module: no HTTP at all) in front of the backend: what one
 # more loopback hop costs on this machine, the floor for any proxy's added latency.
 RELAY_PORT = 18083
@@ -45,7 +45,10 @@ procs = []
 
 
 def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+    p = subprocess.run(args, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
 
 
 def itproxy(*args):
@@ -210,11 +213,13 @@ def main():
         if os.path.exists(os.path.join(STATE, "control.sock")):
             break
         time.sleep(0.05)
-    for state in (PIPELINE_STATE, UNRECORDED_STATE):
-        for _ in range(100):
+    for state, log in ((PIPELINE_STATE, "itproxy-pipeline.log"), (UNRECORDED_STATE, "itproxy-unrecorded.log")):
+        for _ in range(600):
             if os.path.exists(os.path.join(state, "control.sock")):
                 break
             time.sleep(0.05)
+        else:
+            raise SystemExit(f"itproxy did not start ({state}):\n" + open(os.path.join(WORK, log)).read())
     itproxy("route", "api", f"{IP}:{PORTS['a']}")
     sh(BIN, "--state-dir", PIPELINE_STATE, "route", "api", f"{IP}:{PORTS['a']}")
     sh(BIN, "--state-dir", UNRECORDED_STATE, "route", "api", f"{IP}:{PORTS['a']}")
