@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Extra arguments for `itproxy up`, e.g. make up ARGS="--http 127.0.0.1:8080"
 ARGS ?=
 # cargo-fuzz targets (fuzz/fuzz_targets/) and how long each runs in `make fuzz-smoke` / `make fuzz`.
-FUZZ_TARGETS := http_request http_response chunked dns_query config api_body
+FUZZ_TARGETS := http_request http_response chunked dns_query config api_body mock_files
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_SECONDS ?= 60
 # The targets are safe Rust end to end: AddressSanitizer would slow building and running for

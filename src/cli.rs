@@ -108,6 +108,9 @@ pub enum Command {
     /// Show the requests the proxy answered lately (newest last): status, method, host,
     /// target, time taken, size; --follow prints each new one as it ends.
     Requests(RequestsArgs),
+    /// Backend mocks recorded with `route NAME --record DIR`.
+    #[command(subcommand)]
+    Mock(MockCommand),
     /// Show what the daemon's DNS server answers for NAME.
     Resolve {
         /// The name, e.g. api.test.
@@ -231,6 +234,21 @@ pub struct AppActionArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `itproxy mock ...`.
+#[derive(Subcommand, Debug)]
+pub enum MockCommand {
+    /// Send every request recorded in DIR to the live backend and report what changed in
+    /// status, headers and JSON shape; exit 1 if anything did.
+    Diff {
+        /// The recording.
+        dir: std::path::PathBuf,
+        /// The backend, e.g. `http://127.0.0.1:8000` [default: the target it was recorded
+        /// from].
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+    },
 }
 
 /// Arguments of `itproxy requests`.
@@ -447,13 +465,20 @@ pub struct RouteArgs {
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     pub name: Option<String>,
     /// `host:port`, `http://host:port`, `https://host[:port]`, or a port on localhost.
-    #[arg(required_unless_present_any = ["restore", "file"], conflicts_with = "restore")]
+    #[arg(required_unless_present_any = ["restore", "file", "record", "mock"], conflicts_with_all = ["restore", "record", "mock"])]
     pub target: Option<String>,
+    /// Record: forward as usual and save each exchange (method, path, query, content-type,
+    /// accept, body; the response) as a JSON file in DIR, until --restore.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "file", "mock", "redirect_https", "insecure_upstream"])]
+    pub record: Option<std::path::PathBuf>,
+    /// Mock: answer from the exchanges recorded in DIR, without the backend, until --restore.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "file", "redirect_https", "insecure_upstream"])]
+    pub mock: Option<std::path::PathBuf>,
     /// Set every route of a TOML file (`NAME = "TARGET"` or `NAME = { target = "...",
     /// redirect_https = true, insecure_upstream = true }`) in one change: all or none.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["restore", "redirect_https", "insecure_upstream"])]
     pub file: Option<std::path::PathBuf>,
-    /// Drop the override: back to the target declared in the config file.
+    /// Drop the mock, else the override: back to the route before it.
     #[arg(long)]
     pub restore: bool,
     /// Answer plain-HTTP requests with a redirect to HTTPS.

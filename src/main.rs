@@ -61,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => runtime()?.block_on(commands::env::snapshot(&state_dir, cmd)),
         Command::Time(cmd) => runtime()?.block_on(commands::env::time(&state_dir, cmd)),
         Command::Logs(args) => runtime()?.block_on(commands::env::logs(config, &state_dir, args)),
+        Command::Mock(cmd) => runtime()?.block_on(commands::mock::run(cmd)),
         Command::Requests(args) => runtime()?.block_on(commands::requests::run(args, &state_dir)),
         Command::Stop => commands::env::stop_command(&state_dir),
         Command::Reload { json } => runtime()?.block_on(commands::env::reload(&state_dir, json)),

@@ -22,6 +22,29 @@ pub enum RouteSource {
     Discovered,
     /// An HTTP endpoint of a declared app.
     App,
+    /// A mock in front of the route (`route --record` or `--mock`), until `--restore`.
+    Mock,
+}
+
+/// A mock in front of a route: recording its exchanges, or answering from them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MockView {
+    /// `record` (forwarded to the route's target, each exchange saved) or `replay` (answered
+    /// from the recording, no backend).
+    pub mode: MockMode,
+    /// The recording's directory (absolute).
+    pub dir: String,
+}
+
+/// What a mock does.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MockMode {
+    /// Forwards and saves.
+    Record,
+    /// Answers from the recording.
+    Replay,
 }
 
 /// One route as the API shows it.
@@ -44,6 +67,10 @@ pub struct RouteView {
     pub insecure_upstream: bool,
     /// The addresses the target resolved to, tried in order.
     pub addresses: Vec<String>,
+    /// The mock in front of the route, if any (`source` is then `mock`, `declared` what the
+    /// route goes back to with `--restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockView>,
 }
 
 /// Body of `PUT /v1/routes/{name}`.
@@ -109,8 +136,9 @@ pub struct Removed {
 pub struct Restored {
     /// Whether an override was dropped (false: the route already had its declared target).
     pub changed: bool,
-    /// The route now.
-    pub route: RouteView,
+    /// The route now; none when a mock of a name without a route was taken away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteView>,
 }
 
 /// Answer of `GET /v1/status`.
@@ -505,4 +533,14 @@ pub struct RequestsQuery {
     /// Keep the answer open and send each new request as it ends (one JSON object per line).
     #[serde(default)]
     pub follow: bool,
+}
+
+/// Body of `PUT /v1/routes/{name}/mock`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PutMock {
+    /// `record` or `replay`.
+    pub mode: MockMode,
+    /// The recording's directory, absolute (created for `record`).
+    pub dir: String,
 }

@@ -74,12 +74,15 @@ pub enum ErrorCode {
     NoClock,
     /// The dashboard asked from another machine or a container (403).
     Forbidden,
+    /// A mock cannot start: its directory cannot be read or written, holds no exchange, or
+    /// the route cannot be recorded (422).
+    MockFailed,
 }
 
 impl ErrorCode {
     /// Every code, for the documentation test.
     #[cfg(test)]
-    const ALL: [ErrorCode; 23] = [
+    const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidName,
         ErrorCode::InvalidTarget,
         ErrorCode::BadBody,
@@ -103,6 +106,7 @@ impl ErrorCode {
         ErrorCode::NeedsRestart,
         ErrorCode::NoClock,
         ErrorCode::Forbidden,
+        ErrorCode::MockFailed,
     ];
 
     /// The code as the API writes it.
@@ -131,6 +135,7 @@ impl ErrorCode {
             ErrorCode::NeedsRestart => "needs_restart",
             ErrorCode::NoClock => "no_clock",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::MockFailed => "mock_failed",
         }
     }
 
@@ -154,9 +159,10 @@ impl ErrorCode {
             | ErrorCode::SnapshotFailed
             | ErrorCode::NeedsRestart
             | ErrorCode::NoClock => StatusCode::CONFLICT,
-            ErrorCode::UnresolvableTarget | ErrorCode::RouteToItself | ErrorCode::InvalidConfig => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ErrorCode::UnresolvableTarget
+            | ErrorCode::RouteToItself
+            | ErrorCode::InvalidConfig
+            | ErrorCode::MockFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PersistFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::EngineError => StatusCode::BAD_GATEWAY,
             ErrorCode::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -283,6 +289,8 @@ pub struct Control {
     pub inspector: Arc<itproxy_router::Inspector>,
     /// What `/v1/metrics` reads.
     pub metrics: crate::metrics::Metrics,
+    /// Mocks in front of routes.
+    pub mocks: crate::mocks::Mocks,
 }
 
 impl Control {
@@ -404,6 +412,10 @@ pub fn app(control: Arc<Control>) -> Router {
             get(get_route).put(put_route).delete(delete_route),
         )
         .route("/v1/routes/{name}/restore", post(restore_route))
+        .route(
+            "/v1/routes/{name}/mock",
+            axum::routing::put(put_mock).delete(delete_mock),
+        )
         .route("/v1/apps", get(apps))
         .route("/v1/apps/{name}", get(get_app))
         .route("/v1/apps/{name}/logs", get(app_logs))
@@ -485,8 +497,57 @@ async fn restore_route(
     State(c): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<api::Restored>, ApiError> {
+    // A mock goes first: the route is back as it was before it.
+    let host = c.state.qualify(&name).await?;
+    if c.mocks.stop(&c.state, &host).await? {
+        let route = c.state.read(|s| s.view_or_endpoint(&host)).await;
+        return Ok(Json(api::Restored {
+            changed: true,
+            route,
+        }));
+    }
     let (changed, route) = c.state.restore(&name).await?;
-    Ok(Json(api::Restored { changed, route }))
+    Ok(Json(api::Restored {
+        changed,
+        route: Some(route),
+    }))
+}
+
+async fn put_mock(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::RouteView>, ApiError> {
+    let body = read_body(body)?;
+    let put: api::PutMock = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadBody,
+            format!("the body must be JSON like {{\"mode\": \"record\", \"dir\": \"/abs/dir\"}} (mode record or replay): {e}"),
+        )
+    })?;
+    match c.mocks.start(&c.state, &name, put).await {
+        Ok(view) => Ok(Json(view)),
+        Err(crate::mocks::MockError::Route(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(ErrorCode::MockFailed, e.to_string())),
+    }
+}
+
+async fn delete_mock(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<api::Restored>, ApiError> {
+    let host = c.state.qualify(&name).await?;
+    if !c.mocks.stop(&c.state, &host).await? {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no mock is in front of {host}"),
+        ));
+    }
+    let route = c.state.read(|s| s.view_or_endpoint(&host)).await;
+    Ok(Json(api::Restored {
+        changed: true,
+        route,
+    }))
 }
 
 async fn reload(State(c): Shared) -> Result<Json<api::Reloaded>, ApiError> {

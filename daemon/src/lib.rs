@@ -23,6 +23,7 @@ mod control;
 mod dashboard;
 mod inspect;
 mod metrics;
+mod mocks;
 mod persist;
 mod reload;
 mod startup;

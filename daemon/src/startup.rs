@@ -205,6 +205,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         stop: tokio::sync::Notify::new(),
         config: tokio::sync::Mutex::new(config.source.is_some().then(|| config.clone())),
         inspector: inspector.clone(),
+        mocks: Default::default(),
         metrics: crate::metrics::Metrics {
             inspector,
             dns: dns.as_ref().map(|d| d.counts()),

@@ -18,6 +18,7 @@ pub mod ca;
 pub mod check_config;
 pub mod dns;
 pub mod env;
+pub mod mock;
 pub mod requests;
 pub mod resolve;
 pub mod up;
@@ -198,12 +199,42 @@ pub async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
         if args.json {
             return print_json(&r);
         }
+        let Some(route) = &r.route else {
+            println!("mock taken away; {name} has no route");
+            return Ok(());
+        };
         let what = if r.changed {
             "restored"
         } else {
             "already at its declared target:"
         };
-        println!("{what} {} -> {}", r.route.host, r.route.target);
+        println!("{what} {} -> {}", route.host, route.target);
+        return Ok(());
+    }
+    let mocked = match (&args.record, &args.mock) {
+        (Some(dir), _) => Some(("record", dir)),
+        (_, Some(dir)) => Some(("replay", dir)),
+        _ => None,
+    };
+    if let Some((mode, dir)) = mocked {
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+        let body = serde_json::json!({"mode": mode, "dir": dir.display().to_string()});
+        let r: RouteView = client
+            .call(Method::PUT, &format!("{path}/mock"), Some(body))
+            .await?;
+        if args.json {
+            return print_json(&r);
+        }
+        let over = r.declared.as_deref().unwrap_or("no route");
+        match mode {
+            "record" => println!("{} -> {over}, recording into {}", r.host, dir.display()),
+            _ => println!(
+                "{} -> mock answering from {} (instead of {over})",
+                r.host,
+                dir.display()
+            ),
+        }
         return Ok(());
     }
     let target = args
@@ -257,6 +288,16 @@ fn print_routes(routes: &[RouteView]) -> anyhow::Result<()> {
             (api::RouteSource::App, _) => "app".to_string(),
             (api::RouteSource::Override, None) => "override".to_string(),
             (api::RouteSource::Override, Some(d)) => format!("override (declared {d})"),
+            (api::RouteSource::Mock, over) => {
+                let over = over.as_deref().unwrap_or("no route");
+                match &r.mock {
+                    Some(m) if m.mode == api::MockMode::Record => {
+                        format!("mock: recording {over} into {}", m.dir)
+                    }
+                    Some(m) => format!("mock: replaying {} (instead of {over})", m.dir),
+                    None => "mock".to_string(),
+                }
+            }
         };
         println!("{:hw$}  {:tw$}  {source}", r.host, r.target);
     }

@@ -10,6 +10,7 @@ mod errors;
 mod fronts;
 mod hardening;
 mod inspector;
+mod mocks;
 mod persistence;
 mod routing;
 mod swap;

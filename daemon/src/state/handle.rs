@@ -269,6 +269,22 @@ impl StateHandle {
     }
 
     /// Drops `name`'s override; returns whether there was one, and the route now in force.
+    /// Puts a mock in front of `host`'s route, or (`None`) takes it away; the route as it
+    /// became.
+    pub async fn set_mock(
+        &self,
+        host: &HostName,
+        mock: Option<(api::MockView, SocketAddr)>,
+    ) -> Result<Option<RouteView>, ChangeError> {
+        let mut state = self.state.lock().await;
+        let change = Change::Mock {
+            host: host.clone(),
+            mock,
+        };
+        self.apply_locked(&mut state, change)?;
+        Ok(state.view_or_endpoint(host))
+    }
+
     pub async fn restore(&self, name: &str) -> Result<(bool, RouteView), ChangeError> {
         let host = self.qualify(name).await?;
         let mut state = self.state.lock().await;

@@ -25,9 +25,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use itproxy_orchestrator::AppName;
-use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamOptions};
+use itproxy_router::{HostName, Route, RouteTable, Upstream, UpstreamOptions, UpstreamSpec};
 
-use crate::api::{RouteSource, RouteView};
+use crate::api::{self, RouteSource, RouteView};
 use crate::config::{Domains, RouteSpec, Timeouts};
 use crate::persist::{Override, Overrides};
 
@@ -152,6 +152,14 @@ pub enum Change {
         /// Its endpoints' names.
         hosts: Vec<HostName>,
     },
+    /// A mock in front of a host's route (`route --record` / `--mock`: a loopback server of
+    /// the daemon's), or none: it wins over every other source and is not persisted.
+    Mock {
+        /// The host.
+        host: HostName,
+        /// What the mock does and where its server listens; none removes it.
+        mock: Option<(api::MockView, SocketAddr)>,
+    },
     /// What a declared app is doing, said to clients of its names while it serves none
     /// ("is starting", "is stopped; ..."): not persisted.
     AppStatus {
@@ -216,6 +224,8 @@ pub struct DesiredState {
     apps: BTreeMap<HostName, (AppName, BuiltRoute)>,
     /// Apps' TCP endpoints: names that resolve to the container itself.
     direct: BTreeMap<HostName, (AppName, IpAddr)>,
+    /// Mocks in front of routes, with what they do: over every other source.
+    mocks: BTreeMap<HostName, (api::MockView, BuiltRoute)>,
     /// Every declared app's HTTP endpoint names: they resolve to the proxy and, while the app
     /// serves none (starting, restarting, stopped), are answered 503 saying why, not 404.
     app_hosts: BTreeMap<HostName, AppName>,
@@ -251,6 +261,7 @@ impl DesiredState {
             app_hosts: BTreeMap::new(),
             app_status: BTreeMap::new(),
             overrides: BTreeMap::new(),
+            mocks: BTreeMap::new(),
             generation: 0,
             table: RouteTable::default(),
             zone: empty_zone(&domains_of_new, dns_ttl),
@@ -433,6 +444,7 @@ impl DesiredState {
             Change::SetRoute { host, .. }
             | Change::Unroute { host }
             | Change::Restore { host }
+            | Change::Mock { host, .. }
             | Change::ContainerUp { host, .. } => vec![host.clone()],
             Change::ContainerDown { id } => self.hosts_of_container(id),
             Change::AppUp { app, endpoints } => {
@@ -573,6 +585,18 @@ impl DesiredState {
                 let built = self.build(RouteSpec::to(target_of(addr)), vec![addr]);
                 self.discovered.insert(host, (id, built));
             }
+            Change::Mock {
+                host,
+                mock: Some((view, addr)),
+            } => {
+                let built = self.build(RouteSpec::to(target_of(addr)), vec![addr]);
+                self.mocks.insert(host, (view, built));
+            }
+            Change::Mock { host, mock: None } => {
+                if self.mocks.remove(&host).is_none() {
+                    return Ok(Applied::Unchanged);
+                }
+            }
             Change::ContainerDown { id } => {
                 let before = self.discovered.len();
                 self.discovered.retain(|_, (cid, _)| *cid != id);
@@ -675,11 +699,15 @@ impl DesiredState {
             source,
             declared: match source {
                 RouteSource::Override => self.base(host).map(|d| d.spec.target.to_string()),
+                RouteSource::Mock => self
+                    .under_mock(host)
+                    .map(|(d, _)| d.spec.target.to_string()),
                 _ => None,
             },
             redirect_https: route.spec.redirect_https,
             insecure_upstream: route.spec.insecure_upstream,
             addresses: route.upstream.addrs().map(|a| a.to_string()).collect(),
+            mock: self.mocks.get(host).map(|(m, _)| m.clone()),
         })
     }
 
@@ -696,6 +724,7 @@ impl DesiredState {
                 redirect_https: false,
                 insecure_upstream: false,
                 addresses: vec![ip.to_string()],
+                mock: None,
             })
         })
     }
@@ -763,11 +792,29 @@ impl DesiredState {
                 OverrideState::Removed => all.remove(h),
             };
         }
+        for (h, (_, r)) in &self.mocks {
+            all.insert(h, (r, RouteSource::Mock));
+        }
         all.into_iter().map(|(h, (r, s))| (h, r, s))
     }
 
     /// One host's route in force, by the same precedence as `effective`.
     fn effective_one(&self, host: &HostName) -> Option<(&BuiltRoute, RouteSource)> {
+        if let Some((_, r)) = self.mocks.get(host) {
+            return Some((r, RouteSource::Mock));
+        }
+        self.under_mock(host)
+    }
+
+    /// The target of the route a mock stands in front of (or would), and its addresses.
+    pub fn target_under_mock(&self, host: &HostName) -> Option<(UpstreamSpec, Vec<SocketAddr>)> {
+        self.under_mock(host)
+            .map(|(r, _)| (r.spec.target.clone(), r.upstream.addrs().collect()))
+    }
+
+    /// The route a mock stands in front of (and `--restore` goes back to): the override,
+    /// else a container, an app's endpoint or the config.
+    pub fn under_mock(&self, host: &HostName) -> Option<(&BuiltRoute, RouteSource)> {
         match self.overrides.get(host) {
             Some(OverrideState::Target(r)) => Some((r, RouteSource::Override)),
             Some(OverrideState::Removed) => None,

@@ -683,3 +683,81 @@ fn a_batch_is_applied_and_persisted_once_or_not_at_all() {
     assert_eq!(s.generation(), generation);
     assert_eq!(*writes.borrow(), 1);
 }
+
+#[test]
+fn a_mock_stands_in_front_of_every_source_is_never_persisted_and_goes_back_to_what_was_there() {
+    let mut s = state();
+    let mock = |dir: &str, at: &str| Change::Mock {
+        host: host("api.test"),
+        mock: Some((
+            api::MockView {
+                mode: api::MockMode::Replay,
+                dir: dir.into(),
+            },
+            addr(at),
+        )),
+    };
+    let (r, saved) = apply(&mut s, mock("/rec", "127.0.0.1:9100"));
+    assert_eq!(r.unwrap(), Applied::Changed);
+    assert!(saved.is_none(), "a mock is not persisted");
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Mock));
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:9100")
+    );
+    let view = s.view(&host("api.test")).unwrap();
+    assert_eq!(view.declared.as_deref(), Some("http://127.0.0.1:8001"));
+    assert_eq!(view.mock.unwrap().dir, "/rec");
+    // An override set meanwhile stays under the mock; the mock's removal reveals it.
+    ok(&mut s, set("api.test", "127.0.0.1:8002"));
+    assert_eq!(source(&s, "api.test"), Some(RouteSource::Mock));
+    assert_eq!(
+        s.view(&host("api.test")).unwrap().declared.as_deref(),
+        Some("http://127.0.0.1:8002")
+    );
+    ok(
+        &mut s,
+        Change::Mock {
+            host: host("api.test"),
+            mock: None,
+        },
+    );
+    assert_eq!(
+        routed_to(&s, "api.test").as_deref(),
+        Some("http://127.0.0.1:8002")
+    );
+    // A name without any route resolves while mocked, and not after.
+    let ghost = Change::Mock {
+        host: host("ghost.test"),
+        mock: Some((
+            api::MockView {
+                mode: api::MockMode::Replay,
+                dir: "/g".into(),
+            },
+            addr("127.0.0.1:9101"),
+        )),
+    };
+    ok(&mut s, ghost);
+    assert_eq!(
+        resolves_to(&s, "ghost.test"),
+        [IpAddr::from([127, 0, 0, 1])]
+    );
+    ok(
+        &mut s,
+        Change::Mock {
+            host: host("ghost.test"),
+            mock: None,
+        },
+    );
+    assert!(resolves_to(&s, "ghost.test").is_empty());
+    assert_eq!(
+        ok(
+            &mut s,
+            Change::Mock {
+                host: host("ghost.test"),
+                mock: None
+            }
+        ),
+        Applied::Unchanged
+    );
+}
