@@ -120,3 +120,41 @@ fn lines(views: &[RequestView]) -> Vec<u8> {
     }
     out
 }
+
+/// Writes every request the proxy answers to `file` as one JSON line (the API's fields),
+/// appending, until `stop`. It follows the inspector's ring: when more requests end between two
+/// writes than the ring keeps, a line `{"missed": N, "after": ID}` says how many were not
+/// written.
+pub async fn write_access_log(
+    inspector: Arc<Inspector>,
+    file: std::fs::File,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(file);
+    let mut since = inspector.last_id();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = inspector.wait_past(since, Duration::from_secs(1)) => {}
+        }
+        let next = inspector.last_id();
+        if next == since {
+            continue;
+        }
+        let found = inspector.requests(since, usize::MAX, |e| e.id <= next);
+        let mut lines = Vec::new();
+        let first = found.first().map_or(next + 1, |e| e.id);
+        if first > since + 1 {
+            let missed = serde_json::json!({"missed": first - since - 1, "after": since});
+            lines.extend_from_slice(missed.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        lines.extend(self::lines(&found.iter().map(view).collect::<Vec<_>>()));
+        if let Err(e) = out.write_all(&lines).and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "cannot write the access log; it stops");
+            return;
+        }
+        since = next;
+    }
+}

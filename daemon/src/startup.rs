@@ -94,6 +94,14 @@ pub enum StartError {
     /// The DNS server.
     #[error(transparent)]
     Dns(#[from] itproxy_dns::Error),
+    /// The access log cannot be opened.
+    #[error("cannot open the access log {}: {error}", .path.display())]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The dashboard's loopback listener.
     #[error("cannot listen on loopback for the dashboard: {0}; set [proxy] dashboard = \"\" to go without")]
     Dashboard(std::io::Error),
@@ -119,6 +127,18 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         .and_then(|s| s.parse().ok());
 
     let dashboard = dashboard(&config)?;
+    let access_log = match &config.proxy.access_log {
+        Some(path) => {
+            let path = dir.resolve(path);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|error| StartError::AccessLog { path, error })?;
+            Some(file)
+        }
+        None => None,
+    };
     let mut initial = initial_state(&config, overrides).await;
     if let Some(d) = &dashboard {
         initial.serve_own_name(d.host.clone());
@@ -229,6 +249,12 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
             if let Some(d) = dashboard {
                 let stop = background.clone();
                 tasks.push(crate::dashboard::serve(d.listener, control.clone(), stop));
+            }
+            if let Some(file) = access_log {
+                let (inspector, stop) = (control.inspector.clone(), background.clone());
+                tasks.push(tokio::spawn(crate::inspect::write_access_log(
+                    inspector, file, stop,
+                )));
             }
             let served = serve_control(listener, control).await;
             background.cancel();

@@ -50,6 +50,11 @@ impl StateDir {
         self.0.join("routes.json")
     }
 
+    /// A file the config names relative to the state directory (an absolute path is kept).
+    pub fn resolve(&self, path: &std::path::Path) -> PathBuf {
+        self.0.join(path)
+    }
+
     /// The log of a daemon started by `up --detach`.
     pub fn daemon_log(&self) -> PathBuf {
         self.0.join("itproxy.log")

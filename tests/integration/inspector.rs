@@ -393,3 +393,54 @@ async fn the_dashboard_can_be_turned_off() {
     assert!(!p.routes().contains_key("itproxy.test"));
     assert_eq!(get(p.http, "itproxy.test", "/").await.status, 404);
 }
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_with_the_same_fields() {
+    let api = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[proxy]\naccess_log = \"access.jsonl\"\n");
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    p.ok(&["route", "api", &api.target()]);
+    for i in 0..3 {
+        get(p.http, "api.test", &format!("/logged/{i}")).await;
+    }
+    assert_eq!(get(p.http, "nobody.test", "/").await.status, 404);
+    let log = p.state_dir().join("access.jsonl");
+    let mut lines: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let listed = requests(&p, &[]);
+    assert_eq!(
+        lines, listed,
+        "the log says what `itproxy requests --json` says"
+    );
+    let mut targets: Vec<&str> = lines
+        .iter()
+        .map(|l| l["target"].as_str().unwrap())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["/", "/logged/0", "/logged/1", "/logged/2"]);
+
+    // A log without requests kept to write it from is refused, saying why.
+    let bad = write_config(
+        dir.path(),
+        "[proxy]\nrecent_requests = 0\naccess_log = \"a.log\"\n",
+    );
+    let out = run_in(dir.path(), &["check-config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("needs proxy.recent_requests above 0"),
+        "{}",
+        output_text(&out)
+    );
+}

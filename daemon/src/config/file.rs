@@ -119,6 +119,7 @@ pub(super) struct ProxySection {
     pub(super) h1_front: Option<bool>,
     pub(super) recent_requests: Option<usize>,
     pub(super) dashboard: Option<String>,
+    pub(super) access_log: Option<std::path::PathBuf>,
 }
 
 /// `[tls]`.

@@ -399,7 +399,15 @@ fn proxy(
             Some(HostName::parse(name).map_err(|e| invalid(format!("proxy.dashboard: {e}")))?)
         }
     };
+    if file.access_log.is_some() && recent_requests == 0 {
+        return Err(invalid(
+            "proxy.access_log is written from the requests the inspector keeps: it needs \
+             proxy.recent_requests above 0"
+                .into(),
+        ));
+    }
     Ok(ProxySettings {
+        access_log: file.access_log,
         dashboard,
         recent_requests,
         trusted_proxies: file.trusted_proxies,
@@ -533,6 +541,7 @@ mod tests {
                 h1_front: true,
                 recent_requests: DEFAULT_RECENT_REQUESTS,
                 dashboard: Some(HostName::parse("itproxy").unwrap()),
+                access_log: None,
             }
         );
         assert_eq!(
@@ -584,6 +593,7 @@ mod tests {
             threads = 2
             recent_requests = 250
             dashboard = ""
+            access_log = "access.jsonl"
             [routes]
             api = "localhost:8000"
             slow = { target = "localhost:8001", read_timeout = "10m", connect_timeout = "1s" }
@@ -620,6 +630,7 @@ mod tests {
                 h1_front: true,
                 recent_requests: 250,
                 dashboard: None,
+                access_log: Some("access.jsonl".into()),
             }
         );
         assert_eq!(

@@ -43,6 +43,8 @@ pub struct ProxySettings {
     /// The name the dashboard is served at, as given (`itproxy`: `https://itproxy.test/`,
     /// qualified by the domains); none: no dashboard.
     pub dashboard: Option<HostName>,
+    /// Where every request is written as one JSON line (relative: in the state directory).
+    pub access_log: Option<PathBuf>,
 }
 
 /// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and
