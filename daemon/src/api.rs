@@ -515,6 +515,22 @@ pub struct RequestView {
     /// The response's headers as the client got them, in order.
     #[serde(default)]
     pub response_headers: Vec<(String, String)>,
+    /// The request body, for the routes of `[proxy] inspect_bodies` (up to
+    /// `inspect_body_limit` bytes; base64 in `request_body_base64` when it is not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// See `request_body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_base64: Option<String>,
+    /// The response body, likewise (as relayed: a chunked body keeps its chunk sizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    /// See `response_body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body_base64: Option<String>,
+    /// A body was longer than what was kept of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bodies_cut: bool,
 }
 
 /// Query of `GET /v1/requests`.

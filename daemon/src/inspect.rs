@@ -42,7 +42,26 @@ pub fn view(e: &Exchange) -> RequestView {
         error: e.error.clone(),
         request_headers: request.headers,
         response_headers: response.headers,
+        request_body: text(e.request_body()),
+        request_body_base64: base64(e.request_body()),
+        response_body: text(e.response_body()),
+        response_body_base64: base64(e.response_body()),
+        bodies_cut: e.bodies_cut,
     }
+}
+
+/// A kept body as text, when it is some and UTF-8.
+fn text(body: &[u8]) -> Option<String> {
+    (!body.is_empty())
+        .then(|| std::str::from_utf8(body).ok().map(str::to_string))
+        .flatten()
+}
+
+/// A kept body as base64, when it is some and not UTF-8.
+fn base64(body: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    (!body.is_empty() && std::str::from_utf8(body).is_err())
+        .then(|| base64::engine::general_purpose::STANDARD.encode(body))
 }
 
 /// Which requests a reader asked for.

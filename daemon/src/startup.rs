@@ -130,9 +130,14 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     let access_log = match &config.proxy.access_log {
         Some(path) => {
             let path = dir.resolve(path);
+            // It holds every request's headers (cookies, authorization): the owner's only,
+            // and never written through a link left at its name.
+            use std::os::unix::fs::OpenOptionsExt as _;
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(|error| StartError::AccessLog { path, error })?;
             Some(file)
@@ -166,7 +171,11 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         None => (None, None),
     };
 
-    let inspector = Arc::new(Inspector::new(config.proxy.recent_requests));
+    let bodies = config.proxy.inspect_bodies.iter().map(|h| h.to_string());
+    let inspector = Arc::new(
+        Inspector::new(config.proxy.recent_requests)
+            .with_bodies(bodies, config.proxy.inspect_body_limit),
+    );
     let mut router_config = config.proxy.router_config(
         &config.listen,
         gateway.map(|ip| Gateway {

@@ -269,7 +269,9 @@ async fn bind_pair(
     ),
     Error,
 > {
-    let mut attempts = if addr.port() == 0 { 8 } else { 1 };
+    // A port the system picked for UDP may be taken for TCP (another socket's local port):
+    // pick again, a bounded number of times (many in a busy test run).
+    let mut attempts = if addr.port() == 0 { 64 } else { 1 };
     loop {
         attempts -= 1;
         let udp = udp::bind_group(addr, udp::workers())?;

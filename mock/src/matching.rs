@@ -29,6 +29,8 @@ pub enum Matched {
 #[derive(Debug)]
 pub struct Matcher {
     requests: Vec<RecordedRequest>,
+    /// Each recorded body's bytes and, when it is JSON, its value: read once, not per request.
+    bodies: Vec<(Vec<u8>, Option<serde_json::Value>)>,
     /// How many times each set of equally good candidates answered (by its first index).
     served: Mutex<HashMap<Vec<usize>, usize>>,
 }
@@ -39,17 +41,12 @@ fn sorted_query(q: &str) -> Vec<&str> {
     params
 }
 
-fn same_body(a: &[u8], b: &[u8]) -> bool {
-    if a == b {
-        return true;
-    }
-    match (
-        serde_json::from_slice::<serde_json::Value>(a),
-        serde_json::from_slice::<serde_json::Value>(b),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
+fn same_body(
+    recorded: &(Vec<u8>, Option<serde_json::Value>),
+    body: &[u8],
+    json: Option<&serde_json::Value>,
+) -> bool {
+    recorded.0 == body || matches!((&recorded.1, json), (Some(a), Some(b)) if a == b)
 }
 
 /// How many leading bytes two paths share, for near misses.
@@ -60,8 +57,19 @@ fn shared_prefix(a: &str, b: &str) -> usize {
 impl Matcher {
     /// A matcher over `exchanges`, in recorded order.
     pub fn new<'a>(exchanges: impl IntoIterator<Item = &'a Exchange>) -> Self {
+        let requests: Vec<RecordedRequest> =
+            exchanges.into_iter().map(|e| e.request.clone()).collect();
+        let bodies = requests
+            .iter()
+            .map(|r| {
+                let bytes = r.body.bytes();
+                let json = serde_json::from_slice(&bytes).ok();
+                (bytes, json)
+            })
+            .collect();
         Matcher {
-            requests: exchanges.into_iter().map(|e| e.request.clone()).collect(),
+            requests,
+            bodies,
             served: Mutex::default(),
         }
     }
@@ -69,13 +77,14 @@ impl Matcher {
     /// The exchange that answers `method path?query` with `body`.
     pub fn find(&self, method: &str, path: &str, query: &str, body: &[u8]) -> Matched {
         let query = sorted_query(query);
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let mut best: Option<(u8, Vec<usize>)> = None;
         for (i, r) in self.requests.iter().enumerate() {
             if r.method != method || r.path != path {
                 continue;
             }
             let score = 2 * u8::from(sorted_query(&r.query) == query)
-                + u8::from(same_body(&r.body.bytes(), body));
+                + u8::from(same_body(&self.bodies[i], body, json.as_ref()));
             match &mut best {
                 Some((s, all)) if *s == score => all.push(i),
                 Some((s, _)) if *s > score => {}

@@ -70,13 +70,18 @@ pub struct Body {
 impl Body {
     /// `bytes` as a recording keeps them.
     pub fn of(bytes: &[u8]) -> Body {
+        // Control characters (but tab and line breaks) would take six bytes each as JSON text.
+        let readable = |t: &str| {
+            !t.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        };
         match std::str::from_utf8(bytes) {
             Ok("") => Body::default(),
-            Ok(text) => Body {
+            Ok(text) if readable(text) => Body {
                 body: Some(text.to_string()),
                 body_base64: None,
             },
-            Err(_) => Body {
+            _ => Body {
                 body: None,
                 body_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
             },
@@ -181,8 +186,39 @@ pub struct Recording {
     pub dir: PathBuf,
     /// Where it was recorded, if it says.
     pub origin: Option<Origin>,
-    /// Each exchange with its file.
+    /// Each exchange with its file (those read; a recorder does not keep what it saves).
     pub exchanges: Vec<(PathBuf, Exchange)>,
+    /// The number the next saved exchange gets.
+    next: u64,
+}
+
+/// The largest exchange file read.
+pub const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+/// The number a file's name starts with (`0012-GET-x.json`: 12).
+fn number_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.split('-').next()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Writes `bytes` to `path` through a new temporary file renamed over it: never through a
+/// link someone left at either name (rename replaces a link, it does not follow it).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let partial = path.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(io("write", &partial))?;
+    file.write_all(bytes).map_err(io("write", &partial))?;
+    drop(file);
+    std::fs::rename(&partial, path).map_err(io("write", path))
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -194,21 +230,28 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 impl Recording {
-    /// Reads every exchange file of `dir` (`NNNN-*.json`), in name order.
+    /// Reads every exchange file of `dir` (`NNNN-*.json`), in the order of their numbers.
     pub fn load(dir: &Path) -> Result<Recording, Error> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        // Regular files only (not a FIFO or a link to a device).
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
             .map_err(io("read", dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "json")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.as_bytes().first().is_some_and(u8::is_ascii_digit))
-            })
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| Some((number_of(&p)?, p)))
             .collect();
         files.sort();
+        let next = files.last().map_or(1, |(n, _)| n.saturating_add(1));
         let mut exchanges = Vec::new();
-        for path in files {
+        for (_, path) in files {
+            let size = std::fs::metadata(&path).map_err(io("read", &path))?.len();
+            if size > MAX_FILE {
+                return Err(Error::Invalid {
+                    path,
+                    message: format!("it is {size} bytes; an exchange file may take {MAX_FILE}"),
+                });
+            }
             let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
             let exchange: Exchange = serde_json::from_str(&text).map_err(|e| Error::Invalid {
                 path: path.clone(),
@@ -227,17 +270,22 @@ impl Recording {
             exchanges.push((path, exchange));
         }
         let origin_path = dir.join(ORIGIN_FILE);
-        let origin = match std::fs::read_to_string(&origin_path) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| Error::Invalid {
+        let regular = std::fs::symlink_metadata(&origin_path).is_ok_and(|m| m.is_file());
+        let origin = match regular
+            .then(|| std::fs::read_to_string(&origin_path).ok())
+            .flatten()
+        {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::Invalid {
                 path: origin_path,
                 message: e.to_string(),
             })?),
-            Err(_) => None,
+            None => None,
         };
         Ok(Recording {
             dir: dir.to_path_buf(),
             origin,
             exchanges,
+            next,
         })
     }
 
@@ -248,37 +296,26 @@ impl Recording {
         let mut recording = Recording::load(dir)?;
         let path = dir.join(ORIGIN_FILE);
         let text = serde_json::to_string_pretty(&origin).expect("an origin serializes");
-        std::fs::write(&path, text + "\n").map_err(io("write", &path))?;
+        write_new(&path, (text + "\n").as_bytes())?;
         recording.origin = Some(origin);
+        // What was there is numbered past; it need not stay in memory.
+        recording.exchanges.clear();
         Ok(recording)
     }
 
-    /// Writes `exchange` as the next file and keeps it.
-    pub fn save(&mut self, exchange: Exchange) -> Result<PathBuf, Error> {
-        let next = self
-            .exchanges
-            .last()
-            .and_then(|(p, _)| {
-                p.file_name()?
-                    .to_str()?
-                    .split('-')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .map_or(1, |n| n + 1);
+    /// Writes `exchange` as the next file (not kept in memory).
+    pub fn save(&mut self, exchange: &Exchange) -> Result<PathBuf, Error> {
         let name = format!(
-            "{next:04}-{}-{}.json",
+            "{:04}-{}-{}.json",
+            self.next,
             slug(&exchange.request.method),
             slug(&exchange.request.path)
         );
         let path = self.dir.join(name);
-        let text = serde_json::to_string_pretty(&exchange).expect("an exchange serializes");
-        // Written whole to a temporary name first: a reader never sees half a file.
-        let partial = path.with_extension("json.partial");
-        std::fs::write(&partial, text + "\n").map_err(io("write", &partial))?;
-        std::fs::rename(&partial, &path).map_err(io("write", &path))?;
-        self.exchanges.push((path.clone(), exchange));
+        let text = serde_json::to_string_pretty(exchange).expect("an exchange serializes");
+        // Written whole under a temporary name first: a reader never sees half a file.
+        write_new(&path, (text + "\n").as_bytes())?;
+        self.next = self.next.saturating_add(1);
         Ok(path)
     }
 }
@@ -326,13 +363,13 @@ mod tests {
             request: RecordedRequest::new("GET", "/v1/users?page=2", &req_headers, b""),
             response: RecordedResponse::new(200, &resp_headers, &[0x89, b'P', 0xff, 0]),
         };
-        let path = rec.save(exchange.clone()).unwrap();
+        let path = rec.save(&exchange).unwrap();
         assert!(path.ends_with("0001-GET-v1-users.json"), "{path:?}");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"query\": \"page=2\""), "{text}");
         assert!(!text.contains("secret"), "no cookie in files: {text}");
         assert!(text.contains("body_base64"), "{text}");
-        rec.save(exchange.clone()).unwrap();
+        rec.save(&exchange).unwrap();
 
         let back = Recording::load(dir.path()).unwrap();
         assert_eq!(back.origin, Some(origin));
@@ -366,6 +403,31 @@ mod tests {
         let err = Recording::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not base64"), "{err}");
         assert_eq!(slug("/v1/users/42/"), "v1-users-42");
+        // Numbers past 9999 keep their order, and a resumed recording numbers after them.
+        let dir = tempfile::tempdir().unwrap();
+        let one = r#"{"request":{"method":"GET","path":"/"},"response":{"status":200}}"#;
+        for name in [
+            "9999-GET-root.json",
+            "10000-GET-root.json",
+            "5x-GET-root.json",
+        ] {
+            std::fs::write(dir.path().join(name), one).unwrap();
+        }
+        let back = Recording::load(dir.path()).unwrap();
+        let names: Vec<_> = back
+            .exchanges
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["9999-GET-root.json", "10000-GET-root.json"]);
+        let mut rec = Recording::create(dir.path(), Origin::default()).unwrap();
+        let saved = rec.save(&back.exchanges[0].1).unwrap();
+        assert!(saved.ends_with("10001-GET-root.json"), "{saved:?}");
+        assert_eq!(
+            Body::of(b"\x01\x02").body,
+            None,
+            "control bytes go as base64"
+        );
         assert_eq!(slug("/"), "root");
     }
 }

@@ -117,7 +117,10 @@ pub async fn start_recorder(
     origin: Origin,
     target: SocketAddr,
 ) -> Result<Running, Error> {
-    let recording = Recording::create(dir, origin.clone())?;
+    let (d, o) = (dir.to_path_buf(), origin.clone());
+    let recording = tokio::task::spawn_blocking(move || Recording::create(&d, o))
+        .await
+        .map_err(|e| Error::Listen(std::io::Error::other(e)))??;
     let recorder = Arc::new(Recorder {
         origin,
         target,
@@ -165,12 +168,17 @@ async fn record(State(r): State<Arc<Recorder>>, req: Request) -> Response {
         ),
         response: RecordedResponse::new(status.as_u16(), &headers, &answer),
     };
-    let saved = {
-        let mut recording = r.recording.lock().unwrap_or_else(|e| e.into_inner());
-        recording.save(exchange)
-    };
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "an exchange could not be recorded");
+    // Files are written off the runtime that serves the control API too.
+    let recorder = r.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        let mut recording = recorder.recording.lock().unwrap_or_else(|e| e.into_inner());
+        recording.save(&exchange)
+    })
+    .await;
+    match saved {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "an exchange could not be recorded"),
+        Err(e) => tracing::warn!(error = %e, "an exchange could not be recorded"),
     }
     let mut resp = Response::new(Body::from(answer));
     *resp.status_mut() = status;
@@ -227,7 +235,10 @@ struct Replayer {
 
 /// Starts a replayer over the recording in `dir`; it needs at least one exchange.
 pub async fn start_replayer(dir: &Path) -> Result<Running, Error> {
-    let recording = Recording::load(dir)?;
+    let d = dir.to_path_buf();
+    let recording = tokio::task::spawn_blocking(move || Recording::load(&d))
+        .await
+        .map_err(|e| Error::Listen(std::io::Error::other(e)))??;
     if recording.exchanges.is_empty() {
         return Err(Error::Empty(dir.to_path_buf()));
     }

@@ -92,6 +92,11 @@ pub struct Exchange {
     pub error: Option<String>,
     request_head: Vec<u8>,
     response_head: Vec<u8>,
+    /// The bodies, up to the inspector's limit, for the routes whose bodies it keeps.
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    /// A body was longer than what was kept of it.
+    pub bodies_cut: bool,
 }
 
 impl Default for Exchange {
@@ -112,6 +117,9 @@ impl Default for Exchange {
             error: None,
             request_head: Vec::new(),
             response_head: Vec::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            bodies_cut: false,
         }
     }
 }
@@ -137,11 +145,34 @@ impl Exchange {
         // A slot keeps at most what one kept head may take.
         request_head.shrink_to(MAX_KEPT_HEAD);
         response_head.shrink_to(MAX_KEPT_HEAD);
+        // Bodies are kept for some routes only: their buffers are not kept for the next.
         *self = Exchange {
             request_head,
             response_head,
             ..Exchange::default()
         };
+    }
+
+    /// Keeps the bodies (each cut to `limit` bytes).
+    pub fn set_bodies(&mut self, request: &[u8], response: &[u8], limit: usize) {
+        self.bodies_cut = request.len() > limit || response.len() > limit;
+        self.request_body.clear();
+        self.request_body
+            .extend_from_slice(&request[..request.len().min(limit)]);
+        self.response_body.clear();
+        self.response_body
+            .extend_from_slice(&response[..response.len().min(limit)]);
+    }
+
+    /// The request body kept (empty when bodies are not kept for its route).
+    pub fn request_body(&self) -> &[u8] {
+        &self.request_body
+    }
+
+    /// The response body kept, as relayed (a chunked body with its chunk sizes when the
+    /// HTTP/1.1 front relayed it).
+    pub fn response_body(&self) -> &[u8] {
+        &self.response_body
     }
 
     /// Keeps `head` (HTTP/1 request head bytes, as the client sent them) as the request's.
@@ -367,6 +398,8 @@ pub struct Inspector {
     /// Readers waiting for new requests: only then does a record wake anyone.
     followers: AtomicUsize,
     news: Notify,
+    /// The routes whose bodies are kept (host names), and how many bytes of each body.
+    bodies: (std::collections::HashSet<String>, usize),
 }
 
 #[derive(Debug, Default)]
@@ -396,7 +429,20 @@ impl Inspector {
             }),
             followers: AtomicUsize::new(0),
             news: Notify::new(),
+            bodies: Default::default(),
         }
+    }
+
+    /// The same inspector, keeping up to `limit` bytes of each body of the routes of `hosts`.
+    pub fn with_bodies(mut self, hosts: impl IntoIterator<Item = String>, limit: usize) -> Self {
+        self.bodies = (hosts.into_iter().collect(), limit);
+        self
+    }
+
+    /// How many bytes of each body to keep for a request on `route`, if any.
+    pub fn body_limit(&self, route: &Route) -> Option<usize> {
+        (self.capacity > 0 && self.bodies.1 > 0 && self.bodies.0.contains(route.host().as_str()))
+            .then_some(self.bodies.1)
     }
 
     /// Whether requests are kept (heads copied): fronts skip gathering them otherwise.

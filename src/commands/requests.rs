@@ -179,6 +179,11 @@ mod tests {
             error: Some("connection refused".into()),
             request_headers: vec![],
             response_headers: vec![],
+            request_body: None,
+            request_body_base64: None,
+            response_body: None,
+            response_body_base64: None,
+            bodies_cut: false,
         };
         let row = line(&v);
         assert!(

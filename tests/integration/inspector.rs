@@ -444,3 +444,59 @@ async fn the_access_log_has_one_json_line_per_request_with_the_same_fields() {
         output_text(&out)
     );
 }
+
+#[tokio::test]
+async fn bodies_are_kept_for_the_routes_asked_up_to_the_limit() {
+    let api = Backend::start("api").await;
+    let web = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[proxy]\ninspect_bodies = [\"api\"]\ninspect_body_limit = 20\n",
+    );
+    let p = Itproxy::start_with(&["--config", config.to_str().unwrap()]);
+    p.ok(&["route", "api", &api.target()]);
+    p.ok(&["route", "web", &web.target()]);
+    let mut c = Client::connect(p.http).await;
+    // Served by the HTTP/1.1 front.
+    c.post("api.test", "/short", "tea=2").await.unwrap();
+    c.post("web.test", "/other", "not kept").await.unwrap();
+    // Lent to the pipeline (a chunked body).
+    let (status, _) = curl(
+        p.http,
+        "api.test",
+        "/chunked",
+        &[
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            "a chunked request body that is long",
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let seen = requests(&p, &[]);
+    let by_target = |t: &str| seen.iter().find(|r| r["target"] == t).unwrap().clone();
+    let short = by_target("/short");
+    assert_eq!(short["request_body"], "tea=2");
+    assert!(
+        short["response_body"]
+            .as_str()
+            .unwrap()
+            .starts_with("{\"backend\""),
+        "{short}"
+    );
+    assert_eq!(
+        short["bodies_cut"], true,
+        "the backend's JSON is longer than 20 bytes"
+    );
+    let other = by_target("/other");
+    assert!(
+        other.get("request_body").is_none() && other.get("response_body").is_none(),
+        "{other}"
+    );
+    let chunked = by_target("/chunked");
+    assert_eq!(chunked["request_body"], "a chunked request bo");
+    assert_eq!(chunked["request_body"].as_str().unwrap().len(), 20);
+}

@@ -120,6 +120,9 @@ pub(super) struct ProxySection {
     pub(super) recent_requests: Option<usize>,
     pub(super) dashboard: Option<String>,
     pub(super) access_log: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(super) inspect_bodies: Vec<String>,
+    pub(super) inspect_body_limit: Option<usize>,
 }
 
 /// `[tls]`.

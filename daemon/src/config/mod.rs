@@ -47,6 +47,10 @@ pub const DEFAULT_DNS_TTL: u32 = 5;
 /// Open connections one client address may hold by default: a browser opens 6 per host, a
 /// load generator a few hundred.
 pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 1024;
+/// Bytes of each body the inspector keeps by default for `inspect_bodies` routes.
+pub const DEFAULT_INSPECT_BODY_LIMIT: usize = 16 * 1024;
+/// The most bytes of a body `inspect_body_limit` may ask for.
+pub const MAX_INSPECT_BODY_LIMIT: usize = 1024 * 1024;
 /// The dashboard's name by default (`itproxy.<first domain>`).
 pub const DEFAULT_DASHBOARD: &str = "itproxy";
 /// Requests the inspector keeps by default (`itproxy requests`, the dashboard).
@@ -406,7 +410,26 @@ fn proxy(
                 .into(),
         ));
     }
+    let mut inspect_bodies = Vec::new();
+    for name in &file.inspect_bodies {
+        inspect_bodies.push(
+            domains
+                .qualify(name)
+                .map_err(|e| invalid(format!("proxy.inspect_bodies: {e}")))?,
+        );
+    }
+    let inspect_body_limit = match file.inspect_body_limit {
+        None => DEFAULT_INSPECT_BODY_LIMIT,
+        Some(n) if n == 0 || n > MAX_INSPECT_BODY_LIMIT => {
+            return Err(invalid(format!(
+                "proxy.inspect_body_limit is {n}; give 1 to {MAX_INSPECT_BODY_LIMIT} bytes"
+            )))
+        }
+        Some(n) => n,
+    };
     Ok(ProxySettings {
+        inspect_bodies,
+        inspect_body_limit,
         access_log: file.access_log,
         dashboard,
         recent_requests,
@@ -542,6 +565,8 @@ mod tests {
                 recent_requests: DEFAULT_RECENT_REQUESTS,
                 dashboard: Some(HostName::parse("itproxy").unwrap()),
                 access_log: None,
+                inspect_bodies: vec![],
+                inspect_body_limit: DEFAULT_INSPECT_BODY_LIMIT,
             }
         );
         assert_eq!(
@@ -594,6 +619,8 @@ mod tests {
             recent_requests = 250
             dashboard = ""
             access_log = "access.jsonl"
+            inspect_bodies = ["api"]
+            inspect_body_limit = 4096
             [routes]
             api = "localhost:8000"
             slow = { target = "localhost:8001", read_timeout = "10m", connect_timeout = "1s" }
@@ -631,6 +658,8 @@ mod tests {
                 recent_requests: 250,
                 dashboard: None,
                 access_log: Some("access.jsonl".into()),
+                inspect_bodies: vec![HostName::parse("api.test").unwrap()],
+                inspect_body_limit: 4096,
             }
         );
         assert_eq!(

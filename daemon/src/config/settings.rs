@@ -45,6 +45,10 @@ pub struct ProxySettings {
     pub dashboard: Option<HostName>,
     /// Where every request is written as one JSON line (relative: in the state directory).
     pub access_log: Option<PathBuf>,
+    /// The routes whose request and response bodies the inspector keeps.
+    pub inspect_bodies: Vec<HostName>,
+    /// How many bytes of each of those bodies.
+    pub inspect_body_limit: usize,
 }
 
 /// The HTTP front's timeouts, from `[proxy]`; a route may set its own `connect_timeout` and

@@ -136,6 +136,14 @@ function showDetail(id) {
     dd.textContent = String(v);
     dl.append(dt, dd);
   }
+  // Bodies are kept for the routes of [proxy] inspect_bodies only.
+  const body = (text, b64) => text !== undefined ? text : b64 !== undefined ? "(base64) " + b64 : "";
+  const kept = [r.request_body, r.request_body_base64, r.response_body, r.response_body_base64]
+    .some((b) => b !== undefined);
+  $("detail-bodies").hidden = !kept;
+  $("detail-request-body").textContent = body(r.request_body, r.request_body_base64);
+  $("detail-response-body").textContent = body(r.response_body, r.response_body_base64) +
+    (r.bodies_cut ? "\n(cut at the inspector's limit)" : "");
   for (const [table, headers] of [["detail-request", r.request_headers], ["detail-response", r.response_headers]]) {
     fill($(table).tBodies[0], headers || [], (tr, [name, value]) => {
       cell(tr, name);

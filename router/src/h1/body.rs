@@ -50,10 +50,18 @@ pub(super) async fn relay_body<C>(
     body: &[u8],
     framing: Framing,
     timeouts: Timeouts,
+    mut kept: Option<(&mut Vec<u8>, usize)>,
 ) -> std::io::Result<Relayed>
 where
     C: AsyncWrite + Unpin,
 {
+    // The inspector's copy of the body, up to its limit (one byte more says it was cut).
+    let mut keep = |bytes: &[u8]| {
+        if let Some((kept, limit)) = kept.as_mut() {
+            let room = (*limit + 1).saturating_sub(kept.len());
+            kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    };
     let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut chunks = ChunkedEnd::new();
     // How much of `body` belongs to this response, and whether it is complete with it.
@@ -72,6 +80,7 @@ where
     };
     let mut clean = first == body.len();
     let mut body_bytes = first as u64;
+    keep(&body[..first]);
     out.extend_from_slice(&body[..first]);
     send(client, out, timeouts.client).await?;
     let mut left = match framing {
@@ -116,6 +125,7 @@ where
         };
         clean &= take == n;
         send(client, &buf[..take], timeouts.client).await?;
+        keep(&buf[..take]);
         body_bytes += take as u64;
     }
     // Buffered streams (TLS, a connection the pipeline served before) send on flush.

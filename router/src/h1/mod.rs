@@ -347,6 +347,8 @@ impl H1Front {
         put_connection(&mut conn.out, client_keep);
         let head_bytes = conn.out.len() as u64;
         let body = &conn.upbuf[response.head_len..];
+        let body_limit = self.requests.policy.inspector().body_limit(&p.route);
+        let mut kept_body = Vec::new();
         let relayed = relay_body(
             &mut conn.client,
             &mut up,
@@ -357,6 +359,7 @@ impl H1Front {
                 upstream: upstream.read_timeout(),
                 client: self.limits.send_timeout,
             },
+            body_limit.map(|limit| (&mut kept_body, limit)),
         )
         .await;
         let cut_short = relayed
@@ -370,6 +373,9 @@ impl H1Front {
             r.error = cut_short;
             if self.requests.policy.inspector().keeps_requests() {
                 r.set_response_head(&conn.out[..head_bytes as usize]);
+            }
+            if let Some(limit) = body_limit {
+                r.set_bodies(&conn.buf[p.head_len..p.len], &kept_body, limit);
             }
         });
         conn.upbuf.clear();

@@ -51,6 +51,9 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// From then to the upstream's response head.
     upstream_duration: Option<Duration>,
+    /// The bodies kept for the inspector (its limit, the request's, the response's), for the
+    /// routes whose bodies it keeps.
+    bodies: Option<(usize, Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for RequestCtx {
@@ -62,6 +65,7 @@ impl Default for RequestCtx {
             started: Instant::now(),
             upstream_started: None,
             upstream_duration: None,
+            bodies: None,
         }
     }
 }
@@ -144,8 +148,17 @@ impl HostRouter {
                 r.response_bytes = (r.response_head_len() + session.body_bytes_sent()) as u64;
             }
         }
+        if let Some((limit, request, response)) = &ctx.bodies {
+            r.set_bodies(request, response, *limit);
+        }
         inspector.record_made(r);
     }
+}
+
+/// Appends `bytes` to `kept` up to `limit` bytes and one more (which says it was cut).
+fn keep_body(kept: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+    let room = (limit + 1).saturating_sub(kept.len());
+    kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// The host a request is for: the URI authority (absolute-form or HTTP/2) or the Host header.
@@ -193,6 +206,11 @@ impl ProxyHttp for HostRouter {
         };
         match self.policy.decide(authority, is_tls(session)) {
             Decision::Forward(route) => {
+                ctx.bodies = self
+                    .policy
+                    .inspector()
+                    .body_limit(&route)
+                    .map(|limit| (limit, Vec::new(), Vec::new()));
                 ctx.route = Some(route);
                 Ok(false)
             }
@@ -294,7 +312,7 @@ impl ProxyHttp for HostRouter {
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> PResult<()> {
         // An HTTP/2 client ends a body of unknown length with an empty DATA frame; Pingora
         // writes an empty piece of a chunked upstream body as a zero-size chunk, which is the
@@ -303,7 +321,23 @@ impl ProxyHttp for HostRouter {
         if body.as_ref().is_some_and(|b| b.is_empty()) {
             *body = None;
         }
+        if let (Some((limit, kept, _)), Some(b)) = (&mut ctx.bodies, body.as_ref()) {
+            keep_body(kept, b, *limit);
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> PResult<Option<Duration>> {
+        if let (Some((limit, _, kept)), Some(b)) = (&mut ctx.bodies, body.as_ref()) {
+            keep_body(kept, b, *limit);
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(
