@@ -340,7 +340,7 @@ type Shared = State<Arc<Control>>;
 
 /// The read-only part of the API, as the dashboard serves it at its own name (the same paths
 /// and answers; nothing that changes anything), with the page and `/metrics`.
-pub fn dashboard_app(control: Arc<Control>) -> Router {
+pub fn dashboard_app(control: Arc<Control>, guard: DashboardGuard) -> Router {
     Router::new()
         .route("/", get(crate::dashboard::page))
         .route("/dashboard.js", get(crate::dashboard::script))
@@ -349,10 +349,13 @@ pub fn dashboard_app(control: Arc<Control>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/routes", get(list))
         .route("/v1/apps", get(apps))
-        .route("/v1/requests", get(requests))
+        .route("/v1/requests", get(dashboard_requests))
         .route("/v1/metrics", get(metrics))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(this_machine_only))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            this_machine_only,
+        ))
         .with_state(control)
 }
 
@@ -360,8 +363,48 @@ pub fn dashboard_app(control: Arc<Control>) -> Router {
 /// on this machine only, not containers or other hosts that reach the proxy. The proxy sets
 /// `X-Forwarded-For` (its last entry is always the address it was reached from); a request
 /// without one came to the loopback listener directly, from this machine.
-async fn this_machine_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match asked_from(req.headers()) {
+async fn this_machine_only(
+    State(guard): State<Arc<DashboardGuard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A page of another site that got its name resolved to this machine (DNS rebinding)
+    // asks with that name: only the dashboard's own, or a loopback address, is answered.
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':').map_or(h, |(name, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    h
+                }
+            })
+        })
+        .map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        });
+    let known = match &host {
+        Some(h) => {
+            guard.host.as_ref().is_some_and(|d| d.as_str() == h)
+                || h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
+    };
+    if !known {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "the dashboard answers at its own name only",
+        )
+        .into_response();
+    }
+    match asked_from(req.headers(), &guard.trusted_proxies) {
         Ok(()) => next.run(req).await,
         Err(from) => ApiError::new(
             ErrorCode::Forbidden,
@@ -374,18 +417,40 @@ async fn this_machine_only(req: axum::extract::Request, next: axum::middleware::
     }
 }
 
+/// The dashboard's name, and the proxies trusted to extend `X-Forwarded-For` (their entries
+/// are skipped: the client is the first address from the right that is not one of them).
+#[derive(Clone, Debug, Default)]
+pub struct DashboardGuard {
+    /// `itproxy.test`.
+    pub host: Option<itproxy_router::HostName>,
+    /// `[proxy] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
 /// Whether a request to the dashboard came from this machine (see `this_machine_only`); if
 /// not, where it came from.
-fn asked_from(headers: &http::HeaderMap) -> Result<(), String> {
-    let Some(value) = headers.get_all("x-forwarded-for").iter().next_back() else {
+fn asked_from(headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Result<(), String> {
+    let values: Vec<&http::HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    if values.is_empty() {
         return Ok(());
-    };
-    let last = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok());
-    match last {
+    }
+    let mut entries: Vec<Option<std::net::IpAddr>> = Vec::new();
+    for v in values {
+        let Ok(text) = v.to_str() else {
+            return Err("an address that cannot be read".to_string());
+        };
+        entries.extend(text.split(',').map(|ip| ip.trim().parse().ok()));
+    }
+    // From the right, past the trusted proxies (never past the first entry).
+    let mut client = None;
+    for (i, entry) in entries.iter().enumerate().rev() {
+        client = Some(*entry);
+        match entry {
+            Some(ip) if i > 0 && trusted.iter().any(|n| n.contains(ip)) => continue,
+            _ => break,
+        }
+    }
+    match client.flatten() {
         Some(std::net::IpAddr::V4(v4)) if v4.is_loopback() => Ok(()),
         Some(std::net::IpAddr::V6(v6))
             if v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()) =>
@@ -660,8 +725,16 @@ async fn errors(
 }
 
 async fn requests(
+    state: Shared,
+    query: Result<Query<api::RequestsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    requests_as(state, query, false).await
+}
+
+async fn requests_as(
     State(c): Shared,
     query: Result<Query<api::RequestsQuery>, QueryRejection>,
+    redact: bool,
 ) -> Result<Response, ApiError> {
     let q = query.map(|Query(q)| q).map_err(|e| {
         ApiError::new(
@@ -681,6 +754,7 @@ async fn requests(
         route,
         since: q.since.unwrap_or(0),
         limit: q.limit.unwrap_or(inspect::DEFAULT_LIMIT),
+        redact,
     };
     if q.follow {
         let lines = axum::body::Body::from_stream(selection.follow(c.inspector.clone()));
@@ -697,6 +771,14 @@ async fn metrics(State(c): Shared) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The dashboard's `/v1/requests`: the control API's, credential headers hidden.
+async fn dashboard_requests(
+    state: Shared,
+    query: Result<Query<api::RequestsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    requests_as(state, query, true).await
 }
 
 async fn snapshots(State(c): Shared) -> Result<Json<Vec<api::SnapshotView>>, ApiError> {
@@ -772,7 +854,7 @@ mod tests {
             for v in xff {
                 h.append("x-forwarded-for", v.parse().unwrap());
             }
-            super::asked_from(&h)
+            super::asked_from(&h, &[])
         };
         assert_eq!(asked(&[]), Ok(()), "straight to the loopback listener");
         assert_eq!(asked(&["127.0.0.1"]), Ok(()));
@@ -791,6 +873,16 @@ mod tests {
             Err("192.168.1.20".into())
         );
         assert!(asked(&["garbage"]).is_err());
+        // Behind a trusted proxy on loopback, the client is the entry before it.
+        let trusted = ["127.0.0.1/32".parse().unwrap()];
+        let behind = |xff: &str| {
+            let mut h = http::HeaderMap::new();
+            h.append("x-forwarded-for", xff.parse().unwrap());
+            super::asked_from(&h, &trusted)
+        };
+        assert_eq!(behind("203.0.113.9, 127.0.0.1"), Err("203.0.113.9".into()));
+        assert_eq!(behind("127.0.0.1, 127.0.0.1"), Ok(()));
+        assert_eq!(behind("127.0.0.1"), Ok(()));
     }
 
     /// The code list in docs/api.yaml is this enum, no more and no less.

@@ -63,6 +63,7 @@ pub(crate) fn bind() -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
 pub(crate) fn serve(
     listener: std::net::TcpListener,
     control: Arc<Control>,
+    guard: crate::control::DashboardGuard,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -73,7 +74,7 @@ pub(crate) fn serve(
                 return;
             }
         };
-        let app = crate::control::dashboard_app(control);
+        let app = crate::control::dashboard_app(control, guard);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

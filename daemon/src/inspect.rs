@@ -73,6 +73,33 @@ pub struct Selection {
     pub since: u64,
     /// At most this many at first (the newest).
     pub limit: usize,
+    /// Hide the values of the headers that carry credentials (the dashboard's view).
+    pub redact: bool,
+}
+
+/// Headers whose values the dashboard does not show.
+const CREDENTIALS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// `v` with the values of credential headers replaced by what they were.
+fn redacted(mut v: RequestView) -> RequestView {
+    for (name, value) in v
+        .request_headers
+        .iter_mut()
+        .chain(v.response_headers.iter_mut())
+    {
+        if CREDENTIALS.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+            *value = format!(
+                "(hidden on the dashboard: {} bytes; `itproxy requests --json` shows it)",
+                value.len()
+            );
+        }
+    }
+    v
 }
 
 impl Selection {
@@ -88,8 +115,16 @@ impl Selection {
         inspector
             .requests(self.since, self.limit, |e| self.keeps(e))
             .iter()
-            .map(view)
+            .map(|e| self.view(e))
             .collect()
+    }
+
+    fn view(&self, e: &Exchange) -> RequestView {
+        if self.redact {
+            redacted(view(e))
+        } else {
+            view(e)
+        }
     }
 
     /// The selected requests as JSON lines: those kept now, then each new one as it ends,
@@ -118,7 +153,7 @@ impl Selection {
             let found: Vec<RequestView> = inspector
                 .requests(since, usize::MAX, |e| e.id <= next && sel.keeps(e))
                 .iter()
-                .map(view)
+                .map(|e| sel.view(e))
                 .collect();
             let mut chunk = lines(&found);
             if chunk.is_empty() {

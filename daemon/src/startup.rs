@@ -127,6 +127,7 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
         .and_then(|s| s.parse().ok());
 
     let dashboard = dashboard(&config)?;
+    let trusted_proxies = config.proxy.trusted_proxies.clone();
     let access_log = match &config.proxy.access_log {
         Some(path) => {
             let path = dir.resolve(path);
@@ -257,7 +258,16 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
             let mut tasks = spawn_background(&background, state.clone(), discovery, apps, steps);
             if let Some(d) = dashboard {
                 let stop = background.clone();
-                tasks.push(crate::dashboard::serve(d.listener, control.clone(), stop));
+                let guard = crate::control::DashboardGuard {
+                    host: Some(d.host.clone()),
+                    trusted_proxies: trusted_proxies.clone(),
+                };
+                tasks.push(crate::dashboard::serve(
+                    d.listener,
+                    control.clone(),
+                    guard,
+                    stop,
+                ));
             }
             if let Some(file) = access_log {
                 let (inspector, stop) = (control.inspector.clone(), background.clone());

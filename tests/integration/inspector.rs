@@ -328,9 +328,23 @@ async fn the_dashboard_and_metrics_are_served_at_the_proxys_own_name() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("itproxy_route_swaps_total "));
 
-    // The dashboard's part of the API reads; it changes nothing.
-    let (status, _) = https_get(&p, "itproxy.test", "/v1/requests?route=api").await;
+    // The dashboard's part of the API reads; it changes nothing, and hides credentials
+    // (the control socket, the owner's only, shows them).
+    let mut c = Client::connect(p.http).await;
+    c.send(
+        "api.test",
+        "/secret",
+        &[("authorization", "Bearer TOKEN-123")],
+    )
+    .await
+    .unwrap();
+    let (status, listed) = https_get(&p, "itproxy.test", "/v1/requests?route=api").await;
     assert_eq!(status, 200);
+    assert!(
+        !listed.contains("TOKEN-123") && listed.contains("hidden on the dashboard"),
+        "{listed}"
+    );
+    assert!(p.ok(&["requests", "--json"]).contains("Bearer TOKEN-123"));
     let resolve = format!("itproxy.test:{}:127.0.0.1", p.https.port());
     let url = format!("https://itproxy.test:{}/v1/routes/api", p.https.port());
     let out = Command::new("curl")
