@@ -98,19 +98,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| ClientError::NotRunning {
-                state_dir: self.state_dir.clone(),
-                socket: self.socket.clone(),
-                error,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await?;
         let req = Request::builder()
             .uri(path)
             .header(http::header::HOST, "itproxy")
@@ -155,6 +143,26 @@ impl Client {
         Ok(())
     }
 
+    /// A connection to the daemon's socket, ready for a request.
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| ClientError::NotRunning {
+                state_dir: self.state_dir.clone(),
+                socket: self.socket.clone(),
+                error,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
     fn protocol(&self, message: impl Into<String>) -> ClientError {
         ClientError::Protocol {
             socket: self.socket.clone(),
@@ -168,19 +176,7 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| ClientError::NotRunning {
-                state_dir: self.state_dir.clone(),
-                socket: self.socket.clone(),
-                error,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await?;
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(method)
