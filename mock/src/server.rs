@@ -93,6 +93,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A request's body, read whole up to [`MAX_REQUEST_BODY`], or the 413 that says why not.
+async fn request_body(body: Body) -> Result<Bytes, Response> {
+    read_body(body, MAX_REQUEST_BODY).await.map_err(|e| {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body cannot be read whole: {e}"),
+        )
+    })
+}
+
 fn text(status: StatusCode, message: String) -> Response {
     (
         status,
@@ -132,14 +142,9 @@ pub async fn start_recorder(
 
 async fn record(State(r): State<Arc<Recorder>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, MAX_REQUEST_BODY).await {
+    let body = match request_body(body).await {
         Ok(b) => b,
-        Err(e) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body cannot be recorded: {e}"),
-            )
-        }
+        Err(refused) => return refused,
     };
     let path_and_query = parts
         .uri
@@ -251,14 +256,9 @@ pub async fn start_replayer(dir: &Path) -> Result<Running, Error> {
 
 async fn replay(State(r): State<Arc<Replayer>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, MAX_REQUEST_BODY).await {
+    let body = match request_body(body).await {
         Ok(b) => b,
-        Err(e) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body cannot be read: {e}"),
-            )
-        }
+        Err(refused) => return refused,
     };
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");

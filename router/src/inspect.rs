@@ -246,8 +246,8 @@ impl Exchange {
         })
     }
 
-    /// The response's status line and headers as the upstream sent them (or as itproxy
-    /// answered); none when no response head was kept.
+    /// The response's status line and headers as the client got them (from the upstream or
+    /// itproxy's own page); none when no response head was kept.
     pub fn response(&self) -> Option<Head> {
         let mut headers = vec![httparse::EMPTY_HEADER; lines(&self.response_head)];
         let mut resp = httparse::Response::new(&mut headers);
@@ -264,7 +264,8 @@ impl Exchange {
     }
 
     /// The method and target, or empty strings when the head was not kept.
-    pub fn method_and_target(&self) -> (String, String) {
+    #[cfg(test)]
+    fn method_and_target(&self) -> (String, String) {
         self.request().map(|h| h.start).unwrap_or_default()
     }
 
@@ -441,18 +442,18 @@ impl Inspector {
 
     /// How many bytes of each body to keep for a request on `route`, if any.
     pub fn body_limit(&self, route: &Route) -> Option<usize> {
-        (self.capacity > 0 && self.bodies.1 > 0 && self.bodies.0.contains(route.host().as_str()))
-            .then_some(self.bodies.1)
+        // Checked per request: no hash of the host unless some route's bodies are kept.
+        let (hosts, limit) = &self.bodies;
+        (self.capacity > 0
+            && *limit > 0
+            && !hosts.is_empty()
+            && hosts.contains(route.host().as_str()))
+        .then_some(*limit)
     }
 
     /// Whether requests are kept (heads copied): fronts skip gathering them otherwise.
     pub fn keeps_requests(&self) -> bool {
         self.capacity > 0
-    }
-
-    /// How many requests the ring keeps.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     fn lock(&self) -> MutexGuard<'_, Recorded> {
@@ -550,9 +551,9 @@ impl Inspector {
         found
     }
 
-    /// The id of the oldest request still kept, if any: a reader that asked for requests
-    /// after an older one missed those in between.
-    pub fn oldest_id(&self) -> Option<u64> {
+    /// The id of the oldest request still kept, if any.
+    #[cfg(test)]
+    fn oldest_id(&self) -> Option<u64> {
         self.lock().ring.front().map(|e| e.id)
     }
 
