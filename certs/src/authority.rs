@@ -58,18 +58,27 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
-    let mut f = OpenOptions::new()
+/// Writes `contents` at `path` with `mode`, atomically: a temporary file beside it, synced,
+/// then renamed over it, so a crash or a full disk leaves the old file or the new one whole.
+fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let written = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("write", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io("write", path))?;
-    f.write_all(contents.as_bytes())
-        .map_err(io("write", path))?;
-    f.sync_all().map_err(io("write", path))
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            f.write_all(contents.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io("write", path)(e));
+    }
+    Ok(())
 }
 
 fn odt(t: SystemTime) -> OffsetDateTime {
@@ -93,8 +102,16 @@ impl Authority {
         subject: &str,
         now: SystemTime,
     ) -> Result<(Authority, bool), Error> {
-        if dir.join(ROOT_FILE).exists() || dir.join(KEY_FILE).exists() {
+        // The root is written last: a key without a root is a creation cut short, whose root
+        // nobody can have trusted yet, so it is made again.
+        if dir.join(ROOT_FILE).exists() {
             return Authority::load(dir).map(|a| (a, false));
+        }
+        if dir.join(KEY_FILE).exists() {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the CA's creation was cut short (a key but no root); creating it again"
+            );
         }
         Authority::create(dir, domains, subject, now).map(|a| (a, true))
     }
@@ -154,12 +171,12 @@ impl Authority {
         let cert = p.self_signed(&key).map_err(gen)?;
 
         let root_pem = cert.pem();
-        write_private(&dir.join(KEY_FILE), &key.serialize_pem())?;
+        write_atomic(&dir.join(KEY_FILE), &key.serialize_pem(), 0o600)?;
         // The certificate is public; it is written last so a crash leaves no root without key.
-        let root_path = dir.join(ROOT_FILE);
-        fs::write(&root_path, &root_pem).map_err(io("write", &root_path))?;
-        fs::set_permissions(&root_path, fs::Permissions::from_mode(0o644))
-            .map_err(io("write", &root_path))?;
+        write_atomic(&dir.join(ROOT_FILE), &root_pem, 0o644)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("write", dir))?;
         let root_der = cert.der().to_vec();
         Ok(Authority {
             issuer: Issuer::new(p, key),
@@ -415,6 +432,25 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("unusable"), "{e}");
+    }
+
+    #[test]
+    fn a_creation_cut_short_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // A crash after the key was written and before the root was.
+        fs::write(dir.path().join(KEY_FILE), "half a key").unwrap();
+        let (a, created) =
+            Authority::load_or_create(dir.path(), &domains(), "t", SystemTime::now()).unwrap();
+        assert!(created);
+        let (b, created) =
+            Authority::load_or_create(dir.path(), &domains(), "t", SystemTime::now()).unwrap();
+        assert!(!created);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]

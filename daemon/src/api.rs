@@ -286,6 +286,15 @@ pub struct AppView {
     pub depends_on: Vec<String>,
     /// Its containers, as the engine reports them now.
     pub containers: Vec<ContainerView>,
+    /// What happens when its container exits on its own: `on-failure`, `always` or `no`.
+    #[serde(default)]
+    pub restart_policy: String,
+    /// How often the restart policy started it again since the daemon started.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How its container last ended on its own (`exit code 1`, `exit code 137, ... (OOM)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// One container of an app.

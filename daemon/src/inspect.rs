@@ -185,7 +185,11 @@ pub async fn write_access_log(
     stop: tokio_util::sync::CancellationToken,
 ) {
     use std::io::Write as _;
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = file;
+    // The length after the last whole batch: a write cut off (a full disk) is taken back to
+    // it, so the log never holds half a line, and the batch is written again later.
+    let mut len = out.metadata().map_or(0, |m| m.len());
+    let mut failing = false;
     let mut since = inspector.last_id();
     loop {
         tokio::select! {
@@ -205,10 +209,24 @@ pub async fn write_access_log(
             lines.push(b'\n');
         }
         lines.extend(self::lines(&found.iter().map(view).collect::<Vec<_>>()));
-        if let Err(e) = out.write_all(&lines).and_then(|()| out.flush()) {
-            tracing::warn!(error = %e, "cannot write the access log; it stops");
-            return;
+        if let Err(e) = out.write_all(&lines) {
+            if !failing {
+                tracing::warn!(error = %e, "cannot write the access log; trying again as requests come");
+                failing = true;
+            }
+            let _ = out.set_len(len);
+            // Not past `since`: the wait would return at once; wait a second instead.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
         }
+        if failing {
+            tracing::info!("the access log is written again");
+            failing = false;
+        }
+        len += lines.len() as u64;
         since = next;
     }
 }

@@ -113,10 +113,22 @@ pub async fn run(config: Config, state_dir: PathBuf, steps: Vec<String>) -> Resu
     check_steps(&config, &steps)?;
     let dir = StateDir::new(state_dir);
     claim_state_dir(&dir).await?;
-    let overrides = persist::load(&dir.routes_file())?;
-    // A compaction cut short by a stop: finish it from what was just read.
-    persist::finish_interrupted_compaction(&dir.routes_file(), &overrides)?;
-    let journal = persist::Journal::open(&dir.routes_file())?;
+    let persist::Loaded {
+        overrides,
+        problems,
+    } = persist::load(&dir.routes_file())?;
+    for problem in &problems {
+        tracing::error!("route overrides: {problem}");
+    }
+    // A compaction cut short by a stop: finish it from what was just read. If the disk is
+    // full, the logs keep everything and the next start tries again.
+    if let Err(e) = persist::finish_interrupted_compaction(&dir.routes_file(), &overrides) {
+        tracing::warn!("cannot finish the route log's compaction (the logs keep every route): {e}");
+    }
+    let (journal, unwritable) = persist::Journal::open_or_retry(&dir.routes_file());
+    if let Some(e) = unwritable {
+        tracing::error!("route changes will be refused until this is fixed: {e}");
+    }
     let tls = crate::tls::setup(&config, &dir)?;
     let env = open_environment(&config).await?;
     // Containers reach the proxy and the DNS on the environment network's gateway.
@@ -437,6 +449,7 @@ impl OpenEnvironment {
             },
             env.apps.clone(),
             Some(config.clone()),
+            state_dir.snapshots(),
         ))
     }
 }
@@ -625,7 +638,7 @@ fn spawn_background(
     // Then the declared apps, step by step.
     if let Some(apps) = apps {
         spawn(Box::pin(apps.clone().bring_up(steps)));
-        spawn(Box::pin(apps.clone().watch_exits()));
+        spawn(Box::pin(apps.clone().watch_containers()));
         spawn(Box::pin(apps.tell_states()));
     }
     tasks

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use itproxy_orchestrator::{
-    AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan, RestartOrder,
-};
+use itproxy_orchestrator::{AppName, AppSpec, Container, EndpointKind, Engine, Environment, Plan};
 
 use crate::api::{self, AppState, EnvPhase};
 use crate::config::Domains;
@@ -17,7 +15,12 @@ use crate::state::{Change, Endpoint, StateHandle};
 
 mod clock;
 mod logs;
+mod reconcile;
+mod restart;
 mod snapshots;
+mod watch;
+
+use restart::RestartMode;
 
 pub use snapshots::list_snapshots;
 
@@ -125,6 +128,9 @@ struct AppStatus {
     state: AppState,
     error: Option<String>,
     ready_in: Option<Duration>,
+    /// The supervisor's change count when this was set: a restart the policy scheduled goes
+    /// ahead only if nothing else happened to the app since.
+    epoch: u64,
 }
 
 struct Phase {
@@ -155,6 +161,10 @@ pub struct AppSupervisor {
     /// One operation at a time per app (start, stop, restart).
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     phase: std::sync::Mutex<Phase>,
+    /// What each app's restart policy has done.
+    crashes: std::sync::Mutex<HashMap<AppName, watch::Crashes>>,
+    /// Where snapshots are kept (a restore cut short is finished from there).
+    snapshots: std::path::PathBuf,
 }
 
 impl AppSupervisor {
@@ -166,6 +176,7 @@ impl AppSupervisor {
         environment: Environment,
         plan: Plan,
         config: Option<crate::config::Config>,
+        snapshots: std::path::PathBuf,
     ) -> Self {
         let status = plan
             .apps()
@@ -176,6 +187,7 @@ impl AppSupervisor {
                         state: AppState::Pending,
                         error: None,
                         ready_in: None,
+                        epoch: 0,
                     },
                 )
             })
@@ -203,6 +215,8 @@ impl AppSupervisor {
                 error: None,
                 ready_after: None,
             }),
+            crashes: Default::default(),
+            snapshots,
         }
     }
 
@@ -227,16 +241,33 @@ impl AppSupervisor {
         state: AppState,
         error: Option<String>,
         ready_in: Option<Duration>,
-    ) {
-        self.status.lock().expect("status lock").insert(
+    ) -> u64 {
+        // Under the status lock, so epochs follow the order of the states they stamp.
+        let mut status = self.status.lock().expect("status lock");
+        let mut epoch = 0;
+        self.changed.send_modify(|n| {
+            *n += 1;
+            epoch = *n;
+        });
+        status.insert(
             app.clone(),
             AppStatus {
                 state,
                 error,
                 ready_in,
+                epoch,
             },
         );
-        self.changed.send_modify(|n| *n += 1);
+        epoch
+    }
+
+    /// The epoch of the app's state now (see [`AppStatus::epoch`]).
+    fn epoch(&self, app: &AppName) -> u64 {
+        self.status
+            .lock()
+            .expect("status lock")
+            .get(app)
+            .map_or(0, |s| s.epoch)
     }
 
     /// The environment's containers as the engine reports them now (none if it cannot say).
@@ -275,6 +306,9 @@ impl AppSupervisor {
     /// are adopted if they already run). A step's apps start together, each once its
     /// dependencies are ready; a failed app stops the steps after its own.
     pub async fn bring_up(self: Arc<Self>, selected: Vec<String>) {
+        // What an earlier daemon left half done goes first: its containers are compared with
+        // the plan, so every app below starts exactly once.
+        self.reconcile().await;
         let mut failed: Vec<String> = Vec::new();
         let plan = self.plan();
         for step in plan.steps() {
@@ -300,6 +334,11 @@ impl AppSupervisor {
                 break;
             }
             tracing::info!(step = %step.name, took_ms = began.elapsed().as_millis() as u64, "step ready");
+        }
+        if failed.is_empty() {
+            if let Err(e) = self.finish_interrupted_restore().await {
+                failed.push(e.to_string());
+            }
         }
         let mut phase = self.phase.lock().expect("phase lock");
         if failed.is_empty() {
@@ -336,6 +375,15 @@ impl AppSupervisor {
     async fn start_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
         let lock = self.lock_of(&app.name);
         let _one_at_a_time = lock.lock().await;
+        self.start_app_locked(app, timeout).await
+    }
+
+    /// [`AppSupervisor::start_app`] with the app's lock already held.
+    async fn start_app_locked(
+        &self,
+        app: &AppSpec,
+        timeout: Option<Duration>,
+    ) -> Result<(), AppError> {
         let fail = |message: String| {
             self.set(&app.name, AppState::Failed, Some(message.clone()), None);
             tracing::error!(app = %app.name, "{message}");
@@ -466,6 +514,11 @@ impl AppSupervisor {
     async fn stop_app(&self, app: &AppSpec) -> Result<(), AppError> {
         let lock = self.lock_of(&app.name);
         let _one_at_a_time = lock.lock().await;
+        self.stop_app_locked(app).await
+    }
+
+    /// [`AppSupervisor::stop_app`] with the app's lock already held.
+    async fn stop_app_locked(&self, app: &AppSpec) -> Result<(), AppError> {
         self.unpublish_app(app).await;
         for (_, name) in self.containers_of(app) {
             self.engine
@@ -476,154 +529,6 @@ impl AppSupervisor {
         self.set(&app.name, AppState::Stopped, None, None);
         tracing::info!(app = %app.name, "app stopped");
         Ok(())
-    }
-
-    /// A blue/green restart: new containers start beside the running ones, which keep
-    /// serving until the new ones are ready; then the routes and records move to them in one
-    /// change, the old ones drain and stop, and the new ones take their names. If the new ones
-    /// fail, they are removed and the old ones go on serving.
-    async fn replace_app(&self, app: &AppSpec, timeout: Option<Duration>) -> Result<(), AppError> {
-        let lock = self.lock_of(&app.name);
-        let _one_at_a_time = lock.lock().await;
-        let began = Instant::now();
-        let names: Vec<String> = self.containers_of(app).map(|(_, n)| n).collect();
-        let discard = || async {
-            for name in &names {
-                let next = itproxy_orchestrator::replacement_name(name);
-                if let Err(e) = self.engine.remove_container(&next).await {
-                    tracing::warn!(app = %app.name, "cannot remove {next}: {e}");
-                }
-            }
-        };
-        let kept = |message: String| {
-            let message =
-                format!("the restart failed and the running containers go on serving: {message}");
-            tracing::error!(app = %app.name, "{message}");
-            self.set(&app.name, AppState::Ready, Some(message.clone()), None);
-            AppError::NotReady {
-                app: app.name.clone(),
-                message,
-            }
-        };
-        self.set(&app.name, AppState::Restarting, None, None);
-        tracing::info!(app = %app.name, "restarting start-first: the app serves meanwhile");
-        if let Err(e) = self.engine.build_app_image(app).await {
-            return Err(kept(e.to_string()));
-        }
-        if let Err(e) = self.set_declared_clock(app) {
-            return Err(kept(e.to_string()));
-        }
-        let started = futures_util::future::join_all(
-            (0..app.endpoints.len())
-                .map(|i| self.engine.start_replacement(&self.environment, app, i)),
-        )
-        .await;
-        let mut containers = Vec::new();
-        for c in started {
-            match c {
-                Ok(c) => containers.push(c),
-                Err(e) => {
-                    discard().await;
-                    return Err(kept(e.to_string()));
-                }
-            }
-        }
-        let mut check = app.clone();
-        if let Some(t) = timeout {
-            check.ready.timeout = t;
-        }
-        if let Err(e) = self
-            .engine
-            .wait_ready(&check, &containers[app.ready.endpoint])
-            .await
-        {
-            discard().await;
-            return Err(kept(e.to_string()));
-        }
-        let started: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
-        if let Err(m) = self.check_clock_loaded(app, &started).await {
-            discard().await;
-            return Err(kept(m));
-        }
-        self.publish_app(app, &containers).await;
-        tokio::time::sleep(DRAIN).await;
-        let mut misnamed = None;
-        for name in &names {
-            if let Err(e) = self
-                .engine
-                .promote_replacement(name, STOP_GRACE_SECONDS)
-                .await
-            {
-                // The new containers serve; only their names are off.
-                tracing::warn!(app = %app.name, "{e}");
-                misnamed = Some(format!(
-                    "the new containers serve, but {e}; `itproxy app restart {}` again \
-                     or `itproxy down` and `up` put things straight",
-                    app.name
-                ));
-            }
-        }
-        let took = began.elapsed();
-        self.set(&app.name, AppState::Ready, misnamed, Some(took));
-        tracing::info!(app = %app.name, took_ms = took.as_millis() as u64, "app restarted start-first");
-        Ok(())
-    }
-
-    /// Marks a ready app failed when one of its containers stops on its own (its routes stay:
-    /// requests get a 502 naming the target, which says more than a 404). If the events
-    /// stream ends, it is watched again.
-    pub async fn watch_exits(self: Arc<Self>) {
-        use futures_util::StreamExt;
-        loop {
-            let since = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let mut exits = std::pin::pin!(self.engine.watch_exits(&self.environment.env, since));
-            while let Some(exit) = exits.next().await {
-                let exit = match exit {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!("watching the apps' containers: {e}");
-                        break;
-                    }
-                };
-                let Ok(app) = exit.app.parse::<AppName>() else {
-                    continue;
-                };
-                // Only the app's own containers: not a replacement that did not become ready
-                // (the app kept serving from the containers it replaced).
-                let Some(spec) = self.current(app.as_str()) else {
-                    continue;
-                };
-                if !self.containers_of(&spec).any(|(_, name)| name == exit.name) {
-                    continue;
-                }
-                // A start, stop or restart in progress owns the app's state.
-                let lock = self.lock_of(&app);
-                let Ok(_idle) = lock.try_lock() else {
-                    continue;
-                };
-                if self.state(&app) != AppState::Ready {
-                    continue;
-                }
-                // Only this very container, stopped for good: not a late event from an earlier
-                // stop (it runs again), nor from a container since recreated (another id).
-                match self.engine.container(&exit.name).await {
-                    Ok(Some(c)) if c.id == exit.id && !c.running() => {}
-                    Ok(None) if !exit.name.is_empty() => {}
-                    _ => continue,
-                }
-                let code = exit.exit_code.map_or("?".to_string(), |c| c.to_string());
-                let message = format!(
-                    "container {} exited (exit code {code}); `itproxy logs {app}` shows why, \
-                     `itproxy app restart {app}` starts it again",
-                    exit.name
-                );
-                tracing::warn!(%app, "{message}");
-                self.set(&app, AppState::Failed, Some(message), None);
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
     }
 
     /// `POST /v1/apps/{name}/{action}`.
@@ -664,13 +569,14 @@ impl AppSupervisor {
                 });
             }
         }
-        // A ready app restarts blue/green when it may: it serves until its replacement is.
+        // A ready app restarts blue/green when that keeps its data (see `restart_mode`): it
+        // serves until its replacement is.
         if action == "restart"
-            && app.restart == RestartOrder::StartFirst
             && matches!(
                 self.state(&app.name),
                 AppState::Ready | AppState::Restarting
             )
+            && self.restart_mode(&app).await == RestartMode::BlueGreen
         {
             if body.wait {
                 self.replace_app(&app, timeout).await?;
@@ -793,10 +699,13 @@ impl AppSupervisor {
                 self.start_app(app, None).await
             } else if changed.contains(&app.name) {
                 done.apps_changed.push(app.name.to_string());
-                match self.state(&app.name) {
+                let ready = matches!(
+                    self.state(&app.name),
                     AppState::Ready | AppState::Restarting
-                        if app.restart == RestartOrder::StartFirst =>
-                    {
+                );
+                let blue_green = ready && self.restart_mode(app).await == RestartMode::BlueGreen;
+                match self.state(&app.name) {
+                    AppState::Ready | AppState::Restarting if blue_green => {
                         self.replace_app(app, None).await
                     }
                     AppState::Ready | AppState::Restarting => match self.stop_app(app).await {
@@ -940,7 +849,15 @@ impl AppSupervisor {
             state: AppState::Pending,
             error: None,
             ready_in: None,
+            epoch: 0,
         });
+        let crashes = self
+            .crashes
+            .lock()
+            .expect("crashes lock")
+            .get(&app.name)
+            .cloned()
+            .unwrap_or_default();
         api::AppView {
             name: app.name.to_string(),
             step: app.step.clone(),
@@ -951,6 +868,9 @@ impl AppSupervisor {
             ready_in_ms: status.ready_in.map(|d| d.as_millis() as u64),
             depends_on: app.depends_on.iter().map(|d| d.to_string()).collect(),
             containers,
+            restart_policy: app.restart_policy.to_string(),
+            restarts: crashes.restarts,
+            last_exit: crashes.last_exit,
         }
     }
 

@@ -282,6 +282,13 @@ pub struct AppSpec {
     pub volumes: Vec<Volume>,
     /// How `app restart` replaces its containers.
     pub restart: RestartOrder,
+    /// What happens when a container of the ready app exits on its own.
+    pub restart_policy: RestartPolicy,
+    /// Whether the app keeps no state of its own: `app restart` may then run new containers
+    /// beside the old ones even when nothing changed (see [`RestartOrder`]).
+    pub stateless: bool,
+    /// The most memory each of its containers may use (the kernel kills it beyond).
+    pub memory: Option<MemoryLimit>,
     /// A clock of its own (libfaketime), if declared.
     pub faketime: Option<FakeTime>,
 }
@@ -389,6 +396,90 @@ impl fmt::Display for RestartOrder {
             RestartOrder::StartFirst => "start-first",
             RestartOrder::StopFirst => "stop-first",
         })
+    }
+}
+
+/// What happens when a container of a ready app exits on its own, as Compose's `restart:` and
+/// Kubernetes' `restartPolicy` (with its CrashLoopBackOff: the waits double, up to a cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Started again after an exit with a code other than 0, or a kill (OOM, `docker kill`).
+    #[default]
+    OnFailure,
+    /// Started again after any exit.
+    Always,
+    /// Left stopped; `itproxy app restart` starts it.
+    No,
+}
+
+impl RestartPolicy {
+    /// Whether a container that exited with `code` (None: unknown) is started again.
+    pub fn restarts_after(&self, code: Option<i64>) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != Some(0),
+            RestartPolicy::No => false,
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::No => "no",
+        })
+    }
+}
+
+/// A container's memory limit in bytes, as `docker run --memory` reads it: a number with an
+/// optional unit (b, k, m, g; KiB, MiB, GiB and kb, mb, gb alike are powers of 1024, as for
+/// Docker), at least 6 MiB (the engine's minimum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit(u64);
+
+impl MemoryLimit {
+    /// The limit in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let explain = |why: &str| format!("{text:?} {why}; use e.g. \"256m\" or \"1GiB\"");
+        let n: u64 = number
+            .parse()
+            .map_err(|_| explain("is not a number of bytes"))?;
+        let scale: u64 = match unit.trim() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return Err(explain("has an unknown unit")),
+        };
+        let bytes = n
+            .checked_mul(scale)
+            .ok_or_else(|| explain("is too large"))?;
+        if bytes < 6 << 20 {
+            return Err(explain("is below the engine's minimum of 6 MiB"));
+        }
+        if bytes > i64::MAX as u64 {
+            return Err(explain("is too large"));
+        }
+        Ok(MemoryLimit(bytes))
+    }
+}
+
+impl fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} MiB", self.0 >> 20)
     }
 }
 
@@ -627,7 +718,22 @@ mod tests {
             errors: ErrorScan::default(),
             volumes: Vec::new(),
             restart: RestartOrder::StartFirst,
+            restart_policy: RestartPolicy::OnFailure,
+            stateless: false,
+            memory: None,
             faketime: None,
+        }
+    }
+
+    #[test]
+    fn memory_limits_read_as_docker_reads_them() {
+        let bytes = |t: &str| t.parse::<MemoryLimit>().map(|m| m.bytes());
+        assert_eq!(bytes("64m"), Ok(64 << 20));
+        assert_eq!(bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(bytes(" 1G "), Ok(1 << 30));
+        assert_eq!(bytes("8388608"), Ok(8 << 20));
+        for bad in ["", "m", "1m", "64 parsecs", "-5m", "99999999999999999g"] {
+            assert!(bytes(bad).is_err(), "{bad}");
         }
     }
 

@@ -94,6 +94,8 @@ pub struct Container {
     pub ip: Option<IpAddr>,
     /// When it was last started (RFC 3339), if ever.
     pub started_at: Option<String>,
+    /// How it last exited, when it has (from an inspection; a listing does not say).
+    pub exit: Option<ExitStatus>,
     /// Whether this call reused an existing container (as opposed to creating it).
     pub reused: bool,
 }
@@ -119,7 +121,17 @@ impl Container {
         } else {
             None
         };
+        let exit = (!running
+            && state
+                .started_at
+                .as_deref()
+                .is_some_and(|s| !s.starts_with("0001-")))
+        .then(|| ExitStatus {
+            code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+        });
         Container {
+            exit,
             id: c.id.unwrap_or_default(),
             name: c
                 .name
@@ -136,6 +148,32 @@ impl Container {
             reused: false,
         }
     }
+}
+
+/// What a restart of a container could lose (see [`Engine::kept_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptState {
+    /// The container exists as declared now (same declaration, same image).
+    pub unchanged: bool,
+    /// How many anonymous volumes it has (an image's `VOLUME`s, e.g. a database's data).
+    pub anonymous_volumes: usize,
+}
+
+/// The anonymous volumes of container `c` (those of no name of ours) at a path `app` does not
+/// mount something else at: (volume, path in the container).
+fn carried_volumes(
+    c: &bollard::models::ContainerInspectResponse,
+    app: &AppSpec,
+) -> Vec<(String, String)> {
+    c.mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.typ.as_deref() == Some("volume"))
+        .filter_map(|m| Some((m.name.clone()?, m.destination.clone()?)))
+        // Named volumes are the environment's own (`itproxy-<env>-<name>`) and are declared.
+        .filter(|(name, _)| !name.starts_with("itproxy-"))
+        .filter(|(_, target)| !app.volumes.iter().any(|v| &v.target == target))
+        .collect()
 }
 
 /// The container name of an app's endpoint.
@@ -202,7 +240,7 @@ impl Engine {
         let endpoint = &app.endpoints[index];
         let env = &environment.env;
         let name = container_name(env, app.name.as_str(), endpoint.name.as_str());
-        let (body, spec) = self.declared_body(environment, app, index).await?;
+        let (mut body, spec) = self.declared_body(environment, app, index).await?;
 
         let answer = self.docker.inspect_container(&name, None).await;
         let existing = found(answer, || format!("inspect the container {name}"))?;
@@ -215,8 +253,19 @@ impl Engine {
                 let c = Container::from_inspect(c, &name);
                 return Ok((name, Some(c)));
             }
+            // What the old container keeps in anonymous volumes (an image's `VOLUME`, e.g. a
+            // database's data directory) goes on in the new one, as Compose does.
+            let carried = carried_volumes(&c, app);
+            if !carried.is_empty() {
+                tracing::info!(container = %name, volumes = ?carried, "carrying anonymous volumes over");
+                let host = body.host_config.get_or_insert_with(Default::default);
+                host.binds
+                    .get_or_insert_with(Vec::new)
+                    .extend(carried.iter().map(|(v, target)| format!("{v}:{target}")));
+            }
             tracing::info!(container = %name, "declaration or image changed; recreating");
-            self.remove_container(&name).await?;
+            self.stop(&name, 10).await?;
+            self.remove_container_keeping_volumes(&name).await?;
         }
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         self.docker
@@ -224,6 +273,34 @@ impl Engine {
             .await
             .map_err(engine_err(format!("create the container {name}")))?;
         Ok((name, None))
+    }
+
+    /// What a restart of `app`'s endpoint `index` could lose: whether its container is as
+    /// declared (same declaration and image), and how many anonymous volumes it has.
+    pub async fn kept_state(
+        &self,
+        environment: &Environment,
+        app: &AppSpec,
+        index: usize,
+    ) -> Result<KeptState, Error> {
+        let name = container_name(
+            &environment.env,
+            app.name.as_str(),
+            app.endpoints[index].name.as_str(),
+        );
+        let (_, spec) = self.declared_body(environment, app, index).await?;
+        let answer = self.docker.inspect_container(&name, None).await;
+        let Some(c) = found(answer, || format!("inspect the container {name}"))? else {
+            return Ok(KeptState {
+                unchanged: false,
+                anonymous_volumes: 0,
+            });
+        };
+        let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+        Ok(KeptState {
+            unchanged: labels.and_then(|l| l.get(SPEC_LABEL)) == Some(&spec),
+            anonymous_volumes: carried_volumes(&c, app).len(),
+        })
     }
 
     /// What the container of `app`'s endpoint `index` is created from, labelled with a digest
@@ -444,6 +521,9 @@ impl Engine {
                 // An init as PID 1 passes SIGTERM on, so servers that do not handle it as
                 // PID 1 (most) stop at once rather than after the kill timeout.
                 init: Some(true),
+                memory: app.memory.map(|m| m.bytes() as i64),
+                // No swap beyond it, as in Kubernetes: over the limit is an OOM kill.
+                memory_swap: app.memory.map(|m| m.bytes() as i64),
                 ..Default::default()
             }),
             ..Default::default()
@@ -476,12 +556,47 @@ impl Engine {
         }
     }
 
-    /// Removes a container, running or not; a missing one is fine.
+    /// Removes a container, running or not, with its anonymous volumes (those it was given
+    /// by an earlier container too); a missing one is fine.
     pub async fn remove_container(&self, name: &str) -> Result<(), Error> {
+        let answer = self.docker.inspect_container(name, None).await;
+        let carried: Vec<String> = found(answer, || format!("inspect the container {name}"))?
+            .map(|c| {
+                c.mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.typ.as_deref() == Some("volume"))
+                    .filter_map(|m| m.name.clone())
+                    .filter(|v| !v.starts_with("itproxy-"))
+                    .collect()
+            })
+            .unwrap_or_default();
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(engine_err(format!("remove the container {name}"))(e)),
+        }
+        // A volume carried over is mounted by name, so the engine keeps it: removed here (one
+        // still in use elsewhere, or already gone, is left alone).
+        for v in carried {
+            let _ = self
+                .docker
+                .remove_volume(&v, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Removes a container but not its anonymous volumes (they are carried over to the
+    /// container that replaces it); a missing one is fine.
+    async fn remove_container_keeping_volumes(&self, name: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
         match self.docker.remove_container(name, Some(options)).await {
             Ok(())
             | Err(bollard::errors::Error::DockerResponseServerError {
@@ -562,6 +677,7 @@ impl Engine {
                     state,
                     ip,
                     started_at: None,
+                    exit: None,
                     reused: false,
                 }
             })
@@ -599,32 +715,70 @@ impl Engine {
     }
 }
 
-/// A container of the environment that stopped.
+/// How a container exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Its exit code, when the engine says.
+    pub code: Option<i64>,
+    /// Whether the kernel killed it for going over its memory limit.
+    pub oom_killed: bool,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "exit code {c}")?,
+            None => write!(f, "exit code unknown")?,
+        }
+        if self.oom_killed {
+            write!(f, ", killed for using more than its memory limit (OOM)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What happened to a container of the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exited {
-    /// Its id.
+pub enum ContainerEvent {
+    /// It stopped (its exit code, when the engine says).
+    Died(Option<i64>),
+    /// The kernel killed a process of it for going over its memory limit (a `Died` follows
+    /// when that was its main process).
+    OutOfMemory,
+    /// Its Docker health check failed as often as it allows.
+    Unhealthy,
+    /// Its Docker health check passes again.
+    Healthy,
+    /// It started (by itproxy, or by hand).
+    Started,
+}
+
+/// An event of a container of the environment's apps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppEvent {
+    /// The container's id.
     pub id: String,
     /// Its name.
     pub name: String,
     /// Its app.
     pub app: String,
-    /// Its exit code, when the engine says.
-    pub exit_code: Option<i64>,
+    /// What happened.
+    pub event: ContainerEvent,
 }
 
 impl Engine {
-    /// The environment's containers as they stop (from `since`, Unix seconds). The stream ends
-    /// if the engine goes away.
-    pub fn watch_exits(
+    /// The environment's apps' containers as they stop, start, run out of memory or change
+    /// health (from `since`, Unix seconds). The stream ends if the engine goes away.
+    pub fn watch_app_events(
         &self,
         env: &EnvName,
         since: u64,
-    ) -> impl Stream<Item = Result<Exited, Error>> + use<> {
+    ) -> impl Stream<Item = Result<AppEvent, Error>> + use<> {
         let label = format!("{ENV_LABEL}={env}");
         let filters = HashMap::from([
             ("type", vec!["container"]),
             ("label", vec![label.as_str()]),
-            ("event", vec!["die"]),
+            ("event", vec!["die", "oom", "start", "health_status"]),
         ]);
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
@@ -637,14 +791,24 @@ impl Engine {
                     Ok(e) => e,
                     Err(e) => return Some(Err(engine_err("watch container events")(e))),
                 };
+                let action = event.action.unwrap_or_default();
                 let actor = event.actor?;
-                let id = actor.id.unwrap_or_default();
                 let attributes = actor.attributes.unwrap_or_default();
-                Some(Ok(Exited {
-                    id,
+                let what = match action.as_str() {
+                    "die" => ContainerEvent::Died(
+                        attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                    ),
+                    "oom" => ContainerEvent::OutOfMemory,
+                    "start" => ContainerEvent::Started,
+                    "health_status: unhealthy" => ContainerEvent::Unhealthy,
+                    "health_status: healthy" => ContainerEvent::Healthy,
+                    _ => return None,
+                };
+                Some(Ok(AppEvent {
+                    id: actor.id.unwrap_or_default(),
                     name: attributes.get("name").cloned().unwrap_or_default(),
                     app: attributes.get(APP_LABEL).cloned()?,
-                    exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                    event: what,
                 }))
             })
     }

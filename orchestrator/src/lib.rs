@@ -31,14 +31,14 @@ mod discovery;
 mod ready;
 mod snapshot;
 pub use apps::{
-    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, FakeTime, Finding, Plan, PlanError,
-    Readiness, RestartOrder, Step, Volume, VolumeSource, DEFAULT_ERROR_PATTERNS,
-    DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    AppName, AppSpec, Check, Endpoint, EndpointKind, ErrorScan, FakeTime, Finding, MemoryLimit,
+    Plan, PlanError, Readiness, RestartOrder, RestartPolicy, Step, Volume, VolumeSource,
+    DEFAULT_ERROR_PATTERNS, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
 };
 pub use containers::{
-    container_name, replacement_name, volume_name, Clocks, Container, Environment, Exited,
-    APP_LABEL, CA_BUNDLE_IN_CONTAINER, CA_ROOT_IN_CONTAINER, CLOCK_FILE, CLOCK_IN_CONTAINER,
-    ENDPOINT_LABEL, FAKETIME_IN_CONTAINER, SPEC_LABEL,
+    container_name, replacement_name, volume_name, AppEvent, Clocks, Container, ContainerEvent,
+    Environment, ExitStatus, KeptState, APP_LABEL, CA_BUNDLE_IN_CONTAINER, CA_ROOT_IN_CONTAINER,
+    CLOCK_FILE, CLOCK_IN_CONTAINER, ENDPOINT_LABEL, FAKETIME_IN_CONTAINER, SPEC_LABEL,
 };
 pub use discovery::{Discovery, Labelled, HOST_LABEL, PORT_LABEL};
 pub use ready::{unix_seconds, unix_time, LogLine, LOG_LINES_ON_FAILURE};

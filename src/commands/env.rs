@@ -181,25 +181,31 @@ pub async fn apps(state_dir: &Path, json: bool) -> anyhow::Result<()> {
     let aw = width(&|a| vec![a.name.len()], 3);
     let sw = width(&|a| vec![a.step.len()], 4);
     let cw = width(&|a| a.containers.iter().map(|c| c.name.len()).collect(), 9);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     writeln!(
         out,
-        "{:aw$}  {:sw$}  {:8}  {:cw$}  {:10}  {:15}  SERVES",
-        "APP", "STEP", "STATE", "CONTAINER", "STATUS", "ADDRESS"
+        "{:aw$}  {:sw$}  {:8}  {:8}  {:cw$}  {:10}  {:15}  SERVES",
+        "APP", "STEP", "STATE", "RESTARTS", "CONTAINER", "STATUS", "ADDRESS"
     )?;
     for a in &view.apps {
         for (i, c) in a.containers.iter().enumerate() {
-            let (name, step, state) = if i == 0 {
-                (a.name.as_str(), a.step.as_str(), state_word(a.state))
+            let (name, step, state, restarts) = if i == 0 {
+                (
+                    a.name.as_str(),
+                    a.step.as_str(),
+                    state_word(a.state),
+                    a.restarts.to_string(),
+                )
             } else {
-                ("", "", "")
+                ("", "", "", String::new())
             };
             writeln!(
                 out,
-                "{:aw$}  {:sw$}  {:8}  {:cw$}  {:10}  {:15}  {}",
+                "{:aw$}  {:sw$}  {:8}  {:8}  {:cw$}  {:10}  {:15}  {}",
                 name,
                 step,
                 state,
+                restarts,
                 c.name,
                 c.state,
                 c.address.as_deref().unwrap_or("-"),
@@ -210,6 +216,12 @@ pub async fn apps(state_dir: &Path, json: bool) -> anyhow::Result<()> {
             for line in e.lines() {
                 writeln!(out, "    {line}")?;
             }
+        } else if let Some(exit) = &a.last_exit {
+            writeln!(
+                out,
+                "    last exit: {exit} (restart_policy = \"{}\")",
+                a.restart_policy
+            )?;
         }
     }
     Ok(())
@@ -449,7 +461,7 @@ async fn errors_from_daemon(state_dir: &Path, since: f64) -> anyhow::Result<()> 
     let scan: api::ErrorScanView = Client::new(state_dir)
         .call(Method::GET, &format!("/v1/errors?since={since}"), None)
         .await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     for f in &scan.findings {
         print_finding(&mut out, &f.container, &f.line, &f.context)?;
     }
@@ -482,7 +494,7 @@ async fn scan_errors(
 ) -> anyhow::Result<()> {
     let mut found = 0usize;
     let mut containers_with = 0usize;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     for c in containers {
         let scan = if !patterns.is_empty() {
             ErrorScan {

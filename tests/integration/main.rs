@@ -7,6 +7,7 @@ mod cli;
 mod dns;
 mod docker;
 mod errors;
+mod faults;
 mod fronts;
 mod hardening;
 mod inspector;

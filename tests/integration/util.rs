@@ -61,7 +61,11 @@ impl Itproxy {
 
     /// Starts itproxy with extra `up` arguments (e.g. `--config FILE`), on ports it picks.
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Starts itproxy with its state in `dir` (e.g. on a small file system of the test's).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         // Port 0 the first time; a restart asks for the ports it had.
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let (http, https, dns) = (any, any, any);

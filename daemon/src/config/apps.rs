@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use itproxy_orchestrator::{
     AppName, AppSpec, Check, Endpoint, EndpointKind, EnvName, ErrorScan, FakeTime, Plan, PlanError,
-    Readiness, RestartOrder, Volume, VolumeSource, DEFAULT_READY_TIMEOUT, DEFAULT_STEP,
+    Readiness, RestartOrder, RestartPolicy, Volume, VolumeSource, DEFAULT_READY_TIMEOUT,
+    DEFAULT_STEP,
 };
 
 use super::file::{
-    Command, FileApp, FileEndpoint, FileReady, Kind, OneOrMany, Parsed, Port, Restart,
+    Command, FileApp, FileEndpoint, FileReady, FileRestartPolicy, Kind, OneOrMany, Parsed, Port,
+    Restart,
 };
 use super::Domains;
 
@@ -160,6 +162,13 @@ fn app_spec(
         errors,
         volumes,
         restart,
+        restart_policy: match a.restart_policy {
+            None | Some(FileRestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+            Some(FileRestartPolicy::Always) => RestartPolicy::Always,
+            Some(FileRestartPolicy::No) => RestartPolicy::No,
+        },
+        stateless: a.stateless,
+        memory: a.memory.map(|m| m.0),
         faketime,
     })
 }

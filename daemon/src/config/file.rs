@@ -227,6 +227,14 @@ pub(super) struct FileApp {
     /// How `app restart` replaces the containers (default: start-first unless a named volume
     /// is mounted writable).
     pub(super) restart: Option<Restart>,
+    /// What happens when a ready app's container exits on its own (default: on-failure).
+    pub(super) restart_policy: Option<FileRestartPolicy>,
+    /// The most memory its containers may use, as `docker run --memory`: "256m", "1GiB".
+    pub(super) memory: Option<Parsed<itproxy_orchestrator::MemoryLimit>>,
+    /// The app keeps no state of its own (none in its container, none in its volumes), so
+    /// `app restart` may run new containers beside the old ones even when nothing changed.
+    #[serde(default)]
+    pub(super) stateless: bool,
     /// A clock of its own: an offset ("+3d") or the time it starts at ("2027-01-01 10:00:00").
     pub(super) faketime: Option<String>,
 }
@@ -237,6 +245,15 @@ pub(super) struct FileApp {
 pub(super) enum Restart {
     StartFirst,
     StopFirst,
+}
+
+/// An app's `restart_policy`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum FileRestartPolicy {
+    OnFailure,
+    Always,
+    No,
 }
 
 /// One of an app's `endpoints`.

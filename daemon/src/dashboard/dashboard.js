@@ -66,6 +66,8 @@ async function refresh() {
       cell(tr, a.name);
       cell(tr, a.state + (a.error ? ": " + a.error : ""), a.state === "failed" ? "s5" : "");
       cell(tr, a.ready_check);
+      cell(tr, String(a.restarts || 0) + (a.last_exit ? " (last: " + a.last_exit + ")" : "") +
+        ", " + (a.restart_policy || "on-failure"));
       cell(tr, (a.containers || []).map((c) => c.name + " " + c.state).join(", "));
     });
   } catch (e) {

@@ -84,8 +84,34 @@ impl AppSupervisor {
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)
             .map_err(io_err(format!("create {}", partial.display())))?;
+        let saved = self.save_into(&partial, name, &apps).await;
+        let view = match saved.and_then(|view| {
+            publish(root, &partial, &dir)?;
+            Ok(view)
+        }) {
+            Ok(view) => view,
+            Err(e) => {
+                // A full disk keeps nothing half-written: an earlier snapshot of the name stays.
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        };
+        tracing::info!(snapshot = name, took = ?began.elapsed(), "snapshot saved");
+        Ok(api::SnapshotView {
+            took_ms: Some(began.elapsed().as_millis() as u64),
+            ..view
+        })
+    }
+
+    /// Saves `apps`' volumes and the manifest into `partial`, each file synced.
+    async fn save_into(
+        &self,
+        partial: &Path,
+        name: &str,
+        apps: &[(AppSpec, Vec<(String, String)>)],
+    ) -> Result<api::SnapshotView, AppError> {
         let mut volumes = Vec::new();
-        for (app, named) in &apps {
+        for (app, named) in apps {
             let container = self.volume_container(app);
             if self
                 .engine
@@ -131,16 +157,20 @@ impl AppSupervisor {
             took_ms: None,
         };
         let manifest = serde_json::to_vec_pretty(&view).expect("serializable");
-        std::fs::write(partial.join(MANIFEST), manifest)
-            .map_err(io_err(format!("write {}", partial.display())))?;
-        // A snapshot of the same name is replaced whole, never half.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&partial, &dir).map_err(io_err(format!("create {}", dir.display())))?;
-        tracing::info!(snapshot = name, took = ?began.elapsed(), "snapshot saved");
-        Ok(api::SnapshotView {
-            took_ms: Some(began.elapsed().as_millis() as u64),
-            ..view
-        })
+        let path = partial.join(MANIFEST);
+        std::fs::write(&path, manifest).map_err(io_err(format!("write {}", path.display())))?;
+        // Durable before it is listed: a snapshot listed after a power cut is whole.
+        for entry in std::fs::read_dir(partial)
+            .map_err(io_err(format!("read {}", partial.display())))?
+            .flatten()
+        {
+            let path = entry.path();
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(format!("sync {}", path.display())))?;
+        }
+        sync_dir(partial)?;
+        Ok(view)
     }
 
     /// `POST /v1/snapshots/{name}/restore`: each app of the snapshot gets fresh containers and
@@ -166,6 +196,12 @@ impl AppSupervisor {
                 apps.push(app);
             }
         }
+        // A stop from here on leaves a marker: the next start restores the snapshot again,
+        // so no app is left with half of it.
+        let marker = super::reconcile::restoring_marker(root);
+        std::fs::write(&marker, name)
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .map_err(io_err(format!("write {}", marker.display())))?;
         for app in &apps {
             self.stop_app(app).await?;
             self.engine
@@ -188,12 +224,51 @@ impl AppSupervisor {
             }
             self.start_app(app, None).await?;
         }
+        let _ = std::fs::remove_file(&marker);
         tracing::info!(snapshot = name, took = ?began.elapsed(), "snapshot restored");
         Ok(api::SnapshotView {
             took_ms: Some(began.elapsed().as_millis() as u64),
             ..view
         })
     }
+}
+
+/// Puts the complete snapshot in `partial` at `dir` in one step: a snapshot of the same name
+/// is exchanged with it atomically (`renameat2(RENAME_EXCHANGE)`) and only then removed, so a
+/// crash at any point leaves the old snapshot or the new one, never neither.
+fn publish(root: &Path, partial: &Path, dir: &Path) -> Result<(), AppError> {
+    use std::os::unix::ffi::OsStrExt;
+    if dir.exists() {
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
+        let (from, to) = (c(partial), c(dir));
+        // SAFETY: both are valid NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if r != 0 {
+            return Err(io_err(format!("replace {}", dir.display()))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        sync_dir(root)?;
+        // `partial` now holds the old snapshot.
+        let _ = std::fs::remove_dir_all(partial);
+    } else {
+        std::fs::rename(partial, dir).map_err(io_err(format!("create {}", dir.display())))?;
+    }
+    sync_dir(root)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AppError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("sync {}", dir.display())))
 }
 
 /// `GET /v1/snapshots`: those saved under `root`, by name.

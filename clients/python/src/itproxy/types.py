@@ -130,6 +130,12 @@ class AppInfo:
     containers: Tuple[Container, ...]
     error: Optional[str] = None
     ready_in_ms: Optional[int] = None
+    restart_policy: str = "on-failure"
+    """What happens when its container exits on its own: ``on-failure``, ``always`` or ``no``."""
+    restarts: int = 0
+    """How often the restart policy started it again since the daemon started."""
+    last_exit: Optional[str] = None
+    """How its container last ended on its own (``exit code 1``, ``... (OOM)``)."""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "AppInfo":
@@ -152,6 +158,9 @@ class AppInfo:
             ),
             error=d.get("error"),
             ready_in_ms=d.get("ready_in_ms"),
+            restart_policy=d.get("restart_policy", "on-failure"),
+            restarts=int(d.get("restarts", 0)),
+            last_exit=d.get("last_exit"),
         )
 
 
