@@ -1,6 +1,27 @@
 //! The `itproxy` binary: the command line (parsing, dispatch, printing). The daemon it starts
 //! with `up` is the `itproxy-daemon` crate; protocol work lives in the subsystem crates.
 
+// Every command prints through these two, which shadow std's in every module of the crate
+// (a macro_rules! name in scope comes before the prelude's): a reader that stops reading
+// (`itproxy routes | head -1`) ends the command quietly with success, as ripgrep does, where
+// std's would panic ("failed printing to stdout: Broken pipe") with a backtrace.
+// None prints without a newline yet; one that does will go through `out` too.
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::out::print(format_args!($($arg)*))
+    };
+}
+
+macro_rules! println {
+    () => {
+        $crate::out::print(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cli;
 mod client;
 mod commands;
@@ -80,7 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = cli::Cli::command();
-            clap_complete::generate(shell, &mut cmd, "itproxy", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut cmd, "itproxy", &mut out::stdout());
             Ok(())
         }
         Command::Browser(args) => runtime()?.block_on(commands::browser::run(&state_dir, args)),
@@ -90,5 +111,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Routes { json } => runtime()?.block_on(commands::routes(json, &state_dir)),
         Command::Status { json } => runtime()?.block_on(commands::status(json, &state_dir)),
+    }
+}
+
+/// Standard output for every command (`print!`, `println!` and [`out::stdout`]): when its
+/// reader has gone (EPIPE), the process ends there, quietly and with success.
+///
+/// Not by restoring SIGPIPE's default action at start, as C programs have it: Rust ignores
+/// SIGPIPE so that a write to a peer that has gone fails with EPIPE, and the daemon (`itproxy
+/// up` runs it in this process) relies on that: writes to Unix sockets (tokio's go through
+/// std's, write(2)) and vectored writes (writev(2)) raise SIGPIPE, only std's TCP `write`
+/// passes MSG_NOSIGNAL, so a client hanging up on the control socket or a proxied connection
+/// would kill it. Nor by mapping any BrokenPipe error to success in `main`: a client
+/// command's own socket to the daemon can fail that way too, and that is an error. Only
+/// stdout's EPIPE ends the process, here.
+mod out {
+    use std::io::{self, Write};
+
+    /// Standard output, locked; a write its reader has gone from ends the process.
+    pub(crate) struct Stdout(io::StdoutLock<'static>);
+
+    pub(crate) fn stdout() -> Stdout {
+        Stdout(io::stdout().lock())
+    }
+
+    /// `result`, unless it says stdout's reader has gone: then the process ends with success.
+    fn unless_gone<T>(result: io::Result<T>) -> io::Result<T> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+            other => other,
+        }
+    }
+
+    impl Write for Stdout {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            unless_gone(self.0.write(buf))
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            unless_gone(self.0.flush())
+        }
+    }
+
+    /// `print!`: any failure but a reader gone (a full disk, say) is an error, exit 1.
+    pub(crate) fn print(args: std::fmt::Arguments<'_>) {
+        if let Err(e) = stdout().write_fmt(args) {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -89,7 +89,7 @@ impl RequestCodec {
         match self.rules.prepare(buf, Some(peer), tls, out) {
             Parsed::Partial | Parsed::AwaitBody(_) => RequestVerdict::Incomplete,
             Parsed::Refuse(page) => RequestVerdict::Refused(page.status()),
-            Parsed::HandOver => RequestVerdict::HandOver,
+            Parsed::HandOver(_) => RequestVerdict::HandOver,
             Parsed::Forward(p) => RequestVerdict::Forward { len: p.len },
         }
     }

@@ -47,7 +47,7 @@ async fn diff_dir(dir: &Path, target: Option<&str>) -> anyhow::Result<()> {
         .origin
         .as_ref()
         .map_or(authority.to_string(), |o| o.host.clone());
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     writeln!(
         out,
         "replaying {} recorded exchanges of {} against {target}",

@@ -257,7 +257,7 @@ pub async fn route(args: RouteArgs, state_dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())

@@ -20,7 +20,7 @@ pub async fn run(args: RequestsArgs, state_dir: &Path) -> anyhow::Result<()> {
         path.push_str(&encode(route));
     }
     let client = Client::new(state_dir);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if !args.json {
         writeln!(out, "{}", header())?;
     }

@@ -205,18 +205,34 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
-fn damaged_state_is_reported_not_overwritten() {
+fn damaged_state_is_set_aside_reported_and_the_daemon_starts() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.json");
     std::fs::write(&file, "{ not json").unwrap();
-    let out = run_in(
-        dir.path(),
-        &["up", "--http", &format!("127.0.0.1:{}", free_port())],
+    // A log line from before checksums, and one torn in the middle of the log.
+    std::fs::write(
+        dir.path().join("routes.log"),
+        "{\"host\":\"kept.test\",\"target\":\"http://127.0.0.1:9\"}\n{\"host\":\"to\n",
+    )
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    let mut p = Itproxy::start_in(dir, &[]);
+    let log = p.log();
+    assert!(
+        log.contains("routes.json is damaged") && log.contains("moved to"),
+        "{log}"
     );
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("routes.json is damaged"), "{err}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
+    assert!(log.contains("skipped 1 damaged line"), "{log}");
+    assert!(!file.exists());
+    let aside: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("routes.json.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), "{ not json");
+    assert!(p.routes().contains_key("kept.test"));
+    p.stop();
 }
 
 #[test]
@@ -249,4 +265,58 @@ fn completions_load_in_bash_and_know_the_commands() {
         run_in(dir.path(), &["completions", "tcsh"]).status.code(),
         Some(2)
     );
+}
+
+/// A reader that stops early (`itproxy routes | head -1`, or one that never reads): every
+/// command ends quietly and with success, as other Unix tools do, never with a panic, a
+/// backtrace or an error about the pipe.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Enough routes that `routes` prints more than a pipe holds (64 KiB): the command is still
+    // printing when its reader goes.
+    let mut config = String::from("[routes]\n");
+    for i in 0..3000 {
+        config.push_str(&format!("svc{i:04} = \"127.0.0.1:{}\"\n", 10_000 + i));
+    }
+    let cfg = write_config(dir.path(), &config);
+    let p = Itproxy::start_with(&["--config", cfg.to_str().unwrap()]);
+    for args in [
+        &["routes"][..],
+        &["routes", "--json"],
+        &["completions", "bash"],
+        &["--help"],
+    ] {
+        for read_a_line in [true, false] {
+            let mut child = Command::new(BIN)
+                .arg("--state-dir")
+                .arg(p.state_dir())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            if read_a_line {
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .unwrap();
+                assert!(!line.is_empty(), "{args:?} printed nothing");
+            } else {
+                drop(stdout);
+            }
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let story = format!("{args:?}, reader gone after {read_a_line:?} line");
+            assert!(out.status.success(), "{story}: {}\n{stderr}", out.status);
+            for needle in ["panicked", "backtrace", "Broken pipe", "error"] {
+                assert!(!stderr.contains(needle), "{story}: {stderr}");
+            }
+        }
+    }
 }

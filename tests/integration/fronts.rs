@@ -883,3 +883,200 @@ async fn every_front_gives_the_upstream_and_the_client_the_same_exchange() {
         }
     }
 }
+
+/// A client connection to one front, plain or TLS.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Connects to `addr`, over TLS for `api.test` trusting `root` if there is one.
+async fn connect(addr: SocketAddr, root: Option<&std::path::Path>) -> Box<dyn Conn> {
+    use rustls::pki_types::pem::PemObject;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let Some(root) = root else {
+        return Box::new(tcp);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(root).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    Box::new(tls)
+}
+
+/// Reads up to `n` responses (framed by Content-Length, as the recorder's answers and the
+/// proxy's pages are) until the connection ends or stays silent for 10 s: status and body of
+/// each.
+async fn read_responses(conn: &mut dyn Conn, n: usize) -> Vec<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                got.push((status, body));
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await {
+            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// A body of `len` bytes that differs from every other one the test sends.
+fn patterned(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'0' + ((i / 7 + seed as usize) % 75) as u8)
+        .collect()
+}
+
+/// A body larger than the HTTP/1.1 front forwards itself (64 KiB) is lent to Pingora's
+/// pipeline with the bytes read so far; a request the client pipelined after it, in the same
+/// write as the body's end or in a write of its own, must neither cut that body short upstream
+/// nor turn into a 400: both requests are answered, in order, on every HTTP/1 front, and the
+/// upstream gets every body byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_after_a_large_body_is_answered_and_the_body_arrives_whole() {
+    let up = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!("[routes]\napi = \"{}\"\n", up.addr);
+    for d in ["h1", "pipeline"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let h1 = write_config(&dir.path().join("h1"), &routes);
+    let pipeline = write_config(
+        &dir.path().join("pipeline"),
+        &format!("[proxy]\nh1_front = false\n{routes}"),
+    );
+    let a = Itproxy::start_with(&["--config", h1.to_str().unwrap()]);
+    let b = Itproxy::start_with(&["--config", pipeline.to_str().unwrap()]);
+    let root = a.state_dir().join("ca/root.pem");
+    let fronts = [
+        ("h1", a.http, None),
+        ("pipeline", b.http, None),
+        ("h1-tls", a.https, Some(root.as_path())),
+    ];
+    let request = |method: &str, path: &str, body: &[u8]| {
+        let mut r = format!(
+            "{method} {path} HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    // The same body, chunked (64 KiB chunks): always lent too.
+    let chunked = |path: &str, body: &[u8]| {
+        let mut r =
+            format!("POST {path} HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .into_bytes();
+        for chunk in body.chunks(64 * 1024) {
+            r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            r.extend_from_slice(chunk);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    };
+    // (first body's size, its path: /slow is answered 2 s late, so the next request surely
+    // arrives while the pipeline waits for the answer; whether it is chunked)
+    let firsts = [
+        (64 * 1024 + 1, "/first", false),
+        (200 * 1024, "/first", false),
+        (1024 * 1024, "/first", false),
+        (1024 * 1024, "/slow", false),
+        (200 * 1024 + 7, "/first", true),
+    ];
+    for (size, path, is_chunked) in firsts {
+        for second_size in [0, 100 * 1024] {
+            for separate in [false, true] {
+                if path == "/slow" && !separate {
+                    continue;
+                }
+                for (front, addr, root) in &fronts {
+                    let how = if separate {
+                        "in a write of its own"
+                    } else {
+                        "in the same write"
+                    };
+                    let story = format!(
+                        "{front}: POST {path} of {size} bytes (chunked: {is_chunked}), \
+                         then a request with {second_size} bytes of body {how}"
+                    );
+                    let first_body = patterned(size, 1);
+                    let second_body = patterned(second_size, 2);
+                    let first = if is_chunked {
+                        chunked(path, &first_body)
+                    } else {
+                        request("POST", path, &first_body)
+                    };
+                    let (method, second) = if second_size == 0 {
+                        ("GET", request("GET", "/next", b""))
+                    } else {
+                        ("POST", request("POST", "/next", &second_body))
+                    };
+                    let mut conn = connect(*addr, *root).await;
+                    if separate {
+                        conn.write_all(&first).await.unwrap();
+                        conn.flush().await.unwrap();
+                        let pause = if path == "/slow" { 300 } else { 20 };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        conn.write_all(&second).await.unwrap();
+                    } else {
+                        conn.write_all(&[first, second].concat()).await.unwrap();
+                    }
+                    conn.flush().await.unwrap();
+                    let got = read_responses(&mut *conn, 2).await;
+                    let seen = up.take();
+                    let want = vec![
+                        (200, format!("POST {path}")),
+                        (200, format!("{method} /next")),
+                    ];
+                    assert_eq!(got, want, "{story}\nupstream: {seen:?}");
+                    assert_eq!(seen.len(), 2, "{story}: {seen:?}");
+                    assert!(
+                        seen[0].body == first_body,
+                        "{story}: the first body reached the upstream as {:?}",
+                        seen[0]
+                    );
+                    assert!(
+                        seen[1].body == second_body,
+                        "{story}: the second body reached the upstream as {:?}",
+                        seen[1]
+                    );
+                }
+            }
+        }
+    }
+}

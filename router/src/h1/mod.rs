@@ -18,12 +18,12 @@
 //!   │  │ yes                                    │ no
 //!   │  ▼                                        ▼
 //!   │ forward                                  lend (take_turns): a Pingora session on the
-//!   │  exchange (upstream_conn, pool):          connection, the bytes read so far as its
-//!   │   a pooled or new connection,             pipelined prefix (lent); the pipeline
-//!   │   request out, response head in           (HostRouter) serves this one request and
-//!   │   (response)                              gives the connection back
-//!   │  body relayed as it comes (body)          │
-//!   │  │  upstream failed ─▶ 502/504, close     │
+//!   │  exchange (upstream_conn, pool):          connection, the request's bytes read so far
+//!   │   a pooled or new connection,             as its pipelined prefix, fenced at the
+//!   │   request out, response head in           request's end (lent); the pipeline
+//!   │   (response)                              (HostRouter) serves this one request and
+//!   │  body relayed as it comes (body)          gives the connection back, with the bytes
+//!   │  │  upstream failed ─▶ 502/504, close     the client sent past the fence
 //!   │  ▼                                        │
 //!   └─ keep-alive ◀─────────────────────────────┘
 //! ```
@@ -65,7 +65,7 @@ use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
+use pingora::protocols::{GetSocketDigest, Shutdown, SocketDigest, Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::Error as PError;
@@ -80,7 +80,7 @@ use self::request::{Parsed, Prepared, RequestRules};
 use self::response::{put_connection, Framing};
 use self::upstream_conn::{exchange, Exchanged, Failure};
 use crate::inspect::{short_error, Exchange};
-use crate::lent::LentStream;
+use crate::lent::{LentStream, RequestEnd};
 use crate::message::HeadScan;
 use crate::pages::{self, Page};
 use crate::policy::RoutingPolicy;
@@ -100,8 +100,8 @@ pub(crate) struct H1Front {
 enum Outcome {
     /// Served to its end.
     Done,
-    /// Needs the full pipeline from the request at the start of the buffer on.
-    HandOver,
+    /// The request at the start of the buffer, which ends there, needs the full pipeline.
+    HandOver(RequestEnd),
 }
 
 /// What to do with the client connection after a response.
@@ -162,33 +162,38 @@ impl H1Front {
                 .await;
             return;
         };
-        if let Outcome::Done = self.serve(&mut conn, shutdown, true).await {
+        let Outcome::HandOver(end) = self.serve(&mut conn, shutdown, true).await else {
             return;
-        }
+        };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.client);
         let mut stream = L4Stream::from(conn.client);
         // Gives the session the client's address (X-Forwarded-For), read lazily.
         stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-        let stream = Box::new(LentStream::new(Box::new(stream)));
-        self.take_turns(stream, conn.buf, Some(peer.ip()), false, shutdown)
+        // Written through a buffer of its own: Pingora's listeners give theirs one.
+        let stream = Box::new(LentStream::new(Box::new(stream), true));
+        self.take_turns(stream, conn.buf, end, Some(peer.ip()), false, shutdown)
             .await;
     }
 
-    /// Lets the pipeline serve the request at the start of `read` on `stream`, then takes the
-    /// connection back for the next request, and so on: every request head on an HTTP/1
-    /// connection is read and checked here, whichever path serves it.
+    /// Lets the pipeline serve the request at the start of `read` (which ends at `end`) on
+    /// `stream`, then takes the connection back for the next request, and so on: every request
+    /// head on an HTTP/1 connection is read and checked here, whichever path serves it, and
+    /// the pipeline reads no further than the end of the request it is lent (`lent`).
     async fn take_turns(
         self: &Arc<Self>,
-        mut stream: Stream,
+        mut stream: Box<LentStream>,
         mut read: BytesMut,
+        mut end: RequestEnd,
         peer: Option<IpAddr>,
         tls: bool,
         shutdown: &ShutdownWatch,
     ) {
         loop {
+            // The request's bytes read so far; Pingora parses them first. What the client
+            // sent after them stays with the stream, for this front.
+            let prefix = stream.lend(read, end);
             let mut session = HttpSessionV1::new(stream);
-            // The bytes read so far are the request's start; Pingora parses them first.
-            session.set_pipelined_prefix(read);
+            session.set_pipelined_prefix(prefix);
             let mut session = ServerSession::H1(session);
             let keepalive = (!*shutdown.borrow()).then(|| self.limits.keepalive_timeout.as_secs());
             session.set_keepalive(keepalive);
@@ -198,12 +203,27 @@ impl H1Front {
             let Some(reused) = self.pipeline.process_new_http(session, shutdown).await else {
                 return;
             };
-            let mut conn = Conn::new(reused.consume().0, peer, tls);
+            // The stream it was lent (a session gives back the one it was made with).
+            let Ok(mut lent) = reused.consume().0.into_any().downcast::<LentStream>() else {
+                return;
+            };
+            let Some(after) = lent.take_back() else {
+                // The pipeline kept the connection, though the request did not end where this
+                // front reads its end: whatever follows could be read two ways.
+                tracing::debug!("a lent request did not end where its framing says: closing");
+                Shutdown::shutdown(&mut *lent).await;
+                return;
+            };
+            let mut conn = Conn::new(lent, peer, tls);
+            if !after.is_empty() {
+                conn.buf = after;
+            }
             match self.serve(&mut conn, shutdown, false).await {
                 Outcome::Done => return,
-                Outcome::HandOver => {
+                Outcome::HandOver(next) => {
                     stream = conn.client;
                     read = conn.buf;
+                    end = next;
                 }
             }
         }
@@ -242,7 +262,7 @@ impl H1Front {
                     };
                     match parsed {
                         Parsed::Forward(p) => break p,
-                        Parsed::HandOver => return Outcome::HandOver,
+                        Parsed::HandOver(end) => return Outcome::HandOver(end),
                         Parsed::Refuse(page) => {
                             self.refuse(conn, &page, None).await;
                             return Outcome::Done;
@@ -473,8 +493,10 @@ impl ServerApp for H1Front {
             }
             return None;
         }
-        if let Outcome::HandOver = self.serve(&mut conn, shutdown, true).await {
-            self.take_turns(conn.client, conn.buf, peer, tls, shutdown)
+        if let Outcome::HandOver(end) = self.serve(&mut conn, shutdown, true).await {
+            // Written through: Pingora's listeners give their connections a write buffer.
+            let stream = Box::new(LentStream::new(conn.client, false));
+            self.take_turns(stream, conn.buf, end, peer, tls, shutdown)
                 .await;
         }
         None

@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::lent::RequestEnd;
 use crate::message::{
     self, named_by_connection, put_header, tokens, HOP_BY_HOP, MAX_HEAD, MAX_HEADERS,
 };
@@ -61,8 +62,9 @@ pub(crate) enum Parsed {
     AwaitBody(usize),
     /// Forwarded by this front; the upstream request is written out.
     Forward(Prepared),
-    /// Lent to Pingora's pipeline.
-    HandOver,
+    /// Lent to Pingora's pipeline, for the request that ends there (the connection's next
+    /// request is read here again).
+    HandOver(RequestEnd),
 }
 
 impl RequestRules {
@@ -102,7 +104,7 @@ impl RequestRules {
             }
         };
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
-            return Parsed::HandOver;
+            return Parsed::HandOver(RequestEnd::Open);
         };
         // One framing rule for every HTTP/1 request, whichever front serves it.
         let body =
@@ -127,15 +129,31 @@ impl RequestRules {
                 host: host.unwrap_or_default(),
             });
         }
+        // Where the request ends, for a pipeline it is lent to: the next one is read here.
+        let end = if method == "CONNECT"
+            || req
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        {
+            // It may become a tunnel, whose bytes are all the pipeline's.
+            RequestEnd::Open
+        } else {
+            match body {
+                message::RequestBody::None => RequestEnd::At(head_len as u64),
+                message::RequestBody::Length(n) => RequestEnd::At(head_len as u64 + n),
+                message::RequestBody::Chunked => RequestEnd::Chunked { head: head_len },
+            }
+        };
         if !self.forwards || version != 1 || method == "CONNECT" || !path.starts_with('/') {
-            return Parsed::HandOver;
+            return Parsed::HandOver(end);
         }
         let body_len = match body {
             message::RequestBody::None => 0,
             message::RequestBody::Length(n) if n <= MAX_BODY as u64 => n as usize,
             // Streamed through the pipeline.
             message::RequestBody::Length(_) | message::RequestBody::Chunked => {
-                return Parsed::HandOver
+                return Parsed::HandOver(end)
             }
         };
         let mut host = None;
@@ -150,7 +168,7 @@ impl RequestRules {
             if name.eq_ignore_ascii_case("host") {
                 host = Some(h.value);
             } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
-                return Parsed::HandOver;
+                return Parsed::HandOver(end);
             } else if name.eq_ignore_ascii_case("connection") {
                 connection = true;
                 client_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
@@ -159,7 +177,7 @@ impl RequestRules {
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
                 // Several lines are one list (RFC 9110 5.3): the pipeline joins them.
                 if forwarded_for.is_some() {
-                    return Parsed::HandOver;
+                    return Parsed::HandOver(end);
                 }
                 forwarded_for = Some(h.value);
             } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
@@ -169,19 +187,19 @@ impl RequestRules {
             }
         }
         let Some(host) = host else {
-            return Parsed::HandOver;
+            return Parsed::HandOver(end);
         };
         if buf.len() < head_len + body_len {
             return Parsed::AwaitBody(head_len + body_len);
         }
         let Ok(authority) = std::str::from_utf8(host) else {
-            return Parsed::HandOver;
+            return Parsed::HandOver(end);
         };
         let policy = &self.policy;
         let route = match policy.decide(authority, tls) {
             Decision::Forward(route) if route.upstream().spec().scheme() == Scheme::Http => route,
             // Redirects, unknown hosts and https:// targets.
-            _ => return Parsed::HandOver,
+            _ => return Parsed::HandOver(end),
         };
         let forwarded = policy.forwarded(
             peer,

@@ -28,7 +28,7 @@ fn upstream_request(f: &RequestRules, req: &[u8], peer: &str) -> Option<String> 
     let mut out = Vec::new();
     match f.prepare(req, Some(peer.parse().unwrap()), false, &mut out) {
         Parsed::Forward(_) => Some(String::from_utf8(out).unwrap()),
-        Parsed::HandOver => None,
+        Parsed::HandOver(_) => None,
         Parsed::Refuse(page) => panic!("refused: {}", page.summary()),
         Parsed::Partial | Parsed::AwaitBody(_) => panic!("a complete request was seen as partial"),
     }
@@ -181,6 +181,45 @@ fn small_bodies_are_forwarded_once_complete() {
             _ => panic!("cut {cut}: neither forwarded nor waiting for the body"),
         }
     }
+}
+
+/// A lent request says where it ends, so the pipeline reads that far and no further: the
+/// next request on the connection is read here.
+#[test]
+fn a_lent_request_says_where_it_ends() {
+    let f = rules(&[("api.test", "127.0.0.1:1")]);
+    let end = |req: &[u8]| {
+        let mut out = Vec::new();
+        match f.prepare(req, Some("127.0.0.1".parse().unwrap()), false, &mut out) {
+            Parsed::HandOver(end) => end,
+            _ => panic!("not lent: {}", String::from_utf8_lossy(req)),
+        }
+    };
+    let head = "POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 70000\r\n\r\n";
+    assert_eq!(
+        end(format!("{head}01234GET / HTTP/1.1\r\n").as_bytes()),
+        RequestEnd::At(head.len() as u64 + 70_000)
+    );
+    let head = "POST /a HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(
+        end(format!("{head}5\r\n").as_bytes()),
+        RequestEnd::Chunked { head: head.len() }
+    );
+    // HTTP/1.0, an unknown host: no body, the head is all.
+    for head in [
+        "GET / HTTP/1.0\r\nHost: api.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n",
+    ] {
+        assert_eq!(
+            end(format!("{head}GET /").as_bytes()),
+            RequestEnd::At(head.len() as u64)
+        );
+    }
+    // An upgrade may turn the connection into a tunnel: all its bytes are the pipeline's.
+    assert_eq!(
+        end(b"GET /ws HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
+        RequestEnd::Open
+    );
 }
 
 proptest! {
