@@ -76,6 +76,10 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// What a read at the fence reads at most, waiting for the client.
 const WAIT_READ: usize = 4 * 1024;
 
+/// The most a lent connection keeps of what the client sent past the lent request while it is
+/// served (the next requests); beyond it the client's bytes wait in the socket.
+const MAX_KEPT: usize = 64 * 1024;
+
 impl LentStream {
     /// Wraps a client connection; `gather` writes until Pingora flushes (for connections that
     /// lack a write buffer of their own).
@@ -149,25 +153,27 @@ mod lent_stream_io {
     };
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    use super::{Fence, LentStream, WAIT_READ};
+    use super::{Fence, LentStream, MAX_KEPT, WAIT_READ};
 
     impl LentStream {
         /// A read past the lent request's end: waits for the client. Its next bytes are kept
-        /// for the front and the read stays pending (nothing wakes it: Pingora polls it beside
-        /// the upstream's answer, which ends the request); the end of its connection, or an
-        /// error, is Pingora's to see.
+        /// for the front (up to [`MAX_KEPT`]; then the socket pushes back) and the read stays
+        /// pending while the answer goes on; the end of its connection, or an error, is
+        /// Pingora's to see, so a client that gives up stops the upstream request even after
+        /// it sent more. Reading on until the socket has nothing keeps the waker registered.
         fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            if !self.after.is_empty() {
-                return Poll::Pending;
+            loop {
+                if self.after.len() >= MAX_KEPT {
+                    return Poll::Pending;
+                }
+                let mut bytes = [0u8; WAIT_READ];
+                let mut next = ReadBuf::new(&mut bytes);
+                ready!(Pin::new(&mut self.inner).poll_read(cx, &mut next))?;
+                if next.filled().is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.after.extend_from_slice(next.filled());
             }
-            let mut bytes = [0u8; WAIT_READ];
-            let mut next = ReadBuf::new(&mut bytes);
-            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut next))?;
-            if next.filled().is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            self.after.extend_from_slice(next.filled());
-            Poll::Pending
         }
     }
 
@@ -309,7 +315,7 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    use super::{LentStream, RequestEnd};
+    use super::{LentStream, RequestEnd, MAX_KEPT, WAIT_READ};
 
     const POST: &[u8] = b"POST /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n";
     const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
@@ -353,12 +359,13 @@ mod tests {
         let len = (POST.len() + 10) as u64;
         let prefix = lent.lend(bytes(&[POST, b"0123456789", NEXT]), RequestEnd::At(len));
         assert_eq!(prefix, bytes(&[POST, b"0123456789"]));
-        // The client sends more meanwhile: it is not Pingora's to read.
+        // The client sends more meanwhile: it is not Pingora's to read, but the front's.
         client.write_all(b"more").await.unwrap();
         assert_eq!(readable(&mut lent).await, None);
-        assert_eq!(lent.take_back(), Some(bytes(&[NEXT])));
+        assert_eq!(taken_back(&mut lent).await, Some([NEXT, b"more"].concat()));
         // Taken back, the connection reads as it is.
-        assert_eq!(readable(&mut lent).await, Some(b"more".to_vec()));
+        client.write_all(b"and more").await.unwrap();
+        assert_eq!(readable(&mut lent).await, Some(b"and more".to_vec()));
     }
 
     #[tokio::test]
@@ -391,6 +398,33 @@ mod tests {
         drop(client);
         // The end of the connection is passed on, so the pipeline stops the request.
         assert_eq!(readable(&mut lent).await, Some(vec![]));
+
+        // Even after the client sent more past the end (the pending read went on watching).
+        let (mut lent, mut client) = self::lent();
+        lent.lend(bytes(&[NEXT]), RequestEnd::At(NEXT.len() as u64));
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(readable(&mut lent).await, None);
+        drop(client);
+        assert_eq!(readable(&mut lent).await, Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn what_is_kept_past_the_end_is_bounded() {
+        let (mut lent, mut client) = lent();
+        lent.lend(bytes(&[NEXT]), RequestEnd::At(NEXT.len() as u64));
+        let flood = vec![b'x'; 3 * MAX_KEPT];
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&flood).await;
+            client
+        });
+        assert_eq!(readable(&mut lent).await, None);
+        let kept = lent.take_back().unwrap();
+        assert!(
+            kept.len() >= MAX_KEPT && kept.len() < MAX_KEPT + WAIT_READ,
+            "{}",
+            kept.len()
+        );
+        writer.abort();
     }
 
     #[tokio::test]
