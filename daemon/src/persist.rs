@@ -347,15 +347,10 @@ impl Journal {
     /// Opens (or creates) the log beside `routes.json` at `base`, after [`load`] has read it.
     #[cfg(test)]
     pub fn open(base: &Path) -> Result<Journal, StateError> {
-        let mut journal = Journal {
-            base: base.to_path_buf(),
-            log: None,
-            len: 0,
-            torn: false,
-            lines: 0,
-        };
-        journal.reopen()?;
-        Ok(journal)
+        match Journal::open_or_retry(base) {
+            (journal, None) => Ok(journal),
+            (_, Some(error)) => Err(error),
+        }
     }
 
     /// Opens the log beside `base`, even when it cannot be: the daemon starts with what it
